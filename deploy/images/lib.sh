@@ -1,0 +1,61 @@
+# shellcheck shell=bash disable=SC2034
+# Helpers shared by the image scripts. Sourced, never executed (hence SC2034: the
+# variables below are used by the scripts that source this file).
+
+# The notebook image is built for this Debian release. Its python3 and libc decide which
+# wheels fit, so the three values change together (bookworm: CPython 3.11.2, glibc 2.36;
+# a stable release keeps these versions). The patch level matters: some releases require
+# e.g. Python >=3.11.5 and must not be picked for 3.11.2. build.sh checks the base agrees.
+NBPOOL_DEBIAN_SUITE=bookworm
+NBPOOL_TARGET_PY=3.11.2
+NBPOOL_TARGET_GLIBC=2.36
+
+NBPOOL_BASE_IMAGE="nbpool/debian-base:${NBPOOL_DEBIAN_SUITE}"
+NBPOOL_NOTEBOOK_REPO="nbpool/notebook"
+
+log() { printf '[%s] %s\n' "${0##*/}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Some machines carry a second, unrelated `docker` client earlier on PATH (for example
+# /usr/local/bin/docker); the distribution's client matches the distribution's engine.
+# Override with DOCKER=/path/to/docker.
+if [[ -z "${DOCKER:-}" ]]; then
+    if [[ -x /usr/bin/docker ]]; then
+        DOCKER=/usr/bin/docker
+    else
+        DOCKER="$(command -v docker)" || die "no docker client found; set DOCKER=/path/to/docker"
+    fi
+fi
+
+image_exists() { "$DOCKER" image inspect "$1" >/dev/null 2>&1; }
+
+# pip flags that select wheels for the image rather than for the host, so the download
+# works the same from any host (another distribution, another Python). Only binary wheels:
+# the image has no compiler, and neither should it need the host's.
+target_pip_platform_flags() {
+    local arch minor glibc_minor py_major_minor
+    arch="$(uname -m)"            # debootstrap builds the base for the host's architecture
+    glibc_minor="${NBPOOL_TARGET_GLIBC#2.}"
+    py_major_minor="${NBPOOL_TARGET_PY%.*}"
+    printf '%s\n' --only-binary=:all: --implementation cp \
+        --python-version "$NBPOOL_TARGET_PY" --abi "cp${py_major_minor/./}"
+    # pip only expands the legacy manylinux2014/2010 aliases to older tags, so each
+    # manylinux_2_N tag the target libc satisfies is listed explicitly.
+    printf '%s\n' --platform "manylinux2014_${arch}"
+    for ((minor = 17; minor <= glibc_minor; minor++)); do
+        printf '%s\n' --platform "manylinux_2_${minor}_${arch}"
+    done
+}
+
+# Run the host's pip for downloads. The host's pip configuration stays in force because
+# it is how this machine reaches a package index (index URL, proxy, CA); only its
+# constraint files are switched off, since an unrelated machine-wide cap must not steer
+# what goes into the image. The requirements are fully pinned and hashed anyway.
+# (An empty PIP_CONSTRAINT would not do: pip ignores empty settings. An empty file
+# replaces the configured list instead.)
+# Some hosts list extra local indexes that lack most projects; pip then warns once per
+# package ("Location ... is ignored"), burying real messages. Only that line is dropped.
+host_pip() {
+    PIP_CONSTRAINT=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 "${NBPOOL_HOST_PYTHON:-python3}" -m pip "$@" \
+        2> >(grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2)
+}

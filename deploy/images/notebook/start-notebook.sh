@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Default CMD of the notebook image: a Jupyter server (JupyterLab is one of its extensions)
+# on 0.0.0.0:8888, configured by the spawner through the environment:
+#
+#   NBPOOL_TOKEN     the sandbox's token. Unset or empty: Jupyter generates a random one and
+#                    logs it, which is never "no authentication".
+#   NBPOOL_BASE_URL  the URL prefix the proxy routes to this sandbox, e.g. /user/<id>/.
+#
+# Extra arguments are passed on to `jupyter server`, after (so they override) these.
+set -euo pipefail
+
+args=(
+    --ServerApp.ip=0.0.0.0
+    --ServerApp.port=8888
+    # The spawner and router know the sandbox by this exact port: fail, never wander.
+    --ServerApp.port_retries=0
+    --ServerApp.open_browser=False
+    --ServerApp.root_dir=/home/jovyan
+    # Under `jupyter server` (not `jupyter lab`) "/" has no page of its own.
+    --ServerApp.default_url=/lab
+)
+if [[ -n "${NBPOOL_BASE_URL:-}" ]]; then
+    args+=("--ServerApp.base_url=${NBPOOL_BASE_URL}")
+fi
+# Hand the token over through Jupyter's own variable rather than the command line: the
+# command line of every process is world-readable (ps, /proc/<pid>/cmdline), the environment
+# only to the same user. Kernels inherit it; they belong to the token's holder anyway.
+if [[ -n "${NBPOOL_TOKEN:-}" ]]; then
+    export JUPYTER_TOKEN="$NBPOOL_TOKEN"
+fi
+unset NBPOOL_TOKEN
+
+exec jupyter server "${args[@]}" "$@"

@@ -1,0 +1,69 @@
+"""The culler service: every few seconds, ends the sandboxes the policy says should end.
+
+Ending is a compare-and-set of the record to ``ending``; the owning spawner removes the sandbox
+and the router its route. A culler restart loses nothing: records and activity live on the bus.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import nats.errors
+import nats.js.errors
+
+from nbpool import logs
+from nbpool.bus import Bus, KVMirror
+from nbpool.culler.policy import CullPolicy, decide
+from nbpool.models import Activity, SandboxRecord, State, encode
+from nbpool.settings import CullerSettings
+
+__all__ = ["Culler"]
+
+log = logs.get("nbpool.culler")
+
+
+class Culler:
+    """Applies :func:`nbpool.culler.policy.decide` to every sandbox."""
+
+    def __init__(self, settings: CullerSettings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.policy = CullPolicy(settings.idle_timeout, settings.max_age, settings.pool_max_age)
+        self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord)
+        self.activity: KVMirror[Activity] = KVMirror(bus, bus.names.activity, Activity)
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        mirrors = [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self.activity.run())]
+        try:
+            await asyncio.gather(self.records.ready.wait(), self.activity.ready.wait())
+            while not stop.is_set():
+                try:
+                    await self.sweep(time.time())
+                except (nats.errors.Error, asyncio.TimeoutError) as err:
+                    log.warning("sweep failed", extra={"error": repr(err)})
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.settings.cull_interval)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            for task in mirrors:
+                task.cancel()
+            await asyncio.gather(*mirrors, return_exceptions=True)
+
+    async def sweep(self, now: float) -> int:
+        """End every sandbox whose verdict says so; returns how many."""
+        kv = await self.bus.kv(self.bus.names.sandboxes)
+        ended = 0
+        for rec, rev in list(self.records.items.values()):
+            verdict = decide(rec, self.activity.get(rec.id), now, self.policy)
+            if not verdict.end:
+                continue
+            try:
+                await kv.update(rec.id, encode(rec.moved(State.ENDING, ending_reason=verdict.reason)), last=rev)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # it changed meanwhile (claimed, ended): judge it again next sweep
+            ended += 1
+            log.info("culled", extra={"sandbox": rec.id, "reason": verdict.reason, "state": rec.state})
+            await self.bus.event("cull.decision", rec.id, host=rec.host, cause=verdict.reason, data={"state": rec.state})
+        return ended

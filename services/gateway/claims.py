@@ -1,0 +1,84 @@
+"""Claiming a sandbox for a visitor: which spawner to ask, and what to do when none has one.
+
+The gateway follows the spawners' heartbeats (KV, TTL) and asks the spawner with the most warm
+sandboxes first, over NATS request/reply. If no spawner has one warm, it waits in line at the
+spawner most likely to warm one soon, for at most ``claim_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import time
+
+import nats.errors
+
+from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
+from nbpool.models import BadMessage, ClaimReply, ClaimRequest, SandboxRecord, SpawnerBeat, decode, encode
+
+__all__ = ["Claimer", "NoCapacity"]
+
+
+class NoCapacity(Exception):
+    """No sandbox can be had now. ``retry_after`` is a fair guess in seconds."""
+
+    def __init__(self, reason: str, retry_after: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class Claimer:
+    """Turns a visitor's launch into a claimed sandbox record."""
+
+    def __init__(self, bus: Bus, spawners: KVMirror[SpawnerBeat], claim_timeout: float) -> None:
+        self._bus = bus
+        self._spawners = spawners
+        self._claim_timeout = claim_timeout
+
+    def live_spawners(self, now: float | None = None) -> list[SpawnerBeat]:
+        """Spawners whose heartbeat is fresh."""
+        now = time.time() if now is None else now
+        return [beat for beat in self._spawners.values() if now - beat.at < SPAWNER_TTL]
+
+    async def claim(self, profile: str, owner: str | None) -> SandboxRecord:
+        """A claimed sandbox of ``profile``, or :class:`NoCapacity`."""
+        live = self.live_spawners()
+        if not live:
+            raise NoCapacity("no spawner is running", retry_after=10)
+        healthy = [b for b in live if b.healthy]
+        if not healthy:
+            reasons = sorted({b.reason or "unhealthy" for b in live})
+            raise NoCapacity("no spawner can start sandboxes: " + "; ".join(reasons), retry_after=10)
+
+        def pool(beat: SpawnerBeat) -> tuple[int, int, int]:
+            counts = beat.pools.get(profile)
+            return (counts.warm, counts.starting, beat.waiting) if counts else (0, 0, 0)
+
+        reasons: list[str] = []
+        for beat in sorted((b for b in healthy if pool(b)[0] > 0), key=lambda b: -pool(b)[0]):
+            reply = await self._ask(beat.id, ClaimRequest(profile=profile, wait=0, owner=owner), timeout=2.0)
+            if reply.ok and reply.record is not None:
+                return reply.record
+            reasons.append(reply.reason)
+        candidates = [b for b in healthy if pool(b)[1] > 0 or b.headroom() > 0]
+        if not candidates or self._claim_timeout <= 0:
+            raise NoCapacity("all sandboxes are in use", retry_after=15)
+        # The spawner with the most starts in flight per claim already waiting there, then the most room.
+        best = max(candidates, key=lambda b: (pool(b)[1] - pool(b)[2], b.headroom()))
+        request = ClaimRequest(profile=profile, wait=self._claim_timeout, owner=owner)
+        reply = await self._ask(best.id, request, timeout=self._claim_timeout + 2.0)
+        if reply.ok and reply.record is not None:
+            return reply.record
+        raise NoCapacity(f"no sandbox became free within {self._claim_timeout:g} s ({reply.reason})", retry_after=5)
+
+    async def _ask(self, spawner_id: str, request: ClaimRequest, timeout: float) -> ClaimReply:
+        subject = self._bus.names.claim_subject(spawner_id)
+        try:
+            msg = await self._bus.nc.request(subject, encode(request), timeout=timeout)
+        except nats.errors.NoRespondersError:
+            return ClaimReply(ok=False, reason=f"spawner {spawner_id} is not answering")
+        except (nats.errors.TimeoutError, nats.errors.Error) as err:
+            return ClaimReply(ok=False, reason=f"spawner {spawner_id}: {err.__class__.__name__}")
+        try:
+            return decode(ClaimReply, msg.data)
+        except BadMessage as err:
+            return ClaimReply(ok=False, reason=str(err))

@@ -1,0 +1,33 @@
+"""``nbpool-gateway``: serves :func:`nbpool.gateway.app.create_app` with uvicorn."""
+
+from __future__ import annotations
+
+import sys
+
+import uvicorn
+
+from nbpool import logs
+from nbpool.gateway.app import create_app
+from nbpool.settings import GatewaySettings, SettingsError, load
+
+
+def main() -> None:
+    try:
+        settings = load(GatewaySettings)
+    except SettingsError as err:
+        print(f"nbpool-gateway: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup("gateway", settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        log_config=None,
+        access_log=False,
+        proxy_headers=False,  # the client address is taken from X-Real-Ip set by Traefik (see app.client_of)
+        timeout_graceful_shutdown=5,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,144 @@
+"""The router service: writes Traefik's dynamic config from the sandbox records and reports ready routes.
+
+Traefik reads the file through its file provider (``providers.file.directory``, watched), so
+routes survive a router restart, and a restarted router rebuilds the file from the bus.
+A route is *ready* once a request through Traefik reaches the sandbox's own server; the router
+then writes it to the routes bucket, which is what the spawner waits for before pooling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+import httpx
+import nats.errors
+import nats.js.errors
+
+from nbpool import logs
+from nbpool.bus import Bus, KVMirror
+from nbpool.models import Route, SandboxRecord, encode
+from nbpool.router.routes import RouteSpec, desired_routes, dynamic_config, render
+from nbpool.settings import RouterSettings
+
+__all__ = ["Router"]
+
+log = logs.get("nbpool.router")
+
+ROUTES_FILE = "nbpool-routes.yml"
+
+
+class Router:
+    """Keeps ``<state_dir>/traefik/dynamic/nbpool-routes.yml`` equal to the routable sandboxes."""
+
+    def __init__(self, settings: RouterSettings, bus: Bus) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord, self._changed)
+        self.routes: KVMirror[Route] = KVMirror(bus, bus.names.routes, Route)
+        self.applied: dict[str, RouteSpec] | None = None
+        self._dirty = asyncio.Event()
+        self._probing: dict[str, asyncio.Task[None]] = {}
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0))
+
+    def _changed(self, key: str, rec: SandboxRecord | None) -> None:
+        self._dirty.set()
+
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Follow the records until ``stop`` is set."""
+        mirrors = [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self.routes.run())]
+        try:
+            await asyncio.gather(self.records.ready.wait(), self.routes.ready.wait())
+            self._dirty.set()
+            loop = asyncio.ensure_future(self._loop())
+            await stop.wait()
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+        finally:
+            for task in [*mirrors, *self._probing.values()]:
+                task.cancel()
+            await asyncio.gather(*mirrors, *self._probing.values(), return_exceptions=True)
+            await self._http.aclose()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(0.02)  # a burst of changes becomes one file write
+            self._dirty.clear()
+            try:
+                await self.sync()
+            except (nats.errors.Error, asyncio.TimeoutError, OSError) as err:
+                log.warning("sync failed, retrying", extra={"error": repr(err)})
+                await asyncio.sleep(0.5)
+                self._dirty.set()
+
+    async def sync(self) -> None:
+        """Write the file if the table changed, probe new routes, forget removed ones."""
+        desired = desired_routes(self.records.values())
+        if desired != self.applied:
+            self._write(desired)
+            added = desired.keys() - (self.applied or {}).keys()
+            removed = (self.applied or {}).keys() - desired.keys()
+            self.applied = desired
+            log.info("routes written", extra={"routes": len(desired), "added": len(added), "removed": len(removed)})
+            for sid in removed:
+                await self.bus.event("route.removed", sid)
+        for sid, spec in desired.items():
+            route = self.routes.get(sid)
+            ready = route is not None and route.ready_at is not None and (route.path, route.target) == spec
+            if not ready and sid not in self._probing:
+                self._probing[sid] = asyncio.ensure_future(self._probe(sid, spec))
+        kv = await self.bus.kv(self.bus.names.routes)
+        for sid in list(self.routes.items):
+            if sid not in desired:
+                task = self._probing.pop(sid, None)
+                if task:
+                    task.cancel()
+                await kv.delete(sid)
+
+    def _write(self, routes: dict[str, RouteSpec]) -> None:
+        folder = self.settings.dynamic_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        text = render(dynamic_config(routes, self.settings.gateway_urls))
+        # Written beside the watched folder, then renamed in: Traefik never reads half a file.
+        tmp = folder.parent / f".{ROUTES_FILE}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, folder / ROUTES_FILE)
+
+    async def _probe(self, sid: str, spec: RouteSpec) -> None:
+        """Wait until a request through the proxy reaches the sandbox itself, then report the route ready."""
+        path, target = spec
+        url = f"{self.settings.proxy_url}{path}api"
+        began = time.monotonic()
+        delay = 0.02
+        try:
+            while time.monotonic() - began < self.settings.route_check_timeout:
+                if await self._answers(url):
+                    kv = await self.bus.kv(self.bus.names.routes)
+                    await kv.put(sid, encode(Route(id=sid, path=path, target=target, ready_at=time.time())))
+                    took = round(time.monotonic() - began, 3)
+                    log.info("route ready", extra={"sandbox": sid, "took_s": took})
+                    await self.bus.event("route.ready", sid, data={"path": path, "took_s": took})
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 1.5, 0.5)
+            log.warning("route never answered", extra={"sandbox": sid, "url": url})
+            await self.bus.event("route.failed", sid, cause="no answer through the proxy", data={"path": path})
+        finally:
+            self._probing.pop(sid, None)
+
+    async def _answers(self, url: str) -> bool:
+        try:
+            resp = await self._http.get(url)
+        except httpx.HTTPError:
+            return False
+        if resp.status_code != 200:
+            return False
+        # The gateway answers unknown /user/ paths too; only Jupyter's own /api has "version".
+        try:
+            body: Any = resp.json()
+        except ValueError:
+            return False
+        return isinstance(body, dict) and "version" in body

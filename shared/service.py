@@ -1,0 +1,68 @@
+"""The life of a service process: settings, logs, bus, signals, clean exit.
+
+A service's ``main`` calls :func:`run` with its body; the body gets the bus and a ``stop`` event
+that SIGINT/SIGTERM set, stops taking work when it is set, and returns. The bus is then drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from nbpool import logs
+from nbpool.bus import Bus
+from nbpool.names import Names
+from nbpool.settings import CommonSettings, SettingsError, load
+
+__all__ = ["run", "supervise_tasks"]
+
+_S = TypeVar("_S", bound=CommonSettings)
+
+log = logs.get("nbpool.service")
+
+
+def run(name: str, settings_cls: type[_S], body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:
+    """Run a service until SIGINT/SIGTERM; exit 0 on a clean stop, 2 on bad settings."""
+    try:
+        settings = load(settings_cls)
+    except SettingsError as err:
+        print(f"nbpool-{name}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(name, settings.log_level, settings.log_format)
+    asyncio.run(_main(name, settings, body))
+
+
+async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bus = await Bus.connect(settings.nats_url, Names(settings.instance), name, stop)
+    await bus.ensure()
+    log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance})
+    presence = asyncio.ensure_future(bus.presence(name))
+    try:
+        await body(settings, bus, stop)
+    finally:
+        presence.cancel()
+        await asyncio.gather(presence, return_exceptions=True)
+        await bus.close()
+        log.info("stopped")
+
+
+async def supervise_tasks(stop: asyncio.Event, *coros: Awaitable[None]) -> None:
+    """Run background loops until ``stop`` is set or one of them fails; cancel and await them all."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        for task in [*tasks, stopper]:
+            task.cancel()
+        await asyncio.gather(*tasks, stopper, return_exceptions=True)

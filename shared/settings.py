@@ -1,0 +1,166 @@
+"""Settings of every service, read from ``NBPOOL_*`` environment variables.
+
+One class per service, all sharing :class:`CommonSettings`. Defaults work on one machine;
+:func:`load` validates at start-up and exits with a message that names the bad variable.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "CommonSettings",
+    "CullerSettings",
+    "GatewaySettings",
+    "Profile",
+    "RouterSettings",
+    "SettingsError",
+    "SpawnerSettings",
+    "load",
+]
+
+
+class SettingsError(Exception):
+    """A setting has a value nbpool cannot run with."""
+
+
+class Profile(BaseModel):
+    """A kind of sandbox visitors can ask for (``POST /sessions {"profile": ...}``)."""
+
+    model_config = {"extra": "forbid"}
+
+    description: str = "Python 3 with JupyterLab"
+    pool_size: int | None = Field(default=None, ge=0, description="warm sandboxes per spawner; default NBPOOL_POOL_SIZE")
+    image: str | None = Field(default=None, description="container image (docker runtime)")
+
+
+class CommonSettings(BaseSettings):
+    """Settings every service reads."""
+
+    model_config = SettingsConfigDict(env_prefix="NBPOOL_", extra="ignore")
+
+    instance: str = Field(default="nbpool", pattern=r"^[a-z][a-z0-9_]{0,30}$")
+    nats_url: str = "nats://127.0.0.1:4222"
+    public_url: str = "http://127.0.0.1:8000"
+    environment: Literal["development", "production"] = "development"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    profiles: dict[str, Profile] = Field(default_factory=lambda: {"default": Profile()})
+    default_profile: str = "default"
+    state_dir: Path = Path(".nbpool")
+    idle_timeout: float = Field(default=600.0, gt=0)
+    max_age: float = Field(default=7200.0, gt=0)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, value: dict[str, Profile]) -> dict[str, Profile]:
+        if not value:
+            raise ValueError("at least one profile is needed")
+        for name in value:
+            if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
+                raise ValueError(f"profile name {name!r}: use letters, digits, '-' and '_' (40 at most)")
+        return value
+
+    @model_validator(mode="after")
+    def _default_profile_exists(self) -> CommonSettings:
+        if self.default_profile not in self.profiles:
+            raise ValueError(
+                f"NBPOOL_DEFAULT_PROFILE={self.default_profile!r} is not one of NBPOOL_PROFILES "
+                f"({', '.join(sorted(self.profiles))})"
+            )
+        self.state_dir = self.state_dir.expanduser().resolve()
+        self.public_url = self.public_url.rstrip("/")
+        return self
+
+
+class GatewaySettings(CommonSettings):
+    """The gateway's settings (HTTP API and pages)."""
+
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8001, ge=1, le=65535)
+    admin_token: str = ""
+    claim_timeout: float = Field(default=10.0, ge=0, description="how long a launch waits for a starting sandbox")
+    rate_limit: float = Field(default=60.0, gt=0, description="launches per minute per client")
+    rate_burst: int = Field(default=20, ge=1)
+    max_body_bytes: int = Field(default=16_384, ge=256)
+    trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+
+    @model_validator(mode="after")
+    def _admin_token_outside_development(self) -> GatewaySettings:
+        if self.environment == "production" and len(self.admin_token) < 16:
+            raise ValueError("NBPOOL_ADMIN_TOKEN must be set (16 characters or more) when NBPOOL_ENVIRONMENT=production")
+        return self
+
+
+class SpawnerSettings(CommonSettings):
+    """The spawner's settings (warm pool, runtime, activity polling)."""
+
+    spawner_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "spawner")
+    runtime: Literal["process"] = "process"
+    pool_size: int = Field(default=3, ge=0)
+    max_sandboxes: int = Field(default=20, ge=1)
+    spawn_concurrency: int = Field(default=2, ge=1)
+    start_timeout: float = Field(default=60.0, gt=0)
+    heartbeat_interval: float = Field(default=2.0, gt=0)
+    activity_interval: float = Field(default=3.0, gt=0)
+    jupyter_command: str = Field(default=f"{sys.executable} -m jupyter_server", description="process runtime")
+    remove_on_stop: bool = Field(default=False, description="end this spawner's sandboxes when it stops")
+
+    @field_validator("spawner_id")
+    @classmethod
+    def _spawner_id(cls, value: str) -> str:
+        cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in value)
+        if not cleaned:
+            raise ValueError("NBPOOL_SPAWNER_ID must contain letters or digits")
+        return cleaned
+
+    def pool_target(self, profile: str) -> int:
+        """Warm sandboxes this spawner keeps for ``profile``."""
+        size = self.profiles[profile].pool_size
+        return self.pool_size if size is None else size
+
+
+class RouterSettings(CommonSettings):
+    """The router's settings (Traefik file provider)."""
+
+    proxy_url: str = "http://127.0.0.1:8000"
+    gateway_url: str = Field(default="http://127.0.0.1:8001", description="comma-separated for several gateways")
+    route_check_timeout: float = Field(default=30.0, gt=0)
+
+    @property
+    def gateway_urls(self) -> list[str]:
+        return [url.strip().rstrip("/") for url in self.gateway_url.split(",") if url.strip()]
+
+    @property
+    def dynamic_dir(self) -> Path:
+        """The folder Traefik's file provider watches."""
+        return self.state_dir / "traefik" / "dynamic"
+
+
+class CullerSettings(CommonSettings):
+    """The culler's settings (when to end sandboxes)."""
+
+    pool_max_age: float = Field(default=3600.0, gt=0)
+    cull_interval: float = Field(default=5.0, gt=0)
+
+
+_S = TypeVar("_S", bound=CommonSettings)
+
+
+def load(cls: type[_S]) -> _S:
+    """Read settings from the environment, or exit with a message naming each bad variable."""
+    try:
+        return cls()
+    except ValidationError as err:
+        lines = []
+        for problem in err.errors():
+            where = "_".join(str(part) for part in problem["loc"]).upper()
+            name = f"NBPOOL_{where}" if where else "settings"
+            lines.append(f"  {name}: {problem['msg']}")
+        raise SettingsError("invalid settings:\n" + "\n".join(lines)) from None

@@ -1,0 +1,173 @@
+"""A whole nbpool for tests: ``nbpool up`` as a real process (NATS, Traefik, services, Jupyter servers).
+
+Everything listens on loopback ports chosen free for the test; state lives in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+
+BIN = Path(sys.executable).parent
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive free loopback ports."""
+    for _ in range(200):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        if base + count > 65000:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return int(base)
+    raise RuntimeError("no free ports")
+
+
+class Cluster:
+    """One running nbpool (see the module docstring)."""
+
+    def __init__(self, state_dir: Path, settings: dict[str, str] | None = None, spawners: int = 1, gateways: int = 1) -> None:
+        self.state_dir = state_dir
+        self.spawners = spawners
+        self.gateways = gateways
+        self.proxy_port = free_ports(1)
+        self.gateway_port = free_ports(gateways)
+        self.nats_port = free_ports(1)
+        self.ping_port = free_ports(1)
+        self.url = f"http://127.0.0.1:{self.proxy_port}"
+        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
+        env.update(
+            NBPOOL_STATE_DIR=str(state_dir),
+            NBPOOL_PROXY_PORT=str(self.proxy_port),
+            NBPOOL_PROXY_PING_PORT=str(self.ping_port),
+            NBPOOL_GATEWAY_PORT=str(self.gateway_port),
+            NBPOOL_NATS_PORT=str(self.nats_port),
+            NBPOOL_PUBLIC_URL=self.url,
+            NBPOOL_LOG_LEVEL="DEBUG",
+        )
+        env.update(settings or {})
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = state_dir / "up.log"
+
+    # ---- life ----------------------------------------------------------------------------
+
+    def start(self, warm: int = 1, timeout: float = 120.0) -> Cluster:
+        """Start ``nbpool up`` and wait until ``warm`` sandboxes are warm."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        args = [str(BIN / "nbpool"), "up", "--spawners", str(self.spawners), "--gateways", str(self.gateways)]
+        self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        self.wait_warm(warm, timeout)
+        return self
+
+    def wait_warm(self, warm: int, timeout: float = 120.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        stats: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"nbpool up exited:\n{self.logs()}"
+            try:
+                stats = httpx.get(f"{self.url}/api/stats", timeout=2).json()
+                if stats.get("available", 0) >= warm:
+                    return stats
+            except (httpx.HTTPError, ValueError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError(f"pool not warm ({warm}) within {timeout} s: {stats}\n{self.logs()}")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Ctrl-C, as a user would; the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"nbpool up did not stop within {timeout} s\n{self.logs()}") from None
+
+    def logs(self, tail: int = 60) -> str:
+        parts = []
+        for path in [self.log_path, *sorted((self.state_dir / "logs").glob("*.log"))]:
+            if path.exists():
+                lines = path.read_text(errors="replace").splitlines()[-tail:]
+                parts.append(f"--- {path.name}\n" + "\n".join(lines))
+        return "\n".join(parts)
+
+    # ---- looking inside --------------------------------------------------------------------
+
+    def children(self) -> dict[str, int]:
+        data = json.loads((self.state_dir / "run" / "children.json").read_text())
+        return {k: int(v) for k, v in data["children"].items()}
+
+    def kill9(self, name: str, timeout: float = 30.0) -> int:
+        """kill -9 one child; wait until the supervisor has restarted it; the new pid."""
+        old = self.children()[name]
+        os.kill(old, signal.SIGKILL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                new = self.children().get(name)
+            except (OSError, ValueError):
+                new = None
+            if new and new != old and psutil.pid_exists(new):
+                return new
+            time.sleep(0.1)
+        raise AssertionError(f"{name} was not restarted\n{self.logs()}")
+
+    def sandbox_processes(self) -> list[psutil.Process]:
+        """Jupyter servers and kernels started for this cluster's sandboxes."""
+        marker = str(self.state_dir / "sandboxes")
+        found = []
+        for proc in psutil.process_iter(["cmdline", "cwd", "environ"]):
+            try:
+                cmd = " ".join(proc.info["cmdline"] or [])
+                cwd = proc.info["cwd"] or ""
+                if marker in cmd or cwd.startswith(marker):
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def status(self) -> dict[str, Any]:
+        out = subprocess.run(
+            [str(BIN / "nbpool"), "status", "--json"], env=self.env | {"NBPOOL_NATS_URL": self.nats_url},
+            capture_output=True, check=True, timeout=30,
+        )
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def routes(self) -> set[str]:
+        """Sandbox ids that have a route in Traefik's dynamic config."""
+        path = self.state_dir / "traefik" / "dynamic" / "nbpool-routes.yml"
+        config = json.loads(path.read_text())
+        return {name.removeprefix("sandbox-") for name in config["http"]["routers"] if name.startswith("sandbox-")}
+
+    def new_session(self, **body: Any) -> dict[str, Any]:
+        resp = httpx.post(f"{self.url}/sessions", json=body or None, timeout=30)
+        assert resp.status_code == 201, resp.text
+        return resp.json()  # type: ignore[no-any-return]
+
+    def base(self, session: dict[str, Any]) -> str:
+        return f"{self.url}/user/{session['id']}/"

@@ -1,0 +1,77 @@
+"""No sandbox is ever handed out twice, even with replicas of the gateway and the spawner racing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+
+from cluster import Cluster
+
+
+def _servers(cluster: Cluster) -> int:
+    """Jupyter server processes (not kernels) of this cluster."""
+    return sum(1 for p in cluster.sandbox_processes() if "jupyter_server" in " ".join(p.cmdline()))
+
+
+async def test_fifty_claims_against_a_pool_of_ten(make_cluster: Any) -> None:
+    cluster: Cluster = make_cluster(
+        {
+            "NBPOOL_POOL_SIZE": "5",
+            "NBPOOL_MAX_SANDBOXES": "5",
+            "NBPOOL_SPAWN_CONCURRENCY": "5",
+            "NBPOOL_RATE_BURST": "100",
+        },
+        spawners=2,
+        gateways=2,
+        warm=10,
+    )
+    gateways = [f"http://127.0.0.1:{cluster.gateway_port + i}" for i in range(2)]
+    # Every gateway has both spawners' heartbeats before the race starts.
+    for url in gateways:
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/api/stats").json()["available"] < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        # Half the claims through Traefik (which balances over both gateways), half straight to each gateway.
+        targets = [cluster.url if i % 2 else gateways[(i // 2) % 2] for i in range(50)]
+        responses = await asyncio.gather(*(client.post(f"{url}/sessions") for url in targets))
+
+        codes = [r.status_code for r in responses]
+        won = [r.json() for r in responses if r.status_code == 201]
+        assert codes.count(201) == 10, codes
+        assert codes.count(503) == 40, codes
+        assert len({s["id"] for s in won}) == 10
+        assert len({s["token"] for s in won}) == 10
+        for r in responses:
+            if r.status_code == 503:
+                assert r.headers["Retry-After"] and r.json()["reason"] == "full"
+
+        records = {r["id"]: r for r in cluster.status()["sandboxes"]}
+        assert {s["id"] for s in won} <= records.keys()
+        assert {records[s["id"]]["state"] for s in won} == {"claimed"}
+        assert {records[s["id"]]["host"] for s in won} == {"spawner-1", "spawner-2"}
+
+        # Each winner's server is its own: its token opens it, through the proxy.
+        for s in won:
+            status = await client.get(f"{cluster.base(s)}api/status", headers={"Authorization": f"token {s['token']}"})
+            assert status.status_code == 200
+
+        for s in won:
+            resp = await client.delete(f"{cluster.url}/sessions/{s['id']}", params={"token": s["token"]})
+            assert resp.status_code == 204
+
+    # Nothing leaks: the pool refills to 10, and there are exactly as many servers as records.
+    cluster.wait_warm(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        records = {r["id"]: r for r in cluster.status()["sandboxes"]}
+        if len(records) == 10 and _servers(cluster) == 10 and len(cluster.routes()) == 10:
+            break
+        await asyncio.sleep(0.2)
+    assert len(records) == 10 and {r["state"] for r in records.values()} == {"warm"}
+    assert _servers(cluster) == 10
+    assert cluster.routes() == set(records)

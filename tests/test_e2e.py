@@ -1,0 +1,91 @@
+"""End to end through Traefik: a session, a kernel, a result; the rest of the public API."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+import httpx
+import psutil
+
+from cluster import BIN, Cluster
+from kernel import execute, start_kernel
+
+
+async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
+    session = cluster.new_session()
+    assert set(session) >= {"id", "url", "token", "expires_at"}
+    assert session["url"] == f"{cluster.url}/user/{session['id']}/lab?token={session['token']}"
+    async with httpx.AsyncClient(timeout=30) as client:
+        lab = await client.get(session["url"])
+        assert lab.status_code == 200 and "JupyterLab" in lab.text
+        kernel = await start_kernel(client, cluster.base(session), session["token"])
+    assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
+
+
+def test_session_info_and_delete(cluster: Cluster) -> None:
+    session = cluster.new_session(path="Welcome.ipynb")
+    assert session["url"].endswith(f"/lab/tree/Welcome.ipynb?token={session['token']}")
+    auth = {"Authorization": f"token {session['token']}"}
+    info = httpx.get(f"{cluster.url}/sessions/{session['id']}", headers=auth).json()
+    assert info["state"] == "claimed" and info["expires_at"] and info["last_activity"]
+    # The Welcome notebook is there, served through the proxy.
+    nb = httpx.get(f"{cluster.base(session)}api/contents/Welcome.ipynb", headers=auth)
+    assert nb.status_code == 200 and nb.json()["type"] == "notebook"
+    pids = {p.pid for p in cluster.sandbox_processes()}
+
+    gone = httpx.delete(f"{cluster.url}/sessions/{session['id']}", params={"token": session["token"]})
+    assert gone.status_code == 204
+    # The server process is gone, and its route with it.
+    assert len({p.pid for p in cluster.sandbox_processes()} & pids) < len(pids)
+    assert session["id"] not in cluster.status()["sandboxes"]
+    deadline = time.monotonic() + 5
+    while session["id"] in cluster.routes() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert session["id"] not in cluster.routes()
+    ended = httpx.get(f"{cluster.base(session)}api/status", headers=auth)
+    assert ended.status_code == 404
+    assert httpx.get(f"{cluster.url}/sessions/{session['id']}", headers=auth).status_code == 404
+
+
+def test_spawn_redirects_into_a_new_server(cluster: Cluster) -> None:
+    resp = httpx.get(f"{cluster.url}/spawn/notebooks/Welcome.ipynb", follow_redirects=False)
+    assert resp.status_code == 302
+    location = resp.headers["location"]
+    assert "/lab/tree/notebooks/Welcome.ipynb?token=" in location
+    plain = httpx.get(f"{cluster.url}/spawn", follow_redirects=False)
+    assert plain.status_code == 302 and "/lab?token=" in plain.headers["location"]
+    # Following it lands in JupyterLab.
+    assert "JupyterLab" in httpx.get(plain.headers["location"]).text
+
+
+def test_stats_health_and_docs(cluster: Cluster) -> None:
+    cluster.wait_warm(1)
+    stats = httpx.get(f"{cluster.url}/api/stats").json()
+    assert stats["available"] >= 1 and stats["capacity"] == 20 and stats["spawners"] == 1
+    assert httpx.get(f"{cluster.url}/healthz").json()["ok"] is True
+    assert httpx.get(f"{cluster.url}/docs").status_code == 200
+    paths = httpx.get(f"{cluster.url}/openapi.json").json()["paths"]
+    assert {"/sessions", "/sessions/{session_id}", "/spawn", "/api/stats"} <= set(paths)
+
+
+def test_ended_link_offers_a_fresh_server(cluster: Cluster) -> None:
+    resp = httpx.get(f"{cluster.url}/user/deadbeef0000/lab/tree/x.ipynb", headers={"Accept": "text/html"})
+    assert resp.status_code == 404
+    assert "has ended" in resp.text and 'href="/spawn/x.ipynb"' in resp.text
+
+
+def test_events_and_status_commands(cluster: Cluster) -> None:
+    env = cluster.env | {"NBPOOL_NATS_URL": cluster.nats_url}
+    watcher = subprocess.Popen(
+        [str(BIN / "nbpool"), "events", "--count", "1", "--timeout", "30"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(1.0)  # let it subscribe (it shows new events only)
+    session = cluster.new_session()
+    out, _ = watcher.communicate(timeout=40)
+    assert "sandbox.claimed" in out and session["id"] in out
+    table = subprocess.run([str(BIN / "nbpool"), "status"], env=env, capture_output=True, text=True, check=True).stdout
+    assert "POOL" in table and "SESSIONS" in table and session["id"] in table
+    for service in ("gateway", "spawner", "router", "culler"):
+        assert service in table
+    assert psutil.pid_exists(cluster.children()["nats"])

@@ -1,0 +1,162 @@
+"""Pure decision logic, no network: cull policy, pool sizing and order, route table, rate limit, settings."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from nbpool.culler.policy import CullPolicy, decide, expires_at
+from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
+from nbpool.router.routes import desired_routes, dynamic_config
+from nbpool.settings import GatewaySettings, SettingsError, SpawnerSettings, load
+from nbpool.spawner.pool import WarmPool, spawn_plan
+
+POLICY = CullPolicy(idle_timeout=600, max_age=7200, pool_max_age=3600)
+
+
+def record(state: State = State.CLAIMED, sid: str = "abc123", **kw: object) -> SandboxRecord:
+    base: dict[str, object] = dict(
+        id=sid, host="h", pool="default", state=state, target="http://127.0.0.1:9000", path=f"/user/{sid}/",
+        token="t", created_at=1000.0, warm_at=1010.0, claimed_at=2000.0,
+    )
+    base.update(kw)
+    return SandboxRecord.model_validate(base)
+
+
+class TestCullPolicy:
+    def test_fresh_claim_is_not_idle_even_if_server_sat_in_pool(self) -> None:
+        act = Activity(id="abc123", last_activity=1010.0, at=2100.0)  # server's own clock: start-up
+        assert not decide(record(), act, 2100.0, POLICY).end
+
+    def test_idle_after_timeout(self) -> None:
+        act = Activity(id="abc123", last_activity=2500.0, at=3200.0)
+        assert decide(record(), act, 3101.0, POLICY).reason == "idle"
+        assert not decide(record(), act, 3099.0, POLICY).end
+
+    def test_busy_kernel_counts_as_activity(self) -> None:
+        act = Activity(id="abc123", last_activity=2000.0, busy_kernels=1, at=4000.0)
+        assert not decide(record(), act, 4100.0, POLICY).end
+
+    def test_max_age_even_when_busy(self) -> None:
+        act = Activity(id="abc123", last_activity=9000.0, busy_kernels=1, at=9200.0)
+        assert decide(record(), act, 2000.0 + 7201, POLICY).reason == "max_age"
+
+    def test_pool_recycle(self) -> None:
+        warm = record(State.WARM, claimed_at=None)
+        assert decide(warm, None, 1010.0 + 3601, POLICY).reason == "recycle"
+        assert not decide(warm, None, 1010.0 + 3599, POLICY).end
+
+    def test_other_states_are_left_alone(self) -> None:
+        for state in (State.STARTING, State.ENDING, State.FAILED):
+            assert not decide(record(state), None, 10**9, POLICY).end
+
+    def test_expires_at_is_the_earlier_deadline(self) -> None:
+        assert expires_at(record(), None, POLICY) == 2600.0
+        act = Activity(id="abc123", last_activity=9000.0)
+        assert expires_at(record(), act, POLICY) == 2000.0 + 7200
+
+
+class TestSpawnPlan:
+    def test_fills_to_target_within_concurrency(self) -> None:
+        plan = spawn_plan({"default": PoolCounts(target=5)}, {}, capacity=20, total=0, starting=0, concurrency=2)
+        assert plan == {"default": 2}
+
+    def test_capacity_counts_every_sandbox(self) -> None:
+        counts = {"default": PoolCounts(target=5, warm=0, claimed=9)}
+        assert spawn_plan(counts, {}, capacity=10, total=9, starting=0, concurrency=4) == {"default": 1}
+        assert spawn_plan(counts, {}, capacity=10, total=10, starting=0, concurrency=4) == {}
+
+    def test_waiting_claims_raise_the_want(self) -> None:
+        counts = {"default": PoolCounts(target=1, warm=1)}
+        assert spawn_plan(counts, {"default": 2}, capacity=10, total=1, starting=0, concurrency=4) == {"default": 2}
+
+    def test_starting_counts_towards_target(self) -> None:
+        counts = {"default": PoolCounts(target=3, warm=1, starting=2)}
+        assert spawn_plan(counts, {}, capacity=10, total=3, starting=2, concurrency=4) == {}
+
+    def test_short_room_goes_to_the_largest_deficit(self) -> None:
+        counts = {"a": PoolCounts(target=1), "b": PoolCounts(target=4)}
+        assert spawn_plan(counts, {}, capacity=10, total=0, starting=0, concurrency=2) == {"b": 2}
+
+
+class TestWarmPool:
+    async def test_oldest_first(self) -> None:
+        pool = WarmPool()
+        pool.put("p", "one")
+        pool.put("p", "two")
+        assert await pool.take("p", 0) == "one"
+        assert pool.discard("two") and pool.warm("p") == 0
+        assert await pool.take("p", 0) is None
+
+    async def test_waiters_are_served_in_order(self) -> None:
+        pool = WarmPool()
+        first = asyncio.ensure_future(pool.take("p", 5))
+        second = asyncio.ensure_future(pool.take("p", 5))
+        await asyncio.sleep(0)
+        assert pool.waiting("p") == 2
+        pool.put("p", "a")
+        pool.put("p", "b")
+        assert (await first, await second) == ("a", "b")
+
+    async def test_timed_out_waiter_does_not_swallow_a_sandbox(self) -> None:
+        pool = WarmPool()
+        assert await pool.take("p", 0.01) is None
+        pool.put("p", "a")
+        assert pool.warm("p") == 1 and pool.waiting("p") == 0
+
+
+class TestRoutes:
+    def test_routable_states_only(self) -> None:
+        recs = [record(State.WARM, "aaaa11"), record(State.ENDING, "bbbb22"), record(State.STARTING, "cccc33")]
+        assert set(desired_routes(recs)) == {"aaaa11", "cccc33"}
+
+    def test_records_that_could_inject_rules_are_refused(self) -> None:
+        bad = [
+            record(sid="abcd12", path="/user/abcd12/`) || PathPrefix(`/"),
+            record(sid="abcd13", path="/user/other1/"),
+            record(sid="abcd14", target="http://127.0.0.1:9000/x?y"),
+            record(sid="abcd15", target="file:///etc/passwd"),
+        ]
+        assert desired_routes(bad) == {}
+
+    def test_config_has_catch_all_to_every_gateway(self) -> None:
+        cfg = dynamic_config({"abcd12": ("/user/abcd12/", "http://10.0.0.2:8888")}, ["http://a:1", "http://b:2"])
+        routers, services = cfg["http"]["routers"], cfg["http"]["services"]
+        assert routers["nbpool-gateway"]["priority"] < routers["sandbox-abcd12"]["priority"]
+        assert [s["url"] for s in services["nbpool-gateway"]["loadBalancer"]["servers"]] == ["http://a:1", "http://b:2"]
+        assert services["sandbox-abcd12"]["loadBalancer"]["servers"] == [{"url": "http://10.0.0.2:8888"}]
+
+
+def test_rate_limiter_burst_then_rate() -> None:
+    limiter = RateLimiter(per_minute=60, burst=2)
+    assert limiter.take("c", now=0) == 0 and limiter.take("c", now=0) == 0
+    assert limiter.take("c", now=0) == pytest.approx(1.0)
+    assert limiter.take("c", now=1.01) == 0
+    assert limiter.take("other", now=0) == 0
+
+
+def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBPOOL_POOL_SIZE", "lots")
+    with pytest.raises(SettingsError, match="NBPOOL_POOL_SIZE"):
+        load(SpawnerSettings)
+    monkeypatch.delenv("NBPOOL_POOL_SIZE")
+    monkeypatch.setenv("NBPOOL_ENVIRONMENT", "production")
+    with pytest.raises(SettingsError, match="NBPOOL_ADMIN_TOKEN"):
+        load(GatewaySettings)
+    monkeypatch.setenv("NBPOOL_ENVIRONMENT", "development")
+    monkeypatch.setenv("NBPOOL_PROFILES", '{"small": {"pool_size": 1}}')
+    with pytest.raises(SettingsError, match="NBPOOL_DEFAULT_PROFILE"):
+        load(SpawnerSettings)
+    monkeypatch.setenv("NBPOOL_DEFAULT_PROFILE", "small")
+    assert load(SpawnerSettings).pool_target("small") == 1
+
+
+def test_bad_messages_are_refused_with_what_was_wrong() -> None:
+    with pytest.raises(BadMessage, match="profile"):
+        decode(ClaimRequest, b'{"wait": 1}')
+    with pytest.raises(BadMessage):
+        decode(ClaimRequest, b"not json")
+    req = ClaimRequest(profile="default", wait=2)
+    assert decode(ClaimRequest, encode(req)) == req
