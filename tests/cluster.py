@@ -45,8 +45,16 @@ def free_ports(count: int) -> int:
 class Cluster:
     """One running nbpool (see the module docstring)."""
 
-    def __init__(self, state_dir: Path, settings: dict[str, str] | None = None, spawners: int = 1, gateways: int = 1) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        settings: dict[str, str] | None = None,
+        spawners: int = 1,
+        gateways: int = 1,
+        nats_url: str | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.external_nats = nats_url
         self.spawners = spawners
         self.gateways = gateways
         self.proxy_port = free_ports(1)
@@ -54,7 +62,7 @@ class Cluster:
         self.nats_port = free_ports(1)
         self.ping_port = free_ports(1)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
-        self.nats_url = f"nats://127.0.0.1:{self.nats_port}"
+        self.nats_url = nats_url or f"nats://127.0.0.1:{self.nats_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
         env.update(
             NBPOOL_STATE_DIR=str(state_dir),
@@ -77,6 +85,8 @@ class Cluster:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         args = [str(BIN / "nbpool"), "up", "--spawners", str(self.spawners), "--gateways", str(self.gateways)]
+        if self.external_nats:
+            args += ["--nats-url", self.external_nats]
         self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         self.wait_warm(warm, timeout)

@@ -75,3 +75,24 @@ async def test_fifty_claims_against_a_pool_of_ten(make_cluster: Any) -> None:
     assert len(records) == 10 and {r["state"] for r in records.values()} == {"warm"}
     assert _servers(cluster) == 10
     assert cluster.routes() == set(records)
+
+
+def test_launch_waits_for_a_starting_sandbox(make_cluster: Any) -> None:
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_CLAIM_TIMEOUT": "30"}, warm=1)
+    first = cluster.new_session()
+    # The pool is empty now; the next launch waits in line for the sandbox being started.
+    began = time.monotonic()
+    second = cluster.new_session()
+    assert second["id"] != first["id"]
+    assert time.monotonic() - began < 30
+    assert httpx.get(f"{cluster.base(second)}api/status", params={"token": second["token"]}).status_code == 200
+
+
+def test_up_with_an_existing_nats_server(nats_server: str, make_cluster: Any) -> None:
+    # (nats_server first: it must outlive the cluster, which is torn down before it)
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1"}, warm=1, nats_url=nats_server)
+    assert "nats" not in cluster.children()
+    session = cluster.new_session()
+    assert httpx.get(f"{cluster.base(session)}api/status", params={"token": session["token"]}).status_code == 200
+    records = cluster.status()["sandboxes"]  # read from the given server
+    assert session["id"] in {r["id"] for r in records}

@@ -205,17 +205,31 @@ class Spawner:
         self._changed()
 
     async def remove_all(self, reason: str) -> None:
-        """End every sandbox of this spawner (``nbpool up`` does this on Ctrl-C)."""
+        """End every sandbox of this spawner (``nbpool up`` does this on Ctrl-C).
+
+        Servers are stopped first, all at once; records are then deleted if the bus is there
+        (if not, the next reconcile deletes them).
+        """
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         records = {rec.id: rec for rec, _ in self._mine()}
-        for sid in self.known | records.keys():
-            if sid in records:
-                await self._remove(records[sid], reason)
-            else:
-                await self.runtime.remove(sid)
-        log.info("removed all sandboxes", extra={"count": len(self.known | records.keys())})
+        ids = self.known | records.keys()
+        await asyncio.gather(*(self.runtime.remove(sid) for sid in ids), return_exceptions=True)
+        self.known.clear()
+        log.info("removed all sandboxes", extra={"count": len(ids)})
+        if not self.bus.nc.is_connected:
+            return
+
+        async def forget(sid: str) -> None:
+            await (await self._sandboxes()).delete(sid)
+            await (await self.bus.kv(self.bus.names.activity)).delete(sid)
+            await self.bus.event("sandbox.ended", sid, host=self.id, cause=reason)
+
+        try:
+            await asyncio.wait_for(asyncio.gather(*(forget(sid) for sid in records)), timeout=10)
+        except (*_BUS_ERRORS, nats.js.errors.Error) as err:
+            log.warning("records not all deleted; the next start reconciles them", extra={"error": repr(err)})
 
     # ---- pool ----------------------------------------------------------------------------
 
