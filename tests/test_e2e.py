@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 
@@ -19,6 +21,10 @@ async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         lab = await client.get(session["url"])
         assert lab.status_code == 200 and "JupyterLab" in lab.text
+        # No news pop-up asking to reach the internet from a throwaway server.
+        page = re.search(r'<script id="jupyter-config-data" type="application/json">(.*?)</script>', lab.text, re.S)
+        assert page is not None
+        assert "@jupyterlab/apputils-extension:announcements" in json.loads(page.group(1))["disabledExtensions"]
         kernel = await start_kernel(client, cluster.base(session), session["token"])
     assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
 

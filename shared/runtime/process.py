@@ -4,9 +4,11 @@ For development and machines without Docker. **Not an isolation boundary**: a sa
 as the spawner's user, can read its files and reach every local port. Use the docker runtime for
 anyone you do not trust.
 
-Each sandbox has a folder ``<state_dir>/sandboxes/<instance>/<spawner>/<id>/`` holding its
-working folder (``home/``, with ``Welcome.ipynb``), its server log and ``sandbox.json``, which
-lets a restarted spawner find the processes it started before.
+Each sandbox has a folder ``<state_dir>/sandboxes/<instance>/<spawner>/servers/<id>/`` holding
+its working folder (``home/``, with ``Welcome.ipynb``), its server log and ``sandbox.json``,
+which lets a restarted spawner find the processes it started before. ``.../<spawner>/config/``
+is the Jupyter configuration all its sandboxes share (JupyterLab's news pop-up is off: a
+temporary server has no use for it, and it would reach out to the internet).
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ class ProcessRuntime:
     name = "process"
 
     def __init__(self, state_dir: Path, instance: str, spawner_id: str, command: str) -> None:
-        self._root = state_dir / "sandboxes" / instance / spawner_id
+        base = state_dir / "sandboxes" / instance / spawner_id
+        self._root = base / "servers"
+        self._config = base / "config"
         self._command = shlex.split(command)
         # Popen objects of the servers this process started, so they are reaped when removed.
         self._children: dict[str, subprocess.Popen[bytes]] = {}
@@ -59,7 +63,15 @@ class ProcessRuntime:
     async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
         return await asyncio.to_thread(self._create, spec)
 
+    def _write_config(self) -> None:
+        labconfig = self._config / "labconfig"
+        labconfig.mkdir(parents=True, exist_ok=True)
+        page = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
+        (labconfig / "page_config.json").write_text(json.dumps(page))
+
     def _create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        if not (self._config / "labconfig" / "page_config.json").exists():
+            self._write_config()
         folder = self._dir(spec.id)
         home = folder / "home"
         home.mkdir(parents=True, exist_ok=False)
@@ -71,6 +83,7 @@ class ProcessRuntime:
             "HOME": str(home),
             "JUPYTER_TOKEN": spec.token,  # not on the command line, where `ps` would show it
             "JUPYTER_RUNTIME_DIR": str(folder / "runtime"),
+            "JUPYTER_CONFIG_DIR": str(self._config),
             "IPYTHONDIR": str(folder / "ipython"),
             "NBPOOL_SANDBOX_ID": spec.id,
         }
