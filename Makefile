@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install up test unit clean
+.PHONY: install up test unit bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ unit: install
 
 clean:
 	rm -rf $(VENV) .nbpool
+
+bench: install
+	$(PY) bench/run.py
