@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install up test unit bench clean
+.PHONY: install engine image up test unit bench clean
 
 $(INSTALLED): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,10 +14,19 @@ $(INSTALLED): pyproject.toml constraints.txt
 
 install: $(INSTALLED)
 
+# A Docker engine (root on Debian: installs docker.io and starts dockerd if none answers).
+engine:
+	deploy/docker-engine.sh ensure
+
+# The notebook image for the Docker runtime, rebuilt only when its inputs change.
+image:
+	deploy/images/build.sh
+
 up: install
 	$(VENV)/bin/nbpool up
 
 test: install
+	deploy/docker-engine.sh ensure --soft
 	$(PY) -m pytest
 
 unit: install

@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -66,6 +67,27 @@ def traefik_static_config(address: str, ping_address: str, dynamic_dir: Path, lo
         },
         "log": {"level": log_level},
     }
+
+
+def _docker_reachable() -> str | None:
+    """None if a Docker engine answers, else why not."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        try:
+            client.ping()
+        finally:
+            client.close()
+        return None
+    except Exception as err:  # any failure means: no usable engine here
+        return f"{err.__class__.__name__}: {err}"
+
+
+def _build_script() -> Path | None:
+    """deploy/images/build.sh of the checkout nbpool runs from (an editable install), if any."""
+    script = Path(__file__).resolve().parent.parent / "deploy" / "images" / "build.sh"
+    return script if script.exists() else None
 
 
 def _die_with_parent() -> None:
@@ -138,6 +160,39 @@ class Supervisor:
 
     # ---- set-up -------------------------------------------------------------------------
 
+    def choose_runtime(self) -> dict[str, str]:
+        """The runtime settings for the spawners: Docker when an engine answers, else processes.
+
+        ``NBPOOL_RUNTIME`` decides when set. With Docker and no ``NBPOOL_DOCKER_IMAGE``, the
+        notebook image is built first (only when its inputs changed), showing progress.
+        """
+        wanted = os.environ.get("NBPOOL_RUNTIME")
+        if wanted == "process":
+            return {"NBPOOL_RUNTIME": "process"}
+        problem = _docker_reachable()
+        if problem is not None:
+            if wanted == "docker":
+                raise SystemExit(f"nbpool up: NBPOOL_RUNTIME=docker but no Docker engine answers ({problem})")
+            self._say("!" * 78)
+            self._say("WARNING: no Docker engine answers, so sandboxes run as plain local processes.")
+            self._say("They are NOT isolated: visitors' code runs as you. Only for people you trust.")
+            self._say(f"(Docker said: {problem})")
+            self._say("!" * 78)
+            return {"NBPOOL_RUNTIME": "process"}
+        env = {"NBPOOL_RUNTIME": "docker"}
+        if os.environ.get("NBPOOL_DOCKER_IMAGE"):
+            return env
+        script = _build_script()
+        if script is None:
+            return env  # the default image name; the spawner says clearly if it is missing
+        self._say("Docker engine found: building the notebook image if its inputs changed ...")
+        result = subprocess.run([str(script)], stdout=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            raise SystemExit("nbpool up: the notebook image did not build; see the output above")
+        env["NBPOOL_DOCKER_IMAGE"] = result.stdout.strip().splitlines()[-1]
+        self._say(f"sandboxes are containers of {env['NBPOOL_DOCKER_IMAGE']}")
+        return env
+
     def _env(self, **extra: str) -> dict[str, str]:
         s = self.settings
         env = {
@@ -172,9 +227,10 @@ class Supervisor:
         gateway_urls = ",".join(f"http://127.0.0.1:{p}" for p in gateway_ports)
         children.append(Child("router", [py, "-m", "nbpool.router.main"], self._env(
             NBPOOL_GATEWAY_URL=gateway_urls, NBPOOL_PROXY_URL=f"http://127.0.0.1:{s.proxy_port}"), logs / "router.log"))
+        runtime = self.choose_runtime()
         for i in range(self.n_spawners):
             name = "spawner" if self.n_spawners == 1 else f"spawner-{i + 1}"
-            extra = {"NBPOOL_REMOVE_ON_STOP": "false" if self.keep_sandboxes else "true"}
+            extra = {"NBPOOL_REMOVE_ON_STOP": "false" if self.keep_sandboxes else "true", **runtime}
             if self.n_spawners > 1 or "NBPOOL_SPAWNER_ID" not in os.environ:
                 extra["NBPOOL_SPAWNER_ID"] = name if self.n_spawners > 1 else os.environ.get("NBPOOL_SPAWNER_ID", "local")
             children.append(Child(name, [py, "-m", "nbpool.spawner.main"], self._env(**extra), logs / f"{name}.log"))

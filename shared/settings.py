@@ -102,7 +102,7 @@ class SpawnerSettings(CommonSettings):
     """The spawner's settings (warm pool, runtime, activity polling)."""
 
     spawner_id: str = Field(default_factory=lambda: socket.gethostname().split(".")[0] or "spawner")
-    runtime: Literal["process"] = "process"
+    runtime: Literal["process", "docker"] = "process"
     pool_size: int = Field(default=3, ge=0)
     max_sandboxes: int = Field(default=20, ge=1)
     spawn_concurrency: int = Field(default=2, ge=1)
@@ -111,6 +111,19 @@ class SpawnerSettings(CommonSettings):
     activity_interval: float = Field(default=3.0, gt=0)
     jupyter_command: str = Field(default=f"{sys.executable} -m jupyter_server", description="process runtime")
     remove_on_stop: bool = Field(default=False, description="end this spawner's sandboxes when it stops")
+    docker_image: str = Field(default="nbpool/notebook:latest", description="docker runtime: the sandbox image")
+    docker_network: str = Field(default="", description="docker runtime: bridge network; default <instance>-sandboxes")
+    docker_egress: bool = Field(default=False, description="docker runtime: may sandboxes reach beyond the host")
+    docker_memory: str = Field(default="512m", pattern=r"^[0-9]+[bkmg]?$", description="docker runtime: memory limit")
+    docker_cpus: float = Field(default=1.0, gt=0, description="docker runtime: CPU limit")
+    docker_pids: int = Field(default=256, ge=16, description="docker runtime: process limit")
+    docker_workers: int = Field(default=8, ge=1, description="docker runtime: Docker API calls at a time")
+    docker_timeout: float = Field(default=30.0, gt=0, description="docker runtime: seconds per Docker API call")
+
+    @property
+    def network(self) -> str:
+        """The Docker network sandboxes join."""
+        return self.docker_network or f"{self.instance}-sandboxes"
 
     @field_validator("spawner_id")
     @classmethod

@@ -72,6 +72,7 @@ class Cluster:
             NBPOOL_NATS_PORT=str(self.nats_port),
             NBPOOL_PUBLIC_URL=self.url,
             NBPOOL_LOG_LEVEL="DEBUG",
+            NBPOOL_RUNTIME="process",
         )
         env.update(settings or {})
         self.env = env
@@ -161,12 +162,28 @@ class Cluster:
                 continue
         return found
 
+    def containers(self) -> list[Any]:
+        """Docker containers of this cluster's nbpool instance."""
+        import docker
+
+        client = docker.from_env(timeout=30)
+        label = f"nbpool.instance={self.env.get('NBPOOL_INSTANCE', 'nbpool')}"
+        return list(client.containers.list(all=True, filters={"label": label}))
+
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
             [str(BIN / "nbpool"), "status", "--json"], env=self.env | {"NBPOOL_NATS_URL": self.nats_url},
             capture_output=True, check=True, timeout=30,
         )
         return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every lifecycle event stored on the bus so far, oldest first (``nbpool events --all --json``)."""
+        out = subprocess.run(
+            [str(BIN / "nbpool"), "events", "--json", "--all", "--timeout", "2"],
+            env=self.env | {"NBPOOL_NATS_URL": self.nats_url}, capture_output=True, text=True, timeout=30, check=True,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def routes(self) -> set[str]:
         """Sandbox ids that have a route in Traefik's dynamic config."""

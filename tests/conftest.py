@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import psutil
 import pytest
 
 from cluster import BIN, Cluster, free_ports
+
+ROOT = Path(__file__).parent.parent
 
 
 def _teardown(cluster: Cluster) -> None:
@@ -29,6 +33,12 @@ def _teardown(cluster: Cluster) -> None:
         except psutil.Error:
             pass
     assert not left, f"processes left after stop: {[p.pid for p in left]}\n{cluster.logs()}"
+    if cluster.env.get("NBPOOL_RUNTIME") == "docker":
+        containers = cluster.containers()
+        for container in containers:
+            container.remove(force=True)
+        assert not containers, f"containers left after stop: {[c.name for c in containers]}\n{cluster.logs()}"
+        _docker().networks.prune(filters={"label": f"nbpool.instance={cluster.env['NBPOOL_INSTANCE']}"})
 
 
 @pytest.fixture
@@ -50,6 +60,42 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
     yield make
     for cluster in made:
         _teardown(cluster)
+
+
+def _docker() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def docker_image() -> str:
+    """The notebook image, built if its inputs changed. Without an engine: fail under CI, else skip."""
+    try:
+        _docker().ping()
+    except Exception as err:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the Docker tests need a Docker engine and none answers ({err}); make test starts one as root")
+        pytest.skip(f"no Docker engine answers ({err}); run `make engine` as root")
+    built = subprocess.run([str(ROOT / "deploy" / "images" / "build.sh")], stdout=subprocess.PIPE, text=True, timeout=1800)
+    assert built.returncode == 0, "the notebook image did not build"
+    return built.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def docker_cluster(make_cluster: Callable[..., Cluster], docker_image: str) -> Callable[..., Cluster]:
+    """Start clusters whose sandboxes are containers, each nbpool instance with a name of its own."""
+
+    def make(settings: dict[str, str] | None = None, **kw: Any) -> Cluster:
+        env = {
+            "NBPOOL_RUNTIME": "docker",
+            "NBPOOL_DOCKER_IMAGE": docker_image,
+            "NBPOOL_INSTANCE": f"t{uuid.uuid4().hex[:8]}",
+            **(settings or {}),
+        }
+        return make_cluster(env, **kw)
+
+    return make
 
 
 @pytest.fixture

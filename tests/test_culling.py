@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 import uuid
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import websockets
 
-from cluster import BIN, Cluster
+from cluster import Cluster
 from kernel import _request, execute_on, start_kernel
 
 IDLE = 4.0
@@ -60,15 +59,11 @@ async def test_idle_is_culled_busy_and_chatty_are_not(make_cluster: Any) -> None
     # The idle one is really gone: no process, its link answers 404, and the decision is on the bus.
     assert not [p for p in cluster.sandbox_processes() if idle["id"] in " ".join(p.cmdline())]
     assert httpx.get(f"{cluster.base(idle)}api/status", params={"token": idle["token"]}).status_code == 404
-    events = subprocess.run(
-        [str(BIN / "nbpool"), "events", "--json", "--all", "--timeout", "2"],
-        env=cluster.env | {"NBPOOL_NATS_URL": cluster.nats_url}, capture_output=True, text=True, timeout=30,
-    ).stdout
-    decisions = [json.loads(line) for line in events.splitlines() if '"cull.decision"' in line]
+    events = cluster.events()
+    decisions = [e for e in events if e["type"] == "cull.decision"]
     assert {(e["sandbox_id"], e["cause"]) for e in decisions} >= {(idle["id"], "idle")}
     assert busy["id"] not in {e["sandbox_id"] for e in decisions}
-    ended = [json.loads(line) for line in events.splitlines() if '"sandbox.ended"' in line]
-    assert idle["id"] in {e["sandbox_id"] for e in ended}
+    assert idle["id"] in {e["sandbox_id"] for e in events if e["type"] == "sandbox.ended"}
 
     # Once quiet, the others go too.
     deadline = time.monotonic() + 6 * IDLE

@@ -13,7 +13,22 @@ from nbpool.spawner.spawner import Spawner
 
 
 def make_runtime(settings: SpawnerSettings) -> Runtime:
-    """The runtime named by ``NBPOOL_RUNTIME`` (only ``process`` so far)."""
+    """The runtime named by ``NBPOOL_RUNTIME``."""
+    if settings.runtime == "docker":
+        from nbpool.runtime.docker import DockerRuntime  # the docker package is only needed here
+
+        return DockerRuntime(
+            instance=settings.instance,
+            spawner_id=settings.spawner_id,
+            image=settings.docker_image,
+            network=settings.network,
+            egress=settings.docker_egress,
+            memory=settings.docker_memory,
+            cpus=settings.docker_cpus,
+            pids=settings.docker_pids,
+            workers=settings.docker_workers,
+            timeout=settings.docker_timeout,
+        )
     return ProcessRuntime(settings.state_dir, settings.instance, settings.spawner_id, settings.jupyter_command)
 
 

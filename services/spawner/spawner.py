@@ -33,6 +33,7 @@ from nbpool.models import (
     encode,
 )
 from nbpool.runtime import Runtime, RuntimeUnavailable, SandboxSpec, SpawnFailed
+from nbpool.runtime.base import ReportsOOM
 from nbpool.settings import SpawnerSettings
 from nbpool.spawner.activity import read_activity
 from nbpool.spawner.pool import WarmPool, spawn_plan
@@ -147,6 +148,8 @@ class Spawner:
                 asyncio.ensure_future(self._activity_loop()),
                 asyncio.ensure_future(self._health_loop()),
             ]
+            if isinstance(self.runtime, ReportsOOM):
+                loops.append(asyncio.ensure_future(self.runtime.watch_oom(self._out_of_memory)))
             log.info("serving", extra={"spawner": self.id, "runtime": self.runtime.name})
             try:
                 await stop.wait()
@@ -468,6 +471,12 @@ class Spawner:
             except nats.js.errors.KeyWrongLastSequenceError:
                 item = None
         return None
+
+    def _out_of_memory(self, sandbox_id: str) -> None:
+        # The kernel's OOM killer hit a process in the sandbox (usually the kernel, which Jupyter
+        # restarts): say so; the health loop replaces the sandbox if its server died too.
+        log.warning("sandbox hit its memory limit", **self._log(sandbox_id))
+        self._spawn_task(self.bus.event("sandbox.oom", sandbox_id, host=self.id, cause="memory limit"))
 
     # ---- heartbeats, activity, health ----------------------------------------------------
 

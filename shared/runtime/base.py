@@ -7,9 +7,10 @@ pools, claims or the bus: the spawner decides, the runtime carries out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, runtime_checkable
 
-__all__ = ["Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
+__all__ = ["ReportsOOM", "Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
 
 
 class SpawnFailed(Exception):
@@ -82,3 +83,15 @@ class Runtime(Protocol):
     async def logs(self, sandbox_id: str, lines: int = 20) -> str: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsOOM(Protocol):
+    """A runtime that can tell when a sandbox hit its memory limit (the docker runtime can).
+
+    :meth:`watch_oom` calls ``report(sandbox_id)`` each time the kernel's out-of-memory killer
+    kills a process in one of this runtime's sandboxes. It runs until cancelled and survives the
+    runtime going away and coming back.
+    """
+
+    async def watch_oom(self, report: Callable[[str], None]) -> None: ...

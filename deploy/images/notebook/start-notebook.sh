@@ -18,6 +18,12 @@ args=(
     --ServerApp.root_dir=/home/jovyan
     # Under `jupyter server` (not `jupyter lab`) "/" has no page of its own.
     --ServerApp.default_url=/lab
+    # Behind the proxy: the client's address comes in X-Forwarded-For / X-Real-Ip.
+    --ServerApp.trust_xheaders=True
+    # A throwaway server makes no calls to the internet of its own.
+    --LabApp.news_url=None
+    --LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate
+    --LabApp.extension_manager=readonly
 )
 if [[ -n "${NBPOOL_BASE_URL:-}" ]]; then
     args+=("--ServerApp.base_url=${NBPOOL_BASE_URL}")

@@ -1,0 +1,295 @@
+"""The docker runtime: one container per sandbox, the production runtime.
+
+Each sandbox is a container of the notebook image (``deploy/images/``) on a bridge network that
+nbpool creates: traffic between containers off (``enable_icc=false``), and no route beyond the
+host unless egress is allowed (``internal``). The proxy reaches a container at its own IP: no
+published ports, no docker-proxy hop. Containers run as uid 1000 with every capability dropped,
+``no-new-privileges``, memory, CPU and pid limits, no Docker socket, and are removed when they
+stop. Labels carry the nbpool instance, spawner, sandbox id and profile; this runtime only ever
+lists or removes containers labelled with its own instance and spawner.
+
+The Docker SDK is blocking: every call runs in a bounded thread pool (like tmpnb's
+``max_dock_workers``) under a timeout. An engine that cannot be reached raises
+:class:`RuntimeUnavailable`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.models.containers import Container
+
+from nbpool import logs
+from nbpool.runtime.base import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
+
+__all__ = ["DockerRuntime", "LABEL"]
+
+log = logs.get("nbpool.runtime.docker")
+
+LABEL = "nbpool"
+_PORT = 8888
+_T = TypeVar("_T")
+
+
+class DockerRuntime:
+    """Sandboxes as Docker containers (see the module docstring)."""
+
+    name = "docker"
+
+    def __init__(
+        self,
+        instance: str,
+        spawner_id: str,
+        image: str,
+        network: str,
+        egress: bool = False,
+        memory: str = "512m",
+        cpus: float = 1.0,
+        pids: int = 256,
+        workers: int = 8,
+        timeout: float = 30.0,
+        base_url: str | None = None,
+    ) -> None:
+        self.instance = instance
+        self.spawner_id = spawner_id
+        self.image = image
+        self.network = network
+        self.egress = egress
+        self.memory = memory
+        self.cpus = cpus
+        self.pids = pids
+        self.timeout = timeout
+        self._base_url = base_url
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
+        self._client: docker.DockerClient | None = None
+        self._network_id = ""
+        self._network_lock = threading.Lock()
+
+    # ---- plumbing --------------------------------------------------------------------------
+
+    def _docker(self) -> docker.DockerClient:
+        if self._client is None:
+            if self._base_url:
+                self._client = docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
+            else:
+                self._client = docker.from_env(timeout=int(self.timeout))
+        return self._client
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout + 5)
+        except asyncio.TimeoutError:
+            raise RuntimeUnavailable(f"the Docker engine did not answer within {self.timeout:g} s") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
+            self._client = None
+            self._network_id = ""
+            raise RuntimeUnavailable(f"the Docker engine cannot be reached: {err.__class__.__name__}") from None
+        except docker.errors.DockerException as err:
+            if isinstance(err, docker.errors.APIError):
+                raise
+            self._client = None
+            self._network_id = ""
+            raise RuntimeUnavailable(f"the Docker engine cannot be reached: {err}") from None
+
+    def _labels(self) -> dict[str, str]:
+        return {f"{LABEL}.instance": self.instance, f"{LABEL}.spawner": self.spawner_id}
+
+    def _filters(self) -> dict[str, Any]:
+        return {"label": [f"{k}={v}" for k, v in self._labels().items()]}
+
+    def _name(self, sandbox_id: str) -> str:
+        return f"{self.instance}-{self.spawner_id}-{sandbox_id}"
+
+    # ---- network ---------------------------------------------------------------------------
+
+    def _ensure_network(self) -> str:
+        """The id of the sandbox network, created if missing."""
+        with self._network_lock:
+            if self._network_id:
+                return self._network_id
+            client = self._docker()
+            found = [n for n in client.networks.list(names=[self.network]) if n.name == self.network]
+            if not found:
+                client.networks.create(
+                    self.network,
+                    driver="bridge",
+                    internal=not self.egress,
+                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    labels={f"{LABEL}.instance": self.instance},
+                    check_duplicate=True,
+                )
+                log.info("network created", extra={"network": self.network, "egress": self.egress})
+                found = [n for n in client.networks.list(names=[self.network]) if n.name == self.network]
+            # Two spawners creating it at once can leave twins (the engine does not stop that):
+            # everyone settles on the oldest, and empty younger twins are removed.
+            found.sort(key=lambda n: n.attrs.get("Created", ""))
+            for twin in found[1:]:
+                twin.reload()
+                if not twin.attrs.get("Containers"):
+                    try:
+                        twin.remove()
+                    except docker.errors.APIError:
+                        pass
+            chosen = found[0]
+            if (chosen.attrs.get("Options") or {}).get("com.docker.network.bridge.enable_icc") != "false":
+                log.warning("network lets sandboxes reach each other (enable_icc is not false)", extra={"network": self.network})
+            self._network_id = str(chosen.id)
+            return self._network_id
+
+    # ---- the interface ---------------------------------------------------------------------
+
+    async def create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        try:
+            return await self._call(self._create, spec)
+        except docker.errors.ImageNotFound:
+            image = spec.image or self.image
+            raise SpawnFailed(f"image {image} does not exist on this engine; build it with `make image`") from None
+        except docker.errors.APIError as err:
+            raise SpawnFailed(f"Docker refused the container: {err.explanation or err}") from None
+
+    def _create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        network = self._ensure_network()
+        client = self._docker()
+        labels = {**self._labels(), f"{LABEL}.sandbox": spec.id, f"{LABEL}.profile": spec.profile,
+                  f"{LABEL}.host": socket.gethostname()}
+        container: Container = client.containers.run(
+            spec.image or self.image,
+            detach=True,
+            name=self._name(spec.id),
+            hostname=f"sandbox-{spec.id}",
+            environment={"NBPOOL_TOKEN": spec.token, "NBPOOL_BASE_URL": spec.base_path},
+            network=network,
+            labels=labels,
+            user="1000:1000",
+            cap_drop=["ALL"],
+            security_opt=["no-new-privileges:true"],
+            mem_limit=self.memory,
+            memswap_limit=self.memory,  # no swap: past the limit the kernel is killed, the host is spared
+            nano_cpus=int(self.cpus * 1e9),
+            pids_limit=self.pids,
+            auto_remove=True,
+        )
+        try:
+            container.reload()
+            return self._sandbox(container)
+        except (docker.errors.NotFound, KeyError):
+            raise SpawnFailed("the container exited at once") from None
+
+    def _sandbox(self, container: Container) -> RuntimeSandbox:
+        attrs = container.attrs
+        labels = attrs["Config"]["Labels"] or {}
+        networks = attrs["NetworkSettings"]["Networks"] or {}
+        ip = (networks.get(self.network) or {}).get("IPAddress") or ""
+        state = attrs.get("State") or {}
+        started = state.get("StartedAt") or attrs.get("Created") or ""
+        try:
+            created = datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00").timestamp()
+        except ValueError:
+            created = time.time()
+        return RuntimeSandbox(
+            id=labels.get(f"{LABEL}.sandbox", ""),
+            target=f"http://{ip}:{_PORT}" if ip else "",
+            profile=labels.get(f"{LABEL}.profile", ""),
+            alive=state.get("Status") == "running" and bool(ip),
+            created_at=created,
+            details={"container": container.short_id, "oom_killed": str(state.get("OOMKilled", False))},
+        )
+
+    async def list(self) -> list[RuntimeSandbox]:
+        def listing() -> list[RuntimeSandbox]:
+            found = []
+            for container in self._docker().containers.list(all=True, filters=self._filters()):
+                try:
+                    found.append(self._sandbox(container))
+                except KeyError:
+                    continue
+            return [sb for sb in found if sb.id]
+
+        try:
+            return await self._call(listing)
+        except docker.errors.APIError as err:
+            raise RuntimeUnavailable(f"Docker could not list containers: {err.explanation or err}") from None
+
+    async def inspect(self, sandbox_id: str) -> RuntimeSandbox | None:
+        def inspecting() -> RuntimeSandbox | None:
+            try:
+                return self._sandbox(self._docker().containers.get(self._name(sandbox_id)))
+            except docker.errors.NotFound:
+                return None
+
+        return await self._call(inspecting)
+
+    async def remove(self, sandbox_id: str) -> None:
+        def removing() -> None:
+            try:
+                container = self._docker().containers.get(self._name(sandbox_id))
+                labels = container.labels or {}
+                if labels.get(f"{LABEL}.instance") != self.instance or labels.get(f"{LABEL}.spawner") != self.spawner_id:
+                    return  # never touch another instance's containers, whatever their name
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except docker.errors.APIError as err:
+                if err.status_code not in (404, 409):  # 409: removal already in progress (auto-remove)
+                    raise
+
+        await self._call(removing)
+
+    async def logs(self, sandbox_id: str, lines: int = 20) -> str:
+        def reading() -> str:
+            try:
+                raw = self._docker().containers.get(self._name(sandbox_id)).logs(tail=lines)
+                return raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+            except docker.errors.NotFound:
+                return ""
+
+        try:
+            return await self._call(reading)
+        except (RuntimeUnavailable, docker.errors.APIError):
+            return ""
+
+    async def watch_oom(self, report: Callable[[str], None]) -> None:
+        """Report out-of-memory kills in this runtime's containers (Docker's ``oom`` events)."""
+        loop = asyncio.get_running_loop()
+        stopping = threading.Event()
+
+        def follow() -> None:
+            # The event stream blocks: it gets a thread of its own, not a place in the worker pool.
+            while not stopping.is_set():
+                try:
+                    client = docker.from_env(timeout=int(self.timeout)) if not self._base_url else \
+                        docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
+                    filters = {"type": "container", "event": "oom", **self._filters()}
+                    stream = client.events(decode=True, filters=filters)
+                    for event in stream:
+                        sandbox = (event.get("Actor", {}).get("Attributes") or {}).get(f"{LABEL}.sandbox")
+                        if sandbox:
+                            loop.call_soon_threadsafe(report, sandbox)
+                        if stopping.is_set():
+                            break
+                    client.close()
+                except Exception:  # the engine went away: try again shortly
+                    stopping.wait(2.0)
+
+        thread = threading.Thread(target=follow, name="docker-oom-events", daemon=True)
+        thread.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopping.set()
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._client is not None:
+            self._client.close()
