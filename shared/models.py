@@ -73,6 +73,7 @@ class SandboxRecord(_Doc):
     claimed_at: float | None = None
     owner: str | None = None
     ending_reason: str | None = None
+    kernel_id: str | None = None
 
     def moved(self, state: State, **changes: Any) -> SandboxRecord:
         """A copy in ``state``, with ``changes`` applied."""

@@ -110,6 +110,8 @@ class SpawnerSettings(CommonSettings):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     activity_interval: float = Field(default=3.0, gt=0)
     jupyter_command: str = Field(default=f"{sys.executable} -m jupyter_server", description="process runtime")
+    prestart_kernel: bool = Field(default=True, description="start the notebook's kernel while the sandbox is pooled")
+    prestart_notebook: str = Field(default="Welcome.ipynb", description="the notebook whose session is pre-started")
     remove_on_stop: bool = Field(default=False, description="end this spawner's sandboxes when it stops")
     docker_image: str = Field(default="nbpool/notebook:latest", description="docker runtime: the sandbox image")
     docker_network: str = Field(default="", description="docker runtime: bridge network; default <instance>-sandboxes")

@@ -29,6 +29,16 @@ async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
     assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
 
 
+async def test_session_comes_with_a_running_kernel(cluster: Cluster) -> None:
+    session = cluster.new_session()
+    kernel = session["kernel_id"]
+    assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
+    # It is the Welcome notebook's kernel: JupyterLab opening the notebook attaches to it.
+    async with httpx.AsyncClient(timeout=30) as client:
+        sessions = (await client.get(f"{cluster.base(session)}api/sessions", params={"token": session["token"]})).json()
+    assert [(s["path"], s["kernel"]["id"]) for s in sessions] == [("Welcome.ipynb", kernel)]
+
+
 def test_session_info_and_delete(cluster: Cluster) -> None:
     session = cluster.new_session(path="Welcome.ipynb")
     assert session["url"].endswith(f"/lab/tree/Welcome.ipynb?token={session['token']}")

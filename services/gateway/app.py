@@ -72,6 +72,9 @@ class SessionCreated(BaseModel):
     token: str
     expires_at: str | None = Field(description="when the session ends if left idle (ISO 8601, UTC)")
     profile: str
+    kernel_id: str | None = Field(
+        default=None, description="a kernel already running in the server (the Welcome notebook's), ready for code"
+    )
 
 
 class SessionInfo(BaseModel):
@@ -233,6 +236,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             token=rec.token,
             expires_at=_iso(expires_at(rec, None, policy)),
             profile=rec.pool,
+            kernel_id=rec.kernel_id,
         )
 
     async def authorized_record(

@@ -36,6 +36,7 @@ from nbpool.runtime import Runtime, RuntimeUnavailable, SandboxSpec, SpawnFailed
 from nbpool.runtime.base import ReportsOOM
 from nbpool.settings import SpawnerSettings
 from nbpool.spawner.activity import read_activity
+from nbpool.spawner.kernel import prestart_kernel
 from nbpool.spawner.pool import WarmPool, spawn_plan
 
 __all__ = ["Spawner"]
@@ -310,6 +311,12 @@ class Spawner:
             deadline = began + self.settings.start_timeout
             await self._wait_answering(rec, deadline)
             answered = time.monotonic()
+            if self.settings.prestart_kernel:
+                remaining = max(1.0, deadline - time.monotonic())
+                kernel_id = await asyncio.wait_for(
+                    prestart_kernel(self._http, rec, self.settings.prestart_notebook, remaining), remaining
+                )
+                rec = rec.model_copy(update={"kernel_id": kernel_id})
             await asyncio.wait_for(self._routed[sid].wait(), timeout=max(0.1, deadline - time.monotonic()))
             warm = rec.moved(State.WARM, warm_at=time.time())
             await kv.update(sid, encode(warm), last=rev)

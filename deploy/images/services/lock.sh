@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Regenerate requirements.txt: every package the services image installs besides nbpool itself
+# (the dependency closure of pyproject.toml's [project] dependencies, plus its "docker" extra if
+# there is one), at the versions constraints.txt pins, resolved for the image's Python and
+# platform (lib.sh: CPython 3.11.2, glibc 2.36), each pinned with == and the sha256 of the exact
+# wheel. build-services.sh runs this by itself when constraints.txt or the dependency lists
+# changed since the last lock (it compares the "inputs" line below).
+#
+# constraints.txt pins what the development machine (a newer 3.11) runs. A pinned release that
+# cannot run on the image's Python (soupsieve 4.x needs >= 3.11.5) is dropped from the
+# constraints and resolved anew for the target, as notebook/lock.sh does: the newest release
+# that fits. Such pins are named in the output and in the file's header. A conflict that is not
+# of that kind stops the lock with pip's own explanation.
+#
+# No index or URL is written: pip resolves through whatever index the host's pip is configured
+# to use.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=SCRIPTDIR/../lib.sh
+source "$here/../lib.sh"
+repo="$(cd "$here/../../.." && pwd)"
+
+case "${1:-}" in
+    "") ;;
+    --inputs) ;;
+    -h | --help) sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) die "unknown argument '$1' (usage: lock.sh [--inputs])" ;;
+esac
+
+# The dependency lists of pyproject.toml, one per line (tomllib: the host needs Python 3.11+,
+# like the project itself).
+requirements_in() {
+    "${NBPOOL_HOST_PYTHON:-python3}" - "$repo/pyproject.toml" <<'EOF'
+import sys, tomllib
+project = tomllib.load(open(sys.argv[1], "rb"))["project"]
+for req in project.get("dependencies", []) + project.get("optional-dependencies", {}).get("docker", []):
+    print(req)
+EOF
+}
+
+# What the lock depends on: the dependency lists, constraints.txt and the target. Written into
+# requirements.txt so build-services.sh can tell a stale lock without any download.
+inputs_digest() {
+    {
+        requirements_in | LC_ALL=C sort -u
+        sha256sum <"$repo/constraints.txt"
+        echo "$NBPOOL_TARGET_PY $NBPOOL_TARGET_GLIBC $(uname -m)"
+    } | sha256sum | cut -c1-64
+}
+
+if [[ ${1:-} == --inputs ]]; then
+    inputs_digest
+    exit 0
+fi
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/nbpool-services-lock.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+requirements_in >"$tmp/requirements.in"
+# The project's own line (an editable install) and comments are not constraints.
+grep -v -e '^[[:space:]]*#' -e '^[[:space:]]*$' -e '^nbpool[=[:space:]]' "$repo/constraints.txt" >"$tmp/constraints.txt"
+
+mapfile -t platform_flags < <(target_pip_platform_flags)
+log "resolving nbpool's dependencies ($(wc -l <"$tmp/requirements.in") direct) with constraints.txt," \
+    "for CPython $NBPOOL_TARGET_PY, glibc $NBPOOL_TARGET_GLIBC, $(uname -m)"
+dropped=()
+resolved=0
+for _ in 1 2 3 4 5 6 7 8; do
+    rm -rf "$tmp/wheels"
+    # Not --quiet: pip explains a conflict only at its normal verbosity.
+    if host_pip download --progress-bar off --dest "$tmp/wheels" "${platform_flags[@]}" \
+        -r "$tmp/requirements.in" -c "$tmp/constraints.txt" >"$tmp/pip.err" 2>&1; then
+        resolved=1
+        break
+    fi
+    # pip names the pin it could not satisfy in one of these two forms.
+    mapfile -t pins < <(sed -n \
+        -e 's/^ *The user requested (constraint) \([A-Za-z0-9._-]*==[^ ,;]*\).*/\1/p' \
+        -e 's/^ERROR: No matching distribution found for \([A-Za-z0-9._-]*==[^ ,;]*\).*/\1/p' \
+        "$tmp/pip.err" | sort -u)
+    [[ ${#pins[@]} -gt 0 ]] || { cat "$tmp/pip.err" >&2; die "pip could not resolve the dependencies (see above)"; }
+    for pin in "${pins[@]}"; do
+        # Drop a pin only when that exact release has no wheel for the target; anything else is
+        # a real conflict that must be fixed in constraints.txt.
+        if host_pip download --quiet --no-deps --dest "$tmp/probe" "${platform_flags[@]}" "$pin" 2>/dev/null; then
+            cat "$tmp/pip.err" >&2
+            die "$pin exists for the target but does not resolve with the other pins (see above)"
+        fi
+        name="${pin%%==*}"
+        log "$pin has no wheel for CPython $NBPOOL_TARGET_PY here (it needs a newer Python); resolving $name anew"
+        grep -v -i -e "^${name//[-_.]/[-_.]}==" "$tmp/constraints.txt" >"$tmp/constraints.next" || true
+        mv "$tmp/constraints.next" "$tmp/constraints.txt"
+        dropped+=("$pin")
+    done
+done
+((resolved)) || { cat "$tmp/pip.err" >&2; die "still no resolution after dropping ${dropped[*]}"; }
+
+shopt -s nullglob
+others=("$tmp"/wheels/*.tar.gz "$tmp"/wheels/*.zip)
+[[ ${#others[@]} -eq 0 ]] || die "not wheels: ${others[*]##*/}"
+
+# Wheel file names are "<name>-<version>-<tags>.whl" with '-' escaped in name and version,
+# so the first two fields are exact.
+{
+    echo "# Generated by lock.sh from pyproject.toml's dependencies and constraints.txt, for CPython"
+    echo "# $NBPOOL_TARGET_PY on $(uname -m) (Debian $NBPOOL_DEBIAN_SUITE, glibc $NBPOOL_TARGET_GLIBC). Do not edit by hand."
+    echo "# inputs: $(inputs_digest)"
+    for pin in "${dropped[@]}"; do
+        name="${pin%%==*}"
+        got=""
+        for whl in "$tmp"/wheels/*.whl; do
+            f="${whl##*/}"; rest="${f#*-}"
+            [[ ${f%%-*} == "$(tr -- '-.' '__' <<<"${name,,}")" ]] && got="${rest%%-*}"
+        done
+        echo "# constraints.txt pins $pin, which needs a newer Python than $NBPOOL_TARGET_PY: ${got:-?} here"
+    done
+    for whl in "$tmp"/wheels/*.whl; do
+        f="${whl##*/}"
+        name="${f%%-*}"; rest="${f#*-}"; version="${rest%%-*}"
+        printf '%s==%s %s\n' "$name" "$version" "$(sha256sum "$whl" | cut -d' ' -f1)"
+    done | sort -f | while read -r pin digest; do
+        printf '%s \\\n    --hash=sha256:%s\n' "$pin" "$digest"
+    done
+} >"$here/requirements.txt.new"
+mv "$here/requirements.txt.new" "$here/requirements.txt"
+log "wrote requirements.txt ($(grep -c '^[^#].*==' "$here/requirements.txt") packages, $(du -sh "$tmp/wheels" | cut -f1) of wheels)"
