@@ -177,3 +177,18 @@ async def test_engine_down_then_back(docker_cluster: Any) -> None:
     session = cluster.new_session()
     assert await _run(cluster, session, "1+1") == "2"
     assert cluster.children() == children
+
+
+async def test_dead_containers_are_replaced_never_handed_out(docker_cluster: Any) -> None:
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2", "NBPOOL_HEARTBEAT_INTERVAL": "0.5"}, warm=2)
+    dead = {c.labels["nbpool.sandbox"] for c in cluster.containers()}
+    for container in cluster.containers():
+        container.kill()
+    await asyncio.sleep(0.5)  # the engine's "die" events take the pool's containers out at once
+    # Launches now get a working server or wait for one; never a dead one.
+    for _ in range(2):
+        session = cluster.new_session()
+        assert session["id"] not in dead
+        assert await _run(cluster, session, "1+1") == "2"
+    ended = {e["sandbox_id"] for e in cluster.events() if e["type"] == "sandbox.ended" and e["cause"] == "died"}
+    assert dead <= ended

@@ -33,7 +33,7 @@ from nbpool.models import (
     encode,
 )
 from nbpool.runtime import Runtime, RuntimeUnavailable, SandboxSpec, SpawnFailed
-from nbpool.runtime.base import ReportsOOM
+from nbpool.runtime.base import ReportsEvents
 from nbpool.settings import SpawnerSettings
 from nbpool.spawner.activity import read_activity
 from nbpool.spawner.kernel import prestart_kernel
@@ -92,6 +92,7 @@ class Spawner:
         self.reason = ""
         self._backoff = {name: _Backoff() for name in settings.profiles}
         self._routed: dict[str, asyncio.Event] = {}
+        self._unanswered: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._beat_soon = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -149,8 +150,8 @@ class Spawner:
                 asyncio.ensure_future(self._activity_loop()),
                 asyncio.ensure_future(self._health_loop()),
             ]
-            if isinstance(self.runtime, ReportsOOM):
-                loops.append(asyncio.ensure_future(self.runtime.watch_oom(self._out_of_memory)))
+            if isinstance(self.runtime, ReportsEvents):
+                loops.append(asyncio.ensure_future(self.runtime.watch_events(self._runtime_event)))
             log.info("serving", extra={"spawner": self.id, "runtime": self.runtime.name})
             try:
                 await stop.wait()
@@ -293,7 +294,7 @@ class Spawner:
                 profile=profile,
                 image=self.settings.profiles[profile].image,
             )
-            sandbox = await self.runtime.create(spec)
+            sandbox = await self._create(spec)
             self.known.add(sid)
             rec = SandboxRecord(
                 id=sid,
@@ -347,6 +348,19 @@ class Spawner:
             self.starting.pop(sid, None)
             self._routed.pop(sid, None)
             self._changed()
+
+    async def _create(self, spec: SandboxSpec) -> Any:
+        """runtime.create, but a cancelled start does not leave behind what the runtime still makes."""
+        create = asyncio.ensure_future(self.runtime.create(spec))
+        try:
+            return await asyncio.shield(create)
+        except asyncio.CancelledError:
+            try:
+                await asyncio.wait_for(create, timeout=60)
+                await self.runtime.remove(spec.id)
+            except Exception:  # it failed after all: nothing to remove
+                pass
+            raise
 
     async def _wait_answering(self, rec: SandboxRecord, deadline: float) -> None:
         url = f"{rec.target}{rec.path}api"
@@ -440,6 +454,8 @@ class Spawner:
         """Hand out the oldest warm sandbox of the profile, waiting up to ``req.wait`` in line."""
         if req.profile not in self.settings.profiles:
             return ClaimReply(ok=False, reason=f"unknown profile {req.profile!r}")
+        if not self.healthy:
+            return ClaimReply(ok=False, reason=self.reason)
         deadline = time.monotonic() + req.wait
         kv = await self._sandboxes()
         while True:
@@ -479,11 +495,19 @@ class Spawner:
                 item = None
         return None
 
-    def _out_of_memory(self, sandbox_id: str) -> None:
-        # The kernel's OOM killer hit a process in the sandbox (usually the kernel, which Jupyter
-        # restarts): say so; the health loop replaces the sandbox if its server died too.
-        log.warning("sandbox hit its memory limit", **self._log(sandbox_id))
-        self._spawn_task(self.bus.event("sandbox.oom", sandbox_id, host=self.id, cause="memory limit"))
+    def _runtime_event(self, sandbox_id: str, kind: str) -> None:
+        if kind == "oom":
+            # The OOM killer hit a process in the sandbox (usually the kernel, which Jupyter
+            # restarts): say so; if the server itself died, the "died" event follows.
+            log.warning("sandbox hit its memory limit", **self._log(sandbox_id))
+            self._spawn_task(self.bus.event("sandbox.oom", sandbox_id, host=self.id, cause="memory limit"))
+        elif kind == "died":
+            # Out of the pool at once, so no claim gets it; removed and replaced right after.
+            self.pool.discard(sandbox_id)
+            item = self.records.items.get(sandbox_id)
+            if item is not None and item[0].state in (State.WARM, State.CLAIMED) and sandbox_id not in self.starting:
+                log.warning("sandbox died", **self._log(sandbox_id, state=item[0].state))
+                self._spawn_task(self._remove(item[0], "died"))
 
     # ---- heartbeats, activity, health ----------------------------------------------------
 
@@ -545,9 +569,11 @@ class Spawner:
             await asyncio.sleep(self.settings.activity_interval)
 
     async def _health_loop(self) -> None:
-        """Replace sandboxes whose server died; notice when the runtime goes away and comes back."""
+        """Replace sandboxes whose server died or stopped answering; follow the runtime's health."""
+        rounds = 0
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
+            rounds += 1
             try:
                 found = {sb.id: sb for sb in await self.runtime.list()}
             except RuntimeUnavailable as err:
@@ -564,10 +590,35 @@ class Spawner:
                     log.warning("sandbox died", **self._log(rec.id, state=rec.state))
                     await self._remove(rec, "died")
             recorded = {rec.id for rec, _ in self._mine()}
-            for sid, sandbox in found.items():
+            for sid in found:
                 if sid not in recorded and sid not in self.starting and sid not in self.removing:
                     # A server with no record (its record was deleted behind our back).
                     log.warning("removing sandbox without record", **self._log(sid))
                     await self.runtime.remove(sid)
                     self.known.discard(sid)
                     self._changed()
+            if rounds % 5 == 0:
+                await self._check_pool()
+
+    async def _check_pool(self) -> None:
+        """Ask each warm sandbox's server if it answers; one that fails twice in a row is replaced."""
+        limit = asyncio.Semaphore(32)
+
+        async def answers(rec: SandboxRecord) -> bool:
+            async with limit:
+                try:
+                    return (await self._http.get(f"{rec.target}{rec.path}api", timeout=3.0)).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+        warm = [rec for rec, _ in self._mine() if rec.state == State.WARM and rec.id in self.pool.ids()]
+        results = await asyncio.gather(*(answers(rec) for rec in warm))
+        for rec, ok in zip(warm, results):
+            if ok:
+                self._unanswered.pop(rec.id, None)
+                continue
+            self._unanswered[rec.id] = self._unanswered.get(rec.id, 0) + 1
+            if self._unanswered[rec.id] >= 2:
+                self._unanswered.pop(rec.id, None)
+                log.warning("pooled sandbox stopped answering", **self._log(rec.id))
+                await self._remove(rec, "unresponsive")

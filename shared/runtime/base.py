@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ReportsOOM", "Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
+__all__ = ["ReportsEvents", "Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
 
 
 class SpawnFailed(Exception):
@@ -86,12 +86,13 @@ class Runtime(Protocol):
 
 
 @runtime_checkable
-class ReportsOOM(Protocol):
-    """A runtime that can tell when a sandbox hit its memory limit (the docker runtime can).
+class ReportsEvents(Protocol):
+    """A runtime that tells the moment something happens to a sandbox (the docker runtime does).
 
-    :meth:`watch_oom` calls ``report(sandbox_id)`` each time the kernel's out-of-memory killer
-    kills a process in one of this runtime's sandboxes. It runs until cancelled and survives the
-    runtime going away and coming back.
+    :meth:`watch_events` calls ``report(sandbox_id, kind)`` with ``kind`` "oom" each time the
+    out-of-memory killer kills a process in one of this runtime's sandboxes, and "died" when a
+    sandbox's server (container) exits. It runs until cancelled and survives the runtime going
+    away and coming back. Runtimes without it are watched by polling :meth:`Runtime.list`.
     """
 
-    async def watch_oom(self, report: Callable[[str], None]) -> None: ...
+    async def watch_events(self, report: Callable[[str, str], None]) -> None: ...

@@ -259,8 +259,8 @@ class DockerRuntime:
         except (RuntimeUnavailable, docker.errors.APIError):
             return ""
 
-    async def watch_oom(self, report: Callable[[str], None]) -> None:
-        """Report out-of-memory kills in this runtime's containers (Docker's ``oom`` events)."""
+    async def watch_events(self, report: Callable[[str, str], None]) -> None:
+        """Report out-of-memory kills ("oom") and exits ("died") of this runtime's containers."""
         loop = asyncio.get_running_loop()
         stopping = threading.Event()
 
@@ -270,12 +270,13 @@ class DockerRuntime:
                 try:
                     client = docker.from_env(timeout=int(self.timeout)) if not self._base_url else \
                         docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
-                    filters = {"type": "container", "event": "oom", **self._filters()}
+                    filters = {"type": "container", "event": ["oom", "die"], **self._filters()}
                     stream = client.events(decode=True, filters=filters)
                     for event in stream:
                         sandbox = (event.get("Actor", {}).get("Attributes") or {}).get(f"{LABEL}.sandbox")
+                        kind = "oom" if event.get("Action") == "oom" else "died"
                         if sandbox:
-                            loop.call_soon_threadsafe(report, sandbox)
+                            loop.call_soon_threadsafe(report, sandbox, kind)
                         if stopping.is_set():
                             break
                     client.close()
