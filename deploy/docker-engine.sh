@@ -45,18 +45,27 @@ stop() {
 }
 
 install() {
-    if command -v dockerd >/dev/null; then return 0; fi
+    # docker.io for the engine; debootstrap because the notebook image's base is made locally;
+    # docker-compose to check compose.yaml.
+    local missing=()
+    command -v dockerd >/dev/null || missing+=(docker.io)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
+    command -v docker-compose >/dev/null || missing+=(docker-compose)
+    [[ ${#missing[@]} -eq 0 ]] && return 0
     if [[ $(id -u) -ne 0 ]] || ! command -v apt-get >/dev/null; then
-        say "no Docker engine here, and installing one needs root on Debian (apt-get install docker.io)"
+        say "missing ${missing[*]}, and installing needs root on Debian (apt-get install ${missing[*]})"
         return 1
     fi
-    say "installing Debian's docker.io"
+    say "installing ${missing[*]} from Debian's packages"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
 ensure() {
-    if answers; then return 0; fi
+    if answers; then
+        [[ $(id -u) -ne 0 ]] || install
+        return 0
+    fi
     if [[ $(id -u) -ne 0 ]]; then
         say "no Docker engine answers, and starting one needs root"
         return 1

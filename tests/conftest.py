@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
 import subprocess
@@ -38,7 +39,11 @@ def _teardown(cluster: Cluster) -> None:
         for container in containers:
             container.remove(force=True)
         assert not containers, f"containers left after stop: {[c.name for c in containers]}\n{cluster.logs()}"
-        _docker().networks.prune(filters={"label": f"nbpool.instance={cluster.env['NBPOOL_INSTANCE']}"})
+        instance = cluster.env["NBPOOL_INSTANCE"]
+        _docker().networks.prune(filters={"label": f"nbpool.instance={instance}"})
+        # The spawner's host-firewall rule for the (now gone) bridge.
+        bridge = "nbp-" + hashlib.sha1(f"{instance}-sandboxes".encode()).hexdigest()[:10]
+        subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"], capture_output=True)
 
 
 @pytest.fixture

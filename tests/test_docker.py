@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
+import socket
 import subprocess
 import time
 from typing import Any
@@ -76,11 +78,17 @@ async def test_sandbox_is_isolated(docker_cluster: Any) -> None:
     assert network.attrs["Internal"] is True  # no egress by default
     assert network.attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
 
-    control = [cluster.nats_port, cluster.ping_port, cluster.gateway_port, 2375, 2376]
+    # A host service listening on every address, as a careless operator might run one.
+    listener = socket.create_server(("0.0.0.0", 0))
+    exposed = listener.getsockname()[1]
+    socket.create_connection((gateway_ip, exposed), timeout=2).close()  # the host itself can reach it
+
+    control = [cluster.nats_port, cluster.ping_port, cluster.gateway_port, cluster.proxy_port, 2375, 2376, exposed]
     forbidden = [(host, port) for host in ("127.0.0.1", gateway_ip) for port in control]
     forbidden.append((other_ip, 8888))
     # Its own server answers: the probe itself can see an open port.
     reached = json.loads(await _run(cluster, me, PROBE % ([(my_ip, 8888), *forbidden],)))
+    listener.close()
     assert reached.pop(f"{my_ip}:8888") is True
     assert not [where for where, ok in reached.items() if ok], reached
 
@@ -192,3 +200,12 @@ async def test_dead_containers_are_replaced_never_handed_out(docker_cluster: Any
         assert await _run(cluster, session, "1+1") == "2"
     ended = {e["sandbox_id"] for e in cluster.events() if e["type"] == "sandbox.ended" and e["cause"] == "died"}
     assert dead <= ended
+
+
+def test_compose_file_validates() -> None:
+    if shutil.which("docker-compose") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("docker-compose is missing; make test installs it as root")
+        pytest.skip("docker-compose is not installed (apt-get install docker-compose)")
+    checked = subprocess.run(["docker-compose", "config", "-q"], cwd=ROOT, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr

@@ -3,7 +3,8 @@
 Each sandbox is a container of the notebook image (``deploy/images/``) on a bridge network that
 nbpool creates: traffic between containers off (``enable_icc=false``), and no route beyond the
 host unless egress is allowed (``internal``). The proxy reaches a container at its own IP: no
-published ports, no docker-proxy hop. Containers run as uid 1000 with every capability dropped,
+published ports, no docker-proxy hop. The host's firewall drops connections that sandboxes open
+to the host itself (chain ``NBPOOL-SANDBOX-IN``). Containers run as uid 1000 with every capability dropped,
 ``no-new-privileges``, memory, CPU and pid limits, no Docker socket, and are removed when they
 stop. Labels carry the nbpool instance, spawner, sandbox id and profile; this runtime only ever
 lists or removes containers labelled with its own instance and spawner.
@@ -16,7 +17,10 @@ The Docker SDK is blocking: every call runs in a bounded thread pool (like tmpnb
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +41,7 @@ __all__ = ["DockerRuntime", "LABEL"]
 log = logs.get("nbpool.runtime.docker")
 
 LABEL = "nbpool"
+_CHAIN = "NBPOOL-SANDBOX-IN"
 _PORT = 8888
 _T = TypeVar("_T")
 
@@ -125,7 +130,11 @@ class DockerRuntime:
                     self.network,
                     driver="bridge",
                     internal=not self.egress,
-                    options={"com.docker.network.bridge.enable_icc": "false"},
+                    options={
+                        "com.docker.network.bridge.enable_icc": "false",
+                        # A known interface name, for the host's firewall rule below.
+                        "com.docker.network.bridge.name": "nbp-" + hashlib.sha1(self.network.encode()).hexdigest()[:10],
+                    },
                     labels={f"{LABEL}.instance": self.instance},
                     check_duplicate=True,
                 )
@@ -144,8 +153,41 @@ class DockerRuntime:
             chosen = found[0]
             if (chosen.attrs.get("Options") or {}).get("com.docker.network.bridge.enable_icc") != "false":
                 log.warning("network lets sandboxes reach each other (enable_icc is not false)", extra={"network": self.network})
+            self._protect_host(chosen)
             self._network_id = str(chosen.id)
             return self._network_id
+
+    def _protect_host(self, network: Any) -> None:
+        """Drop connections that sandboxes open to the host itself.
+
+        Even on an ``internal`` network a container's default route is the bridge, which is the
+        host: without this, sandboxes reach every host service listening beyond loopback. Replies
+        to connections the host opened (the proxy's, the spawner's) still pass. Needs root (or
+        CAP_NET_ADMIN) in the host's network namespace; without it, a loud error.
+        """
+        bridge = (network.attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{network.id[:12]}"
+        iptables = shutil.which("iptables") or "/usr/sbin/iptables"
+
+        def run(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run([iptables, "-w", *args], capture_output=True, text=True, timeout=30)
+
+        try:
+            run("-N", _CHAIN)  # fails harmlessly when it exists
+            established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
+            if run("-C", _CHAIN, *established).returncode != 0:
+                run("-I", _CHAIN, "1", *established)
+            if run("-C", _CHAIN, "-j", "DROP").returncode != 0:
+                run("-A", _CHAIN, "-j", "DROP")
+            if run("-C", "INPUT", "-i", bridge, "-j", _CHAIN).returncode != 0:
+                done = run("-I", "INPUT", "1", "-i", bridge, "-j", _CHAIN)
+                if done.returncode != 0:
+                    raise OSError(done.stderr.strip())
+            log.info("host protected from sandboxes", extra={"bridge": bridge})
+        except (OSError, subprocess.SubprocessError) as err:
+            log.error(
+                "sandboxes can reach services listening on the host's own addresses: the firewall rule was not added",
+                extra={"bridge": bridge, "error": str(err)},
+            )
 
     # ---- the interface ---------------------------------------------------------------------
 
