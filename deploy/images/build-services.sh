@@ -78,14 +78,7 @@ printf '# nbpool\n\nInstant, temporary Jupyter servers from a warm pool. See the
 # wheels/ and project/ are left out of the hash on purpose: requirements.txt pins each wheel
 # by its sha256 (the Dockerfile installs with --require-hashes), and the nbpool wheel is made
 # from the hashed sources; so --print-tag needs no download and no wheel build.
-inputs_sha="$(
-    {
-        (cd "$ctx" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 stat -c '%a %n')
-        (cd "$ctx" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-        (cd "$src" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum)
-        echo "base-image $base_id"
-    } | sha256sum | cut -c1-64
-)"
+inputs_sha="$( { tree_digest "$ctx"; tree_digest "$src"; echo "base-image $base_id"; } | sha256sum | cut -c1-64)"
 tag="$services_repo:${inputs_sha:0:12}"
 
 if ((print_tag)); then
@@ -97,36 +90,14 @@ if image_exists "$tag"; then
     log "$tag exists; nothing to build"
 else
     started=$SECONDS
-    # The wheels are chosen for the Python, libc and CPU named in lib.sh; a base that differs
-    # would fail late and obscurely inside pip, so say it plainly now.
-    expected="$NBPOOL_TARGET_PY $NBPOOL_TARGET_GLIBC $(uname -m)"
-    actual="$("$DOCKER" run --rm --network=none --entrypoint /usr/bin/python3 "$NBPOOL_BASE_IMAGE" \
-        -c 'import platform as p; print(p.python_version(), p.libc_ver()[1], p.machine())')"
-    [[ $actual == "$expected" ]] ||
-        die "$NBPOOL_BASE_IMAGE has Python/glibc/arch '$actual', lib.sh targets '$expected'"
-
+    check_base_matches_target
     log "building the nbpool wheel from the sources (pip wheel --no-deps)"
     host_pip wheel --quiet --no-deps --wheel-dir "$ctx/project" "$src"
     log "project: $(cd "$ctx/project" && echo *.whl)"
 
-    log "downloading wheels on the host (pinned and hashed by services/requirements.txt)"
-    mkdir "$ctx/wheels"
-    mapfile -t platform_flags < <(target_pip_platform_flags)
-    host_pip download --quiet --no-deps --require-hashes --dest "$ctx/wheels" \
-        "${platform_flags[@]}" -r "$ctx/requirements.txt"
-    log "wheels: $(find "$ctx/wheels" -name '*.whl' | wc -l) files, $(du -sh "$ctx/wheels" | cut -f1)"
-
-    log "building $tag (no network inside the build)"
-    # --force-rm: a failed step must not leave its stopped container behind.
-    "$DOCKER" build --network=none --force-rm \
-        --build-arg "BASE_IMAGE=$NBPOOL_BASE_IMAGE" \
-        --label "org.opencontainers.image.title=nbpool services (gateway, spawner, router, culler, NATS, Traefik)" \
-        --label "nbpool.image.inputs-sha256=$inputs_sha" \
-        --label "nbpool.image.base-id=$base_id" \
-        --tag "$tag" "$ctx" >&2
+    download_wheels "$ctx"
+    build_image "$tag" "$ctx" "nbpool services (gateway, spawner, router, culler, NATS, Traefik)" "$inputs_sha" "$base_id"
     log "built $tag in $((SECONDS - started))s"
 fi
 
-"$DOCKER" tag "$tag" "$services_repo:latest"
-log "$services_repo:latest -> $tag ($("$DOCKER" image inspect -f '{{.Size}}' "$tag") bytes)"
-echo "$tag"
+tag_latest "$tag" "$services_repo"

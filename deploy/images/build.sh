@@ -68,14 +68,7 @@ fi
 # wheels/ is left out of the hash on purpose: requirements.txt pins each wheel by its
 # sha256 and the Dockerfile installs with --require-hashes, so the wheels are fully
 # determined by a hashed input, and --print-tag needs no download.
-inputs_sha="$(
-    cd "$ctx"
-    {
-        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 stat -c '%a %n'
-        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
-        echo "base-image $base_id"
-    } | sha256sum | cut -c1-64
-)"
+inputs_sha="$( { tree_digest "$ctx"; echo "base-image $base_id"; } | sha256sum | cut -c1-64)"
 tag="$NBPOOL_NOTEBOOK_REPO:${inputs_sha:0:12}"
 
 if ((print_tag)); then
@@ -92,32 +85,10 @@ if image_exists "$tag"; then
     log "$tag exists; nothing to build"
 else
     started=$SECONDS
-    # The wheels are chosen for the Python, libc and CPU named in lib.sh; a base that
-    # differs would fail late and obscurely inside pip, so say it plainly now.
-    expected="$NBPOOL_TARGET_PY $NBPOOL_TARGET_GLIBC $(uname -m)"
-    actual="$("$DOCKER" run --rm --network=none --entrypoint /usr/bin/python3 "$NBPOOL_BASE_IMAGE" \
-        -c 'import platform as p; print(p.python_version(), p.libc_ver()[1], p.machine())')"
-    [[ $actual == "$expected" ]] ||
-        die "$NBPOOL_BASE_IMAGE has Python/glibc/arch '$actual', lib.sh targets '$expected'"
-
-    log "downloading wheels on the host (pinned and hashed by requirements.txt)"
-    mkdir "$ctx/wheels"
-    mapfile -t platform_flags < <(target_pip_platform_flags)
-    host_pip download --quiet --no-deps --require-hashes --dest "$ctx/wheels" \
-        "${platform_flags[@]}" -r "$ctx/requirements.txt"
-    log "wheels: $(find "$ctx/wheels" -name '*.whl' | wc -l) files, $(du -sh "$ctx/wheels" | cut -f1)"
-
-    log "building $tag (no network inside the build)"
-    # --force-rm: a failed step must not leave its stopped container behind.
-    "$DOCKER" build --network=none --force-rm \
-        --build-arg "BASE_IMAGE=$NBPOOL_BASE_IMAGE" \
-        --label "org.opencontainers.image.title=nbpool notebook sandbox" \
-        --label "nbpool.image.inputs-sha256=$inputs_sha" \
-        --label "nbpool.image.base-id=$base_id" \
-        --tag "$tag" "$ctx" >&2
+    check_base_matches_target
+    download_wheels "$ctx"
+    build_image "$tag" "$ctx" "nbpool notebook sandbox" "$inputs_sha" "$base_id"
     log "built $tag in $((SECONDS - started))s"
 fi
 
-"$DOCKER" tag "$tag" "$NBPOOL_NOTEBOOK_REPO:latest"
-log "$NBPOOL_NOTEBOOK_REPO:latest -> $tag ($("$DOCKER" image inspect -f '{{.Size}}' "$tag") bytes)"
-echo "$tag"
+tag_latest "$tag" "$NBPOOL_NOTEBOOK_REPO"

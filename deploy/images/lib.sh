@@ -59,3 +59,54 @@ host_pip() {
     PIP_CONSTRAINT=/dev/null PIP_DISABLE_PIP_VERSION_CHECK=1 "${NBPOOL_HOST_PYTHON:-python3}" -m pip "$@" \
         2> >(grep -v "^WARNING: Location '.*' is ignored: it is neither a file nor a directory" >&2)
 }
+
+# The sha256 of a folder's files (names, modes and contents), for image tags.
+tree_digest() {
+    (cd "$1" && {
+        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 stat -c '%a %n'
+        find . -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+    }) | sha256sum | cut -c1-64
+}
+
+# The wheels are chosen for the Python, libc and CPU named above; a base that differs would
+# fail late and obscurely inside pip, so say it plainly now.
+check_base_matches_target() {
+    local expected actual
+    expected="$NBPOOL_TARGET_PY $NBPOOL_TARGET_GLIBC $(uname -m)"
+    actual="$("$DOCKER" run --rm --network=none --entrypoint /usr/bin/python3 "$NBPOOL_BASE_IMAGE" \
+        -c 'import platform as p; print(p.python_version(), p.libc_ver()[1], p.machine())')"
+    [[ $actual == "$expected" ]] ||
+        die "$NBPOOL_BASE_IMAGE has Python/glibc/arch '$actual', lib.sh targets '$expected'"
+}
+
+# download_wheels CONTEXT: the wheels pinned (and hashed) by CONTEXT/requirements.txt, for the
+# image's platform, into CONTEXT/wheels.
+download_wheels() {
+    local ctx=$1 platform_flags
+    log "downloading wheels on the host (pinned and hashed by requirements.txt)"
+    mkdir "$ctx/wheels"
+    mapfile -t platform_flags < <(target_pip_platform_flags)
+    host_pip download --quiet --no-deps --require-hashes --dest "$ctx/wheels" \
+        "${platform_flags[@]}" -r "$ctx/requirements.txt"
+    log "wheels: $(find "$ctx/wheels" -name '*.whl' | wc -l) files, $(du -sh "$ctx/wheels" | cut -f1)"
+}
+
+# build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID: docker build with no network inside.
+build_image() {
+    local tag=$1 ctx=$2 title=$3 inputs_sha=$4 base_id=$5
+    log "building $tag (no network inside the build)"
+    # --force-rm: a failed step must not leave its stopped container behind.
+    "$DOCKER" build --network=none --force-rm \
+        --build-arg "BASE_IMAGE=$NBPOOL_BASE_IMAGE" \
+        --label "org.opencontainers.image.title=$title" \
+        --label "nbpool.image.inputs-sha256=$inputs_sha" \
+        --label "nbpool.image.base-id=$base_id" \
+        --tag "$tag" "$ctx" >&2
+}
+
+# tag_latest TAG REPO: point REPO:latest at TAG and print TAG (the scripts' only stdout).
+tag_latest() {
+    "$DOCKER" tag "$1" "$2:latest"
+    log "$2:latest -> $1 ($("$DOCKER" image inspect -f '{{.Size}}' "$1") bytes)"
+    echo "$1"
+}
