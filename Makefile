@@ -27,6 +27,7 @@ up: install
 
 test: install
 	deploy/docker-engine.sh ensure --soft
+	deploy/chromium.sh ensure --soft
 	$(PY) -m pytest
 
 unit: install

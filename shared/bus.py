@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import nats
@@ -18,7 +19,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from pydantic import BaseModel
 
@@ -93,7 +94,7 @@ class Bus:
     async def ensure(self) -> None:
         """Create the instance's buckets and stream if they are missing (idempotent)."""
         n = self.names
-        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL)]
+        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL), (n.control, None)]
         for bucket, ttl in buckets:
             await self._ensure_bucket(bucket, ttl)
         config = StreamConfig(
@@ -132,6 +133,17 @@ class Bus:
             await self.js.publish(self.names.event_subject(event_type), encode(doc))
         except (nats.errors.Error, asyncio.TimeoutError) as err:
             log.warning("event not published", extra={"type": event_type, "sandbox": sandbox_id, "error": repr(err)})
+
+    async def follow_events(self, since: float | None = None, everything: bool = False) -> Any:
+        """A subscription to the lifecycle events: new ones only, or from ``since`` (Unix time), or all stored."""
+        if everything:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        elif since is not None:
+            start = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
+        else:
+            config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
+        return await self.js.subscribe(f"{self.names.events_prefix}.>", ordered_consumer=True, config=config)
 
     async def presence(self, kind: str, interval: float = 3.0) -> None:
         """Announce this process in the services bucket until cancelled (``nbpool status`` lists it)."""

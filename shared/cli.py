@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
-from nats.js.api import DeliverPolicy
 
 from nbpool import __version__
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
@@ -59,12 +58,8 @@ async def _events(args: argparse.Namespace, settings: CommonSettings) -> int:
     bus = await Bus.connect(settings.nats_url, names, "nbpool-events")
     try:
         await bus.ensure()
-        if args.since:
-            policy = {"deliver_policy": DeliverPolicy.BY_START_TIME,
-                      "opt_start_time": _stamp(time.time() - args.since)}
-        else:
-            policy = {"deliver_policy": DeliverPolicy.ALL if args.all else DeliverPolicy.NEW}
-        sub = await bus.js.subscribe(f"{names.events_prefix}.>", ordered_consumer=True, **policy)  # type: ignore[arg-type]
+        since = time.time() - args.since if args.since else None
+        sub = await bus.follow_events(since=since, everything=args.all)
         seen = 0
         deadline = time.monotonic() + args.timeout if args.timeout else None
         while args.count is None or seen < args.count:

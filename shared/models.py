@@ -17,6 +17,7 @@ __all__ = [
     "BadMessage",
     "ClaimReply",
     "ClaimRequest",
+    "Drain",
     "Event",
     "PoolCounts",
     "Route",
@@ -120,6 +121,7 @@ class SpawnerBeat(_Doc):
     total: int
     pools: dict[str, PoolCounts]
     waiting: int = 0
+    draining: bool = False
     at: float = Field(default_factory=time.time)
 
     def headroom(self) -> int:
@@ -133,6 +135,18 @@ class ServiceBeat(_Doc):
     host: str
     pid: int
     started_at: float
+    at: float = Field(default_factory=time.time)
+
+
+class Drain(_Doc):
+    """Whether nbpool is draining (KV ``<instance>_control``, key ``drain``; the admin writes).
+
+    While draining, spawners end their warm sandboxes, start no new ones and refuse claims;
+    claimed sessions go on until they end.
+    """
+
+    draining: bool
+    by: str = ""
     at: float = Field(default_factory=time.time)
 
 

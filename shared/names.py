@@ -10,6 +10,7 @@ KV bucket              ``nbpool_activity``          key sandbox id -> Activity (
 KV bucket              ``nbpool_routes``            key sandbox id -> Route (router writes)
 KV bucket (TTL)        ``nbpool_spawners``          key spawner id -> SpawnerBeat
 KV bucket (TTL)        ``nbpool_services``          key <kind>-<host>-<pid> -> ServiceBeat
+KV bucket              ``nbpool_control``           key ``drain`` -> Drain (the admin writes)
 stream                 ``NBPOOL_EVENTS``            subjects ``nbpool.events.>``
 request/reply          ``nbpool.claim.<spawner>``   ClaimRequest -> ClaimReply
 =====================  ===========================  =========================================
@@ -47,6 +48,10 @@ class Names:
     @property
     def services(self) -> str:
         return f"{self.instance}_services"
+
+    @property
+    def control(self) -> str:
+        return f"{self.instance}_control"
 
     @property
     def events_stream(self) -> str:

@@ -137,3 +137,11 @@ def pytest_configure(config: Any) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: Any, call: Any) -> Any:
+    # Lets fixtures see whether the test itself failed (the browser fixture keeps a screenshot then).
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

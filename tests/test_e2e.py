@@ -107,6 +107,9 @@ def test_events_and_status_commands(cluster: Cluster) -> None:
     watcher.terminate()
     watcher.communicate(timeout=10)
     assert "sandbox.claimed" in seen[-1], seen
+    recent = subprocess.run([str(BIN / "nbpool"), "events", "--since", "600", "--timeout", "2"], env=env,
+                            capture_output=True, text=True, check=True).stdout
+    assert "sandbox.warm" in recent and "sandbox.claimed" in recent
     table = subprocess.run([str(BIN / "nbpool"), "status"], env=env, capture_output=True, text=True, check=True).stdout
     assert "POOL" in table and "SESSIONS" in table and session["id"] in table
     for service in ("gateway", "spawner", "router", "culler"):

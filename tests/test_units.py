@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from nbpool.culler.policy import CullPolicy, decide, expires_at
+from nbpool.gateway.links import BadLink, lab_path, spawn_link
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
 from nbpool.router.routes import desired_routes, dynamic_config
@@ -160,3 +161,30 @@ def test_bad_messages_are_refused_with_what_was_wrong() -> None:
         decode(ClaimRequest, b"not json")
     req = ClaimRequest(profile="default", wait=2)
     assert decode(ClaimRequest, encode(req)) == req
+
+
+class TestLinks:
+    @pytest.mark.parametrize(
+        ("path", "urlpath", "page"),
+        [
+            ("", None, "lab"),
+            ("lab/tree/Welcome.ipynb", None, "lab/tree/Welcome.ipynb"),
+            ("notebooks/a/b.ipynb", None, "lab/tree/a/b.ipynb"),
+            ("tree/data", None, "lab/tree/data"),
+            ("Welcome.ipynb", None, "lab/tree/Welcome.ipynb"),
+            ("", "notebooks/x.ipynb", "lab/tree/x.ipynb"),
+            ("", "lab/tree/my%20file.ipynb", "lab/tree/my%20file.ipynb"),
+        ],
+    )
+    def test_pages(self, path: str, urlpath: str | None, page: str) -> None:
+        assert lab_path(path, urlpath) == page
+
+    @pytest.mark.parametrize("bad", ["../etc/passwd", "lab/tree/../../x", "http://evil/x", "//evil", "a\\b"])
+    def test_refused(self, bad: str) -> None:
+        with pytest.raises(BadLink):
+            lab_path(bad)
+
+    def test_ended_link_keeps_the_page(self) -> None:
+        assert spawn_link("lab/tree/Welcome.ipynb") == "/spawn/lab/tree/Welcome.ipynb"
+        assert spawn_link("notebooks/x.ipynb?x=1") == "/spawn/lab/tree/x.ipynb"
+        assert spawn_link("api/kernels") == "/spawn"

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import html
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -21,16 +20,20 @@ from urllib.parse import quote
 import nats.errors
 import nats.js.errors
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nbpool import __version__, logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, expires_at
+from nbpool.gateway.admin import EventTail, admin_router
 from nbpool.gateway.claims import Claimer, NoCapacity
+from nbpool.gateway.links import BadLink, lab_path, spawn_link
+from nbpool.gateway.pages import ended_page, landing_page, waiting_page
+from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
-from nbpool.models import Activity, BadMessage, SandboxRecord, SpawnerBeat, State, decode, encode
+from nbpool.models import Activity, BadMessage, Drain, SandboxRecord, SpawnerBeat, State, decode, encode
 from nbpool.names import Names
 from nbpool.settings import GatewaySettings
 
@@ -154,18 +157,38 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         own_bus = bus is None
         the_bus = bus or await Bus.connect(settings.nats_url, Names(settings.instance), "gateway")
         await the_bus.ensure()
-        spawners: KVMirror[SpawnerBeat] = KVMirror(the_bus, the_bus.names.spawners, SpawnerBeat)
-        mirror = asyncio.ensure_future(spawners.run())
-        presence = asyncio.ensure_future(the_bus.presence("gateway"))
-        await spawners.ready.wait()
-        state.update(bus=the_bus, spawners=spawners, claimer=Claimer(the_bus, spawners, settings.claim_timeout))
+        names = the_bus.names
+        spawners: KVMirror[SpawnerBeat] = KVMirror(the_bus, names.spawners, SpawnerBeat)
+        records: KVMirror[SandboxRecord] = KVMirror(the_bus, names.sandboxes, SandboxRecord)
+        activity: KVMirror[Activity] = KVMirror(the_bus, names.activity, Activity)
+        control: KVMirror[Drain] = KVMirror(the_bus, names.control, Drain)
+        tail = EventTail(the_bus)
+        mirrors = [spawners, records, activity, control]
+        claimer = Claimer(the_bus, spawners, settings.claim_timeout)
+        def estimate_full(profile: str, position: int) -> float | None:
+            ends = sorted(
+                expires_at(rec, activity.get(rec.id), policy) or 0
+                for rec in records.values()
+                if rec.state == State.CLAIMED and rec.pool == profile
+            )
+            return None if len(ends) < position else max(0.0, ends[position - 1] - time.time()) + 3.0
+
+        queue = LaunchQueue(
+            claimer, lambda rec, page: f"{settings.public_url}{rec.path}{page}?token={rec.token}", estimate_full
+        )
+        tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
+        tasks += [asyncio.ensure_future(the_bus.presence("gateway")), asyncio.ensure_future(tail.run())]
+        await asyncio.gather(*(m.ready.wait() for m in mirrors))
+        state.update(bus=the_bus, spawners=spawners, records=records, activity=activity, control=control,
+                     tail=tail, claimer=claimer, queue=queue, end_session=end_session)
         log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance})
         try:
             yield
         finally:
-            mirror.cancel()
-            presence.cancel()
-            await asyncio.gather(mirror, presence, return_exceptions=True)
+            await queue.close()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             if own_bus:
                 await the_bus.close()
 
@@ -189,11 +212,12 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
                 return real.strip()
         return peer
 
-    def lab_url(rec: SandboxRecord, path: str = "", suffix: str = "lab") -> str:
-        where = suffix if not path else f"{suffix}/tree/{quote(path)}"
+    def lab_url(rec: SandboxRecord, path: str = "") -> str:
+        where = "lab" if not path else f"lab/tree/{quote(path)}"
         return f"{settings.public_url}{rec.path}{where}?token={rec.token}"
 
-    async def launch(request: Request, profile: str | None) -> SandboxRecord:
+    def admit(request: Request, profile: str | None) -> tuple[str, str]:
+        """Check the profile and the client's launch rate; the profile and the client."""
         profile = profile or settings.default_profile
         if profile not in settings.profiles:
             raise HTTPException(
@@ -207,17 +231,47 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
                 f"too many launches from {client}; try again in {wait:.0f} s",
                 headers={"Retry-After": str(max(1, round(wait)))},
             )
+        return profile, client
+
+    async def launch(request: Request, profile: str | None) -> SandboxRecord:
+        profile, client = admit(request, profile)
         began = time.perf_counter()
         rec = await state["claimer"].claim(profile, owner=client)
         log.info("claimed", extra={"sandbox": rec.id, "client": client, "ms": round((time.perf_counter() - began) * 1000, 2)})
         return rec
 
+    async def end_session(session_id: str, reason: str) -> bool:
+        """Move a live session to ending and wait (bounded) until its server is gone; False if none."""
+        kv = await the_bus().kv(the_bus().names.sandboxes)
+        for _ in range(5):
+            try:
+                entry = await kv.get(session_id)
+            except nats.js.errors.KeyNotFoundError:
+                return False
+            rec, rev = decode(SandboxRecord, entry.value or b""), entry.revision or 0
+            if rec.state == State.ENDING:
+                break
+            if rec.state != State.CLAIMED:
+                return False
+            try:
+                await kv.update(rec.id, encode(rec.moved(State.ENDING, ending_reason=reason)), last=rev)
+                await the_bus().event("sandbox.ending", rec.id, host=rec.host, cause=reason)
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue
+        # The owning spawner removes it; wait (bounded) so the caller can rely on it being gone.
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline:
+            try:
+                await kv.get(session_id)
+            except nats.js.errors.KeyNotFoundError:
+                break
+            await asyncio.sleep(0.05)
+        return True
+
     @app.exception_handler(NoCapacity)
     async def _full(request: Request, exc: NoCapacity) -> Response:
         headers = {"Retry-After": str(exc.retry_after)}
-        if "text/html" in request.headers.get("accept", "") and request.method == "GET":
-            return HTMLResponse(_page("No vacancy", f"<p>{html.escape(exc.reason)}.</p><p>This page tries again "
-                                      f"in {exc.retry_after} seconds.</p>", refresh=exc.retry_after), 503, headers)
         return JSONResponse({"detail": exc.reason, "reason": "full"}, 503, headers)
 
     @app.post(
@@ -286,41 +340,83 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
     @app.delete("/sessions/{session_id}", status_code=204, responses={401: {}, 403: {}, 404: {}})
     async def delete_session(found: tuple[SandboxRecord, int] = Depends(authorized_record)) -> Response:
         """End a session now: its server and its route are gone when this returns."""
-        rec, rev = found
-        kv = await the_bus().kv(the_bus().names.sandboxes)
-        for _ in range(5):
-            if rec.state == State.ENDING:
-                break
-            try:
-                await kv.update(rec.id, encode(rec.moved(State.ENDING, ending_reason="deleted")), last=rev)
-                await the_bus().event("sandbox.ending", rec.id, host=rec.host, cause="deleted")
-                break
-            except nats.js.errors.KeyWrongLastSequenceError:
-                try:
-                    entry = await kv.get(rec.id)
-                except nats.js.errors.KeyNotFoundError:
-                    return Response(status_code=204)
-                rec, rev = decode(SandboxRecord, entry.value or b""), entry.revision or 0
-        # The owning spawner removes it; wait (bounded) so the caller can rely on it being gone.
-        deadline = time.monotonic() + 10.0
-        while time.monotonic() < deadline:
-            try:
-                await kv.get(rec.id)
-            except nats.js.errors.KeyNotFoundError:
-                break
-            await asyncio.sleep(0.05)
+        await end_session(found[0].id, "deleted")
         return Response(status_code=204)
 
-    @app.get("/spawn", include_in_schema=True, summary="Launch and open (tmpnb-style links)")
+    @app.get("/", include_in_schema=False)
+    async def landing() -> HTMLResponse:
+        profiles = {name: p.description for name, p in settings.profiles.items()}
+        return HTMLResponse(landing_page(profiles, settings.default_profile, round(settings.idle_timeout / 60)))
+
+    @app.get("/spawn", summary="Launch and open (tmpnb-style links)")
     @app.get("/spawn/{path:path}", summary="Launch and open a path (tmpnb-style links)")
-    async def spawn(request: Request, path: str = "", profile: str | None = None) -> Response:
-        """Claim a sandbox and redirect the browser into it (``/spawn/<path>`` opens that file)."""
+    async def spawn(request: Request, path: str = "", profile: str | None = None, urlpath: str | None = None) -> Response:
+        """Claim a sandbox and send the browser into it.
+
+        ``/spawn/lab/tree/<path>``, ``/spawn/notebooks/<path>``, ``/spawn/<path>`` and
+        ``?urlpath=`` open that page. With a warm sandbox this is a 302 straight there;
+        otherwise the visitor joins a first-come-first-served line and gets a page that shows
+        progress and opens the server when it is ready (503 "no vacancy" while every sandbox is
+        in use).
+        """
         try:
-            target = SessionRequest(path=path)
-        except ValueError as err:
+            page = lab_path(path, urlpath)
+        except BadLink as err:
             raise HTTPException(422, str(err)) from None
-        rec = await launch(request, profile)
-        return RedirectResponse(lab_url(rec, target.path), status_code=302)
+        profile, client = admit(request, profile)
+        queue: LaunchQueue = state["queue"]
+        if not queue.waiting(profile):
+            try:
+                rec = await state["claimer"].claim(profile, owner=client, wait=0)
+                return RedirectResponse(f"{settings.public_url}{rec.path}{page}?token={rec.token}", status_code=302)
+            except NoCapacity:
+                pass
+        ticket = queue.join(profile, page, client)
+        await ticket.changed(timeout=0.3)  # a sandbox about to turn warm needs no waiting page
+        if ticket.state == "ready" and ticket.url:
+            return RedirectResponse(ticket.url, status_code=302)
+        full = ticket.state == "full"
+        return HTMLResponse(
+            waiting_page(ticket.id, ticket.snapshot(), full),
+            status_code=503 if full else 200,
+            headers={"Retry-After": "5", "Cache-Control": "no-store"} if full else {"Cache-Control": "no-store"},
+        )
+
+    @app.get("/queue/{ticket_id}", include_in_schema=False)
+    async def ticket_page(ticket_id: str) -> Response:
+        """A visitor's place in line (the waiting page without scripts reloads this)."""
+        ticket = state["queue"].get(ticket_id)
+        if ticket is None:
+            return RedirectResponse("/spawn", status_code=303)
+        ticket.touch()
+        if ticket.state == "ready" and ticket.url:
+            return RedirectResponse(ticket.url, status_code=302)
+        full = ticket.state == "full"
+        return HTMLResponse(waiting_page(ticket.id, ticket.snapshot(), full), status_code=503 if full else 200,
+                            headers={"Retry-After": "5", "Cache-Control": "no-store"})
+
+    @app.get("/queue/{ticket_id}/events", include_in_schema=False)
+    async def ticket_events(ticket_id: str, request: Request) -> Response:
+        """Server-sent events: the ticket's state each time it changes, until it is ready."""
+        ticket = state["queue"].get(ticket_id)
+        if ticket is None:
+            raise HTTPException(404, "no such place in line (it expired); launch again")
+
+        async def stream() -> AsyncIterator[str]:
+            last = None
+            while not await request.is_disconnected():
+                ticket.touch()
+                snap = ticket.snapshot()
+                if snap != last:
+                    yield f"data: {json.dumps(snap)}\n\n"
+                    last = snap
+                if ticket.state == "ready":
+                    return
+                if not await ticket.changed(timeout=5.0):
+                    yield ": still waiting\n\n"
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
     @app.get("/api/stats", response_model=Stats)
     async def stats() -> Stats:
@@ -338,7 +434,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             capacity=sum(b.capacity for b in live if b.healthy),
             in_use=sum(p["in_use"] for p in profiles.values()),
             starting=sum(p["starting"] for p in profiles.values()),
-            waiting=sum(b.waiting for b in live),
+            waiting=sum(b.waiting for b in live) + state["queue"].waiting(),
             spawners=len(live),
             healthy_spawners=sum(1 for b in live if b.healthy),
             profiles=profiles,
@@ -353,24 +449,12 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
     @app.api_route("/user/{session_id}/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def ended(request: Request, session_id: str, rest: str = "") -> Response:
         # Traefik sends /user/<id>/ here only when no sandbox has that id (any more).
-        again = "/spawn" + (f"/{quote(rest[len('lab/tree/'):])}" if rest.startswith("lab/tree/") else "")
+        again = spawn_link(rest)
         if "text/html" in request.headers.get("accept", ""):
-            body = (f"<p>This notebook server has ended (or never existed).</p>"
-                    f"<p><a class=button href=\"{html.escape(again)}\">Start a new one</a></p>")
-            return HTMLResponse(_page("Server ended", body), 404)
+            return HTMLResponse(ended_page(again), 404)
         return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
+
+    app.include_router(admin_router(settings, state))
 
     return app
 
-
-def _page(title: str, body: str, refresh: int | None = None) -> str:
-    meta = f'<meta http-equiv="refresh" content="{refresh}">' if refresh else ""
-    return (
-        "<!doctype html><html lang=en><head><meta charset=utf-8>"
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"{meta}<title>{html.escape(title)} · nbpool</title>"
-        "<style>body{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}"
-        "a.button{display:inline-block;padding:.6rem 1.2rem;background:#f37626;color:#fff;border-radius:.4rem;"
-        "text-decoration:none}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{body}</body></html>"
-    )

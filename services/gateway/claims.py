@@ -18,12 +18,17 @@ __all__ = ["Claimer", "NoCapacity"]
 
 
 class NoCapacity(Exception):
-    """No sandbox can be had now. ``retry_after`` is a fair guess in seconds."""
+    """No sandbox can be had now. ``retry_after`` is a fair guess in seconds.
 
-    def __init__(self, reason: str, retry_after: int) -> None:
+    ``full`` says every spawner is at capacity (a visitor waits for someone to leave), as
+    opposed to sandboxes being on their way, or nbpool being unhealthy or draining.
+    """
+
+    def __init__(self, reason: str, retry_after: int, full: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.full = full
 
 
 class Claimer:
@@ -39,8 +44,13 @@ class Claimer:
         now = time.time() if now is None else now
         return [beat for beat in self._spawners.values() if now - beat.at < SPAWNER_TTL]
 
-    async def claim(self, profile: str, owner: str | None) -> SandboxRecord:
-        """A claimed sandbox of ``profile``, or :class:`NoCapacity`."""
+    async def claim(self, profile: str, owner: str | None, wait: float | None = None) -> SandboxRecord:
+        """A claimed sandbox of ``profile``, or :class:`NoCapacity`.
+
+        With no warm sandbox anywhere, waits up to ``wait`` seconds (default: the claim timeout)
+        in line for one that is starting.
+        """
+        wait = self._claim_timeout if wait is None else wait
         live = self.live_spawners()
         if not live:
             raise NoCapacity("no spawner is running", retry_after=10)
@@ -48,6 +58,9 @@ class Claimer:
         if not healthy:
             reasons = sorted({b.reason or "unhealthy" for b in live})
             raise NoCapacity("no spawner can start sandboxes: " + "; ".join(reasons), retry_after=10)
+        healthy = [b for b in healthy if not b.draining]
+        if not healthy:
+            raise NoCapacity("nbpool is draining for maintenance: no new sessions for now", retry_after=60)
 
         def pool(beat: SpawnerBeat) -> tuple[int, int, int]:
             counts = beat.pools.get(profile)
@@ -60,15 +73,17 @@ class Claimer:
                 return reply.record
             reasons.append(reply.reason)
         candidates = [b for b in healthy if pool(b)[1] > 0 or b.headroom() > 0]
-        if not candidates or self._claim_timeout <= 0:
-            raise NoCapacity("all sandboxes are in use", retry_after=15)
+        if not candidates:
+            raise NoCapacity("all sandboxes are in use", retry_after=15, full=True)
+        if wait <= 0:
+            raise NoCapacity("no sandbox is ready yet; more are starting", retry_after=2)
         # The spawner with the most starts in flight per claim already waiting there, then the most room.
         best = max(candidates, key=lambda b: (pool(b)[1] - pool(b)[2], b.headroom()))
-        request = ClaimRequest(profile=profile, wait=self._claim_timeout, owner=owner)
-        reply = await self._ask(best.id, request, timeout=self._claim_timeout + 2.0)
+        request = ClaimRequest(profile=profile, wait=wait, owner=owner)
+        reply = await self._ask(best.id, request, timeout=wait + 2.0)
         if reply.ok and reply.record is not None:
             return reply.record
-        raise NoCapacity(f"no sandbox became free within {self._claim_timeout:g} s ({reply.reason})", retry_after=5)
+        raise NoCapacity(f"no sandbox became free within {wait:g} s ({reply.reason})", retry_after=5)
 
     async def _ask(self, spawner_id: str, request: ClaimRequest, timeout: float) -> ClaimReply:
         subject = self._bus.names.claim_subject(spawner_id)

@@ -20,10 +20,10 @@ from nats.aio.msg import Msg
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.models import (
-    Activity,
     BadMessage,
     ClaimReply,
     ClaimRequest,
+    Drain,
     PoolCounts,
     Route,
     SandboxRecord,
@@ -82,6 +82,7 @@ class Spawner:
         names = bus.names
         self.records: KVMirror[SandboxRecord] = KVMirror(bus, names.sandboxes, SandboxRecord, self._record_changed)
         self.routes: KVMirror[Route] = KVMirror(bus, names.routes, Route, self._route_changed)
+        self.control: KVMirror[Drain] = KVMirror(bus, names.control, Drain, self._control_changed)
         self.pool = WarmPool()
         #: Sandboxes that exist in the runtime because of this spawner (what counts against capacity).
         self.known: set[str] = set()
@@ -131,6 +132,23 @@ class Spawner:
         if route is not None and route.ready_at is not None and key in self._routed:
             self._routed[key].set()
 
+    @property
+    def draining(self) -> bool:
+        drain = self.control.get("drain")
+        return drain is not None and drain.draining
+
+    def _control_changed(self, key: str, doc: Drain | None) -> None:
+        if key != "drain":
+            return
+        if self.draining:
+            log.info("draining: ending warm sandboxes, starting none")
+            for rec, _ in self._mine():
+                if rec.state == State.WARM and self.pool.discard(rec.id):
+                    self._spawn_task(self._remove(rec, "drained"))
+        else:
+            log.info("drain over: refilling the pool")
+        self._changed()
+
     def _changed(self) -> None:
         self._wake.set()
         self._beat_soon.set()
@@ -139,9 +157,9 @@ class Spawner:
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Reconcile, then answer claims and keep the pool full until ``stop`` is set."""
-        mirrors = [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self.routes.run())]
+        mirrors = [asyncio.ensure_future(m.run()) for m in (self.records, self.routes, self.control)]
         try:
-            await asyncio.gather(self.records.ready.wait(), self.routes.ready.wait())
+            await asyncio.gather(self.records.ready.wait(), self.routes.ready.wait(), self.control.ready.wait())
             await self.reconcile()
             sub = await self.bus.nc.subscribe(self.bus.names.claim_subject(self.id), cb=self._on_claim)
             loops = [
@@ -191,7 +209,7 @@ class Spawner:
             alive = sandbox is not None and sandbox.alive
             if alive:
                 self.known.add(rec.id)
-            if alive and rec.state in (State.CLAIMED, State.WARM):
+            if alive and (rec.state == State.CLAIMED or (rec.state == State.WARM and not self.draining)):
                 if rec.state == State.WARM:
                     self.pool.put(rec.pool, rec.id)
                 adopted += 1
@@ -256,7 +274,7 @@ class Spawner:
     async def _pool_loop(self) -> None:
         while True:
             self._wake.clear()
-            if self.healthy:
+            if self.healthy and not self.draining:
                 counts = {n: c for n, c in self.counts().items() if not self._backoff[n].blocked()}
                 plan = spawn_plan(
                     counts,
@@ -322,6 +340,9 @@ class Spawner:
             warm = rec.moved(State.WARM, warm_at=time.time())
             await kv.update(sid, encode(warm), last=rev)
             self._backoff[profile].succeeded()
+            if self.draining:  # the drain began while it was starting
+                await self._remove(warm, "drained")
+                return
             self.pool.put(profile, sid)
             log.info("warm", **self._log(sid, startup_s=round(time.monotonic() - began, 3)))
             self._spawn_task(
@@ -456,6 +477,8 @@ class Spawner:
             return ClaimReply(ok=False, reason=f"unknown profile {req.profile!r}")
         if not self.healthy:
             return ClaimReply(ok=False, reason=self.reason)
+        if self.draining:
+            return ClaimReply(ok=False, reason="draining")
         deadline = time.monotonic() + req.wait
         kv = await self._sandboxes()
         while True:
@@ -528,6 +551,7 @@ class Spawner:
             total=len(self.known | set(self.starting)),
             pools=self.counts(),
             waiting=sum(self._waiting().values()),
+            draining=self.draining,
         )
 
     async def _beat(self) -> None:

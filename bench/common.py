@@ -1,0 +1,438 @@
+"""What every benchmark module shares: statistics, a lean HTTP client, clusters, processes, progress.
+
+Statistics: every figure is kept as *runs* (repeated rounds of the same measurement), each a
+list of samples. A figure is reported with the percentiles of all samples pooled, and the
+median of the per-run medians with their range, so a reader sees both the distribution and how
+much it moved between runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+DOCS = ROOT / "docs"
+# tests/cluster.py runs a real `nbpool up`; tests/kernel.py is a minimal kernel client.
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cluster import BIN, Cluster, free_ports  # noqa: E402
+
+__all__ = [
+    "BIN",
+    "BenchCluster",
+    "Figure",
+    "HTTPConnection",
+    "Response",
+    "Stub",
+    "Summary",
+    "cpu_seconds",
+    "docker_client",
+    "ensure_wrk",
+    "free_ports",
+    "machine",
+    "memory",
+    "progress",
+    "summarize",
+]
+
+_BEGAN = time.monotonic()
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr, with the seconds since the bench began."""
+    print(f"[bench {time.monotonic() - _BEGAN:6.1f}s] {message}", file=sys.stderr, flush=True)
+
+
+# ---- statistics ------------------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile of ``values`` (nearest rank)."""
+    ordered = sorted(values)
+    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
+    return ordered[rank]
+
+
+@dataclass
+class Summary:
+    """Percentiles of one set of samples (milliseconds, or whatever unit the samples are in)."""
+
+    n: int
+    p50: float
+    p95: float
+    p99: float
+    max: float
+    min: float
+    iqr: float
+
+    def to_json(self) -> dict[str, float]:
+        return self.__dict__.copy()
+
+
+def summarize(values: list[float]) -> Summary:
+    """Percentiles of ``values``; NaN everywhere when there are none."""
+    if not values:
+        nan = float("nan")
+        return Summary(0, nan, nan, nan, nan, nan, nan)
+    return Summary(
+        n=len(values),
+        p50=statistics.median(values),
+        p95=pct(values, 95),
+        p99=pct(values, 99),
+        max=max(values),
+        min=min(values),
+        iqr=pct(values, 75) - pct(values, 25),
+    )
+
+
+@dataclass
+class Figure:
+    """One measured quantity over repeated runs (see the module docstring)."""
+
+    name: str
+    runs: list[list[float]] = field(default_factory=list)
+    unit: str = "ms"
+
+    def add_run(self, samples: list[float]) -> None:
+        self.runs.append(list(samples))
+
+    @property
+    def samples(self) -> list[float]:
+        return [v for run in self.runs for v in run]
+
+    @property
+    def pooled(self) -> Summary:
+        return summarize(self.samples)
+
+    @property
+    def run_medians(self) -> list[float]:
+        return [statistics.median(run) for run in self.runs if run]
+
+    def spread(self) -> str:
+        """"a–b over N runs": the range of the per-run medians."""
+        meds = self.run_medians
+        if len(meds) < 2:
+            return "1 run"
+        return f"{min(meds):.3g}–{max(meds):.3g} over {len(meds)} runs"
+
+    def ratio(self, floor: Figure) -> float:
+        """p50 of this figure over the p50 of its floor."""
+        return self.pooled.p50 / floor.pooled.p50 if floor.samples else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "unit": self.unit, "summary": self.pooled.to_json(),
+                "run_medians": self.run_medians, "runs": self.runs}
+
+
+# ---- a lean HTTP/1.1 client ------------------------------------------------------------------
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HTTPConnection:
+    """One keep-alive HTTP/1.1 connection, with a fraction of httpx's per-request CPU.
+
+    At 50 concurrent requests on 2 cores, a heavier client's own overhead would show up as
+    latency of the server under test; this one reads and writes bytes and little else.
+    """
+
+    def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout = timeout
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+
+    @classmethod
+    def to(cls, url: str, timeout: float = 30.0) -> HTTPConnection:
+        """A connection to ``http://host:port`` (the path of ``url`` is ignored)."""
+        rest = url.removeprefix("http://").split("/", 1)[0]
+        host, _, port = rest.partition(":")
+        return cls(host, int(port or 80), timeout)
+
+    async def connect(self) -> None:
+        self._reader, self._writer = await asyncio.wait_for(
+            asyncio.open_connection(self.host, self.port), self.timeout
+        )
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(OSError, ConnectionError):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+    async def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: bytes = b"") -> Response:
+        """Send one request and read its response; reconnects if the server closed the connection."""
+        for attempt in (0, 1):
+            if self._writer is None:
+                await self.connect()
+            try:
+                return await asyncio.wait_for(self._exchange(method, path, headers or {}, body), self.timeout)
+            except (ConnectionError, asyncio.IncompleteReadError) as err:
+                await self.close()
+                if attempt:
+                    raise ConnectionError(f"{method} {path}: {err!r}") from err
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
+        assert self._reader is not None and self._writer is not None
+        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
+        lines += [f"{k}: {v}" for k, v in headers.items()]
+        self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+        head = await self._reader.readuntil(b"\r\n\r\n")
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        status = int(status_line.split(" ", 2)[1])
+        got: dict[str, str] = {}
+        for line in header_lines:
+            if ":" in line:
+                name, value = line.split(":", 1)
+                got[name.strip().lower()] = value.strip()
+        if "content-length" in got:
+            data = await self._reader.readexactly(int(got["content-length"]))
+        elif got.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int((await self._reader.readuntil(b"\r\n")).strip().split(b";")[0], 16)
+                chunk = await self._reader.readexactly(size + 2)
+                if size == 0:
+                    break
+                chunks.append(chunk[:-2])
+            data = b"".join(chunks)
+        else:
+            data = b""
+        if got.get("connection", "").lower() == "close":
+            await self.close()
+        return Response(status, got, data)
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU seconds a process has used so far (not its children)."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def memory(pid: int) -> dict[str, float]:
+    """A process's RSS and PSS (proportional: shared pages split between their users), in MiB."""
+    proc = psutil.Process(pid)
+    try:
+        full = proc.memory_full_info()
+        return {"rss": full.rss / 2**20, "pss": getattr(full, "pss", full.rss) / 2**20}
+    except psutil.AccessDenied:
+        rss = proc.memory_info().rss / 2**20
+        return {"rss": rss, "pss": rss}
+
+
+def ensure_wrk() -> str | None:
+    """The path of ``wrk``; installed from Debian's packages when missing and we are root."""
+    found = shutil.which("wrk")
+    if found or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return found
+    progress("installing wrk (apt-get install wrk) for the proxy throughput figure")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "timeout": 300}
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], **quiet).returncode != 0:  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "update", "-q"], **quiet)  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], **quiet)  # type: ignore[call-overload]
+    return shutil.which("wrk")
+
+
+def docker_client() -> Any:
+    """A Docker SDK client, or None when no engine answers."""
+    try:
+        import docker
+
+        client = docker.from_env(timeout=60)
+        client.ping()
+        return client
+    except Exception:  # any failure means: no usable engine
+        return None
+
+
+def machine(runtime: str) -> str:
+    """One paragraph describing the machine the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    parts = [f"{os.cpu_count()} cores ({cpu})", f"{mem:.0f} GiB memory", f"Linux {platform.release()}",
+             f"Python {platform.python_version()}"]
+    client = docker_client()
+    if client is not None:
+        parts.append(f"Docker engine {client.version().get('Version', '?')}")
+    if shutil.which("traefik") or (BIN / "traefik").exists():
+        out = subprocess.run([str(BIN / "traefik"), "version"], capture_output=True, text=True).stdout
+        version = next((ln.split()[-1] for ln in out.splitlines() if ln.lower().startswith("version")), "?")
+        parts.append(f"Traefik {version}")
+    out = subprocess.run([str(BIN / "nats-server"), "--version"], capture_output=True, text=True).stdout.strip()
+    if out:
+        parts.append(out.replace("nats-server: ", "nats-server "))
+    parts.append(f"sandbox runtime: {runtime}")
+    load = os.getloadavg()
+    parts.append(f"load average at the start {load[0]:.2f}")
+    return ", ".join(parts) + "."
+
+
+# ---- the stub server ----------------------------------------------------------------------------
+
+
+class Stub:
+    """``bench/stub.py`` as a process on a free loopback port (see that module)."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+
+    def __enter__(self) -> Stub:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH / "stub.py"), "--port", "0"],
+            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.port = int(json.loads(line)["listening"])
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# ---- clusters ------------------------------------------------------------------------------------
+
+
+class BenchCluster(Cluster):
+    """A whole nbpool for one group of figures, on free loopback ports, with an instance name of its own.
+
+    Stopping it (Ctrl-C, as a user would) also removes whatever a Docker run could leave behind:
+    containers and the network of this instance, and the spawner's firewall rule for its bridge.
+    """
+
+    def __init__(self, label: str, settings: dict[str, str]) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"nbpool-bench-{label}-")
+        instance = f"bench{uuid.uuid4().hex[:8]}"
+        base = {
+            "NBPOOL_INSTANCE": instance,
+            "NBPOOL_LOG_LEVEL": "INFO",
+            # One client address makes every request here; the rate limit is not what is measured.
+            "NBPOOL_RATE_LIMIT": "1000000",
+            "NBPOOL_RATE_BURST": "1000000",
+        }
+        super().__init__(Path(self._tmp.name), {**base, **settings})
+        self.label = label
+        self.instance = instance
+
+    @property
+    def runtime(self) -> str:
+        return self.env.get("NBPOOL_RUNTIME", "process")
+
+    def __enter__(self) -> BenchCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.stop(timeout=120)
+        except AssertionError as err:
+            progress(f"{self.label}: {str(err).splitlines()[0]}")
+        if self.runtime == "docker":
+            client = docker_client()
+            if client is not None:
+                for container in client.containers.list(all=True, filters={"label": f"nbpool.instance={self.instance}"}):
+                    with contextlib.suppress(Exception):
+                        container.remove(force=True)
+                with contextlib.suppress(Exception):
+                    client.networks.prune(filters={"label": f"nbpool.instance={self.instance}"})
+            bridge = "nbp-" + hashlib.sha1(f"{self.instance}-sandboxes".encode()).hexdigest()[:10]
+            subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"], capture_output=True)
+        self._tmp.cleanup()
+
+    def stats(self) -> dict[str, Any]:
+        import httpx
+
+        return httpx.get(f"{self.url}/api/stats", timeout=5).json()  # type: ignore[no-any-return]
+
+    def wait_quiet(self, warm: int, timeout: float = 600.0) -> float:
+        """Wait until ``warm`` sandboxes are warm and none is starting; the seconds it took."""
+        began = time.monotonic()
+        deadline = began + timeout
+        stats: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, f"nbpool up exited:\n{self.logs()}"
+            with contextlib.suppress(Exception):
+                stats = self.stats()
+                if stats["available"] >= warm and stats["starting"] == 0:
+                    return time.monotonic() - began
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.label}: pool not back to {warm} warm within {timeout:.0f} s: {stats}")
+
+    def pids(self) -> dict[str, int]:
+        """The pids of NATS, Traefik and the services (``children.json``), plus ``up`` itself."""
+        pids = self.children()
+        assert self.proc is not None
+        pids["nbpool up"] = self.proc.pid
+        return pids
+
+    def target_of(self, session_id: str) -> str:
+        """The sandbox's own address (``http://ip:port``), read from its record on the bus."""
+        for rec in self.status()["sandboxes"]:
+            if rec["id"] == session_id:
+                return str(rec["target"])
+        raise KeyError(session_id)
+
+
+@contextlib.contextmanager
+def timer() -> Iterator[list[float]]:
+    """``with timer() as t: ...``; afterwards ``t[0]`` is the elapsed seconds."""
+    out: list[float] = []
+    began = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out.append(time.perf_counter() - began)

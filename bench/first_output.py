@@ -1,0 +1,279 @@
+"""Time to first output: from ``POST /sessions`` to the result of ``1+1``, through the proxy.
+
+What it measures: a visitor (or a program) asks for a server and runs code at once. The clock
+starts when ``POST /sessions`` is sent and stops when the kernel's ``execute_result`` ("2")
+arrives over the websocket, which is opened through Traefik to the kernel the API hands out
+(``kernel_id``, the pre-started Welcome notebook kernel). Each visitor uses its own new TCP
+connection, as a browser would. When nbpool answers 503 with ``Retry-After`` (nothing free
+within ``NBPOOL_CLAIM_TIMEOUT``), the visitor waits that long and asks again, up to a bound;
+the time spent waiting is part of its time to first output, and a visitor that runs out of
+patience is a failure. Visitors of one round arrive together; sessions are ended and the pool
+refilled, with the machine quiet, between rounds.
+
+Floor: the same thing by hand with raw Docker, which is what a visitor would wait for without
+a pool: ``docker run`` of the same notebook image with the same limits (user, capabilities,
+memory, CPU, pids) on a bridge network made for the bench (internal, no traffic between
+containers), poll its ``/api`` every 10 ms until it answers, start a kernel (``POST
+/api/kernels``), open its websocket and run ``1+1``, straight to the container's address. It
+is the best case for raw Docker: one container at a time on a quiet machine, nothing routed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import websockets
+
+from common import BenchCluster, Figure, HTTPConnection, progress, summarize
+from kernel import execute_on
+
+__all__ = ["FloorResults", "TTFOResults", "Visit", "docker_cluster", "docker_floor", "measure", "visit"]
+
+#: A visitor gives up after this long, or this many 503/429 answers.
+PATIENCE_S = 180.0
+MAX_RETRIES = 40
+#: The longest single Retry-After a visitor honours (a guard against a wild header).
+MAX_RETRY_AFTER_S = 30.0
+
+
+@dataclass
+class Visit:
+    """One visitor: when it arrived, how long each step took (ms), and how it went."""
+
+    arrived: float
+    claim_ms: float = float("nan")
+    connect_ms: float = float("nan")
+    execute_ms: float = float("nan")
+    total_ms: float = float("nan")
+    refused: int = 0  # 503/429 answers honoured before the claim succeeded
+    error: str = ""
+    session: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+async def visit(url: str, arrived: float | None = None, run_code: bool = True) -> Visit:
+    """One visitor: claim (retrying on 503/429 as told, bounded), then ``1+1`` on the pre-started kernel."""
+    began = time.perf_counter() if arrived is None else arrived
+    out = Visit(arrived=began)
+    conn = HTTPConnection.to(url, timeout=PATIENCE_S)
+    try:
+        while True:
+            resp = await conn.request("POST", "/sessions", {"Content-Type": "application/json"}, b"{}")
+            if resp.status == 201:
+                break
+            waited = time.perf_counter() - began
+            if resp.status not in (429, 503) or out.refused >= MAX_RETRIES or waited > PATIENCE_S:
+                out.error = f"{resp.status} after {out.refused} retries: {resp.body[:120]!r}"
+                return out
+            out.refused += 1
+            delay = min(MAX_RETRY_AFTER_S, float(resp.headers.get("retry-after", "1") or 1))
+            await asyncio.sleep(min(delay, max(0.0, PATIENCE_S - waited)))
+        claimed = time.perf_counter()
+        session = resp.json()
+        out.session = session
+        out.claim_ms = (claimed - began) * 1000
+        if not run_code:
+            out.total_ms = out.claim_ms
+            return out
+        kernel = session.get("kernel_id")
+        if not kernel:
+            out.error = "no kernel_id in the answer"
+            return out
+        ws_url = (url.replace("http://", "ws://", 1)
+                  + f"/user/{session['id']}/api/kernels/{kernel}/channels?token={session['token']}")
+        async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
+            connected = time.perf_counter()
+            result = await execute_on(ws, "1+1", timeout=60)
+            done = time.perf_counter()
+        if result != "2":
+            out.error = f"1+1 gave {result!r}"
+            return out
+        out.connect_ms = (connected - claimed) * 1000
+        out.execute_ms = (done - connected) * 1000
+        out.total_ms = (done - began) * 1000
+    except Exception as err:  # a visitor's failure is a figure, not a crash of the bench
+        out.error = f"{err.__class__.__name__}: {err}"
+    finally:
+        await conn.close()
+    return out
+
+
+async def end_sessions(url: str, visits: list[Visit], concurrency: int = 6) -> None:
+    """End the visitors' sessions (``DELETE``, which returns once the sandbox is gone)."""
+    queue = [v.session for v in visits if v.session]
+
+    async def worker() -> None:
+        conn = HTTPConnection.to(url, timeout=60)
+        try:
+            while queue:
+                s = queue.pop()
+                assert s is not None
+                with contextlib.suppress(Exception):
+                    await conn.request("DELETE", f"/sessions/{s['id']}", {"Authorization": f"token {s['token']}"})
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+# ---- nbpool ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TTFOResults:
+    """Per (pool, concurrency): the time to first output and its parts, and failures."""
+
+    total: dict[tuple[int, int], Figure] = field(default_factory=dict)
+    parts: dict[tuple[int, int], dict[str, Figure]] = field(default_factory=dict)
+    failures: dict[tuple[int, int], int] = field(default_factory=dict)
+    refused: dict[tuple[int, int], int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    warm_s: dict[int, float] = field(default_factory=dict)
+
+
+def docker_cluster(label: str, image: str, pool: int, max_sandboxes: int, concurrency: int) -> BenchCluster:
+    """A cluster of real notebook containers (the production runtime)."""
+    return BenchCluster(label, {
+        "NBPOOL_RUNTIME": "docker",
+        "NBPOOL_DOCKER_IMAGE": image,
+        "NBPOOL_POOL_SIZE": str(pool),
+        "NBPOOL_MAX_SANDBOXES": str(max_sandboxes),
+        "NBPOOL_SPAWN_CONCURRENCY": str(concurrency),
+    })
+
+
+async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], results: TTFOResults) -> None:
+    """Rounds of visitors per concurrency: ``plan`` maps concurrency -> rounds (concurrency 1: visits)."""
+    url = cluster.url
+    for level, rounds in plan.items():
+        key = (pool, level)
+        total = results.total.setdefault(key, Figure(f"time to first output, pool {pool}, {level} concurrent"))
+        parts = results.parts.setdefault(key, {
+            name: Figure(f"{name}, pool {pool}, {level} concurrent") for name in ("claim", "websocket open", "execute 1+1")
+        })
+        results.failures.setdefault(key, 0)
+        results.refused.setdefault(key, 0)
+        kept: list[Visit] = []
+        for r in range(rounds):
+            await asyncio.to_thread(cluster.wait_quiet, pool)
+            visits = await asyncio.gather(*(visit(url) for _ in range(level)))
+            good = [v for v in visits if v.ok]
+            results.failures[key] += len(visits) - len(good)
+            results.refused[key] += sum(v.refused for v in visits)
+            results.errors += [v.error for v in visits if not v.ok]
+            total.add_run([v.total_ms for v in good])
+            parts["claim"].add_run([v.claim_ms for v in good])
+            parts["websocket open"].add_run([v.connect_ms for v in good])
+            parts["execute 1+1"].add_run([v.execute_ms for v in good])
+            kept += visits
+            if level > 1:
+                # Rounds of several visitors leave the pool empty-ish: end them before the next.
+                await end_sessions(url, kept)
+                kept = []
+        if kept:
+            await end_sessions(url, kept)
+        s = total.pooled
+        progress(f"first output: pool {pool}, {level} concurrent: p50 {s.p50:.0f} ms, max {s.max:.0f} ms, "
+                 f"{results.failures[key]} failed, {results.refused[key]} 503s honoured")
+    await asyncio.to_thread(cluster.wait_quiet, pool)
+
+
+# ---- the raw Docker floor --------------------------------------------------------------------------
+
+
+@dataclass
+class FloorResults:
+    """Raw Docker, one container at a time: the whole, and its parts (ms)."""
+
+    total: Figure = field(default_factory=lambda: Figure("raw Docker: docker run → 1+1"))
+    parts: dict[str, Figure] = field(default_factory=lambda: {
+        name: Figure(f"raw Docker: {name}") for name in ("docker run (create + start)", "server answers", "kernel start", "websocket open + 1+1")
+    })
+
+
+async def docker_floor(client: Any, image: str, runs: int, memory: str = "512m", cpus: float = 1.0, pids: int = 256) -> FloorResults:
+    """``runs`` times: a container by hand, until ``1+1`` answers (see the module docstring)."""
+    import httpx
+
+    results = FloorResults()
+    name = f"nbpoolbench-floor-{uuid.uuid4().hex[:8]}"
+    network = client.networks.create(
+        name, driver="bridge", internal=True, labels={"nbpool.bench": "floor"},
+        options={"com.docker.network.bridge.enable_icc": "false"},
+    )
+    samples: list[list[float]] = []
+    try:
+        async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+            for _ in range(runs):
+                token = secrets.token_urlsafe(24)
+                began = time.perf_counter()
+                container = await asyncio.to_thread(
+                    client.containers.run, image, detach=True, network=name,
+                    environment={"NBPOOL_TOKEN": token, "NBPOOL_BASE_URL": "/"},
+                    user="1000:1000", cap_drop=["ALL"], security_opt=["no-new-privileges:true"],
+                    mem_limit=memory, memswap_limit=memory, nano_cpus=int(cpus * 1e9), pids_limit=pids,
+                    labels={"nbpool.bench": "floor"}, auto_remove=True,
+                )
+                try:
+                    await asyncio.to_thread(container.reload)
+                    ip = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
+                    started = time.perf_counter()
+                    base = f"http://{ip}:8888"
+                    headers = {"Authorization": f"token {token}"}
+                    deadline = started + 60
+                    while True:
+                        with contextlib.suppress(httpx.HTTPError):
+                            if (await http.get(f"{base}/api", timeout=2)).status_code == 200:
+                                break
+                        if time.perf_counter() > deadline:
+                            raise TimeoutError("the raw container did not answer within 60 s")
+                        await asyncio.sleep(0.01)
+                    answered = time.perf_counter()
+                    resp = await http.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=60)
+                    resp.raise_for_status()
+                    kernel = resp.json()["id"]
+                    kernel_started = time.perf_counter()
+                    ws_url = f"ws://{ip}:8888/api/kernels/{kernel}/channels?token={token}"
+                    async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
+                        result = await execute_on(ws, "1+1", timeout=60)
+                    done = time.perf_counter()
+                    assert result == "2", result
+                    samples.append([(started - began) * 1000, (answered - started) * 1000,
+                                    (kernel_started - answered) * 1000, (done - kernel_started) * 1000,
+                                    (done - began) * 1000])
+                finally:
+                    with contextlib.suppress(Exception):
+                        await asyncio.to_thread(container.remove, force=True)
+                progress(f"raw Docker floor: {samples[-1][-1]:.0f} ms")
+    finally:
+        for _ in range(20):  # auto-removal may still be under way
+            try:
+                network.remove()
+                break
+            except Exception:
+                await asyncio.sleep(0.5)
+    # Each container is a run of its own, so the spread between them shows.
+    for s in samples:
+        results.total.add_run([s[4]])
+        for i, part in enumerate(results.parts.values()):
+            part.add_run([s[i]])
+    return results
+
+
+def describe(results: TTFOResults) -> str:
+    """A one-line-per-figure text summary, for the console."""
+    lines = []
+    for key, fig in results.total.items():
+        s = summarize(fig.samples)
+        lines.append(f"pool {key[0]:>3} × {key[1]:>2}: p50 {s.p50:7.0f} ms  p95 {s.p95:7.0f}  max {s.max:7.0f}  "
+                     f"failures {results.failures[key]}")
+    return "\n".join(lines)

@@ -1,0 +1,193 @@
+"""Visitors waiting for a server, first come, first served, each with a ticket they can watch.
+
+A launch that cannot be served at once joins the line of its profile. One worker per profile
+claims for the visitor at the head of the line only, so nobody overtakes anybody; the others see
+their position and a wait estimate measured from how fast the line has been moving. A visitor
+whose page stops watching for ``abandon_after`` seconds leaves the line.
+
+Each gateway replica keeps its own lines; behind them, each spawner serves waiting claims in
+arrival order as well.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from nbpool import logs
+from nbpool.gateway.claims import Claimer, NoCapacity
+from nbpool.models import SandboxRecord
+
+__all__ = ["LaunchQueue", "Ticket"]
+
+log = logs.get("nbpool.gateway.queue")
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One visitor's place in line. ``state``: queued, starting, full, ready."""
+
+    id: str
+    profile: str
+    page: str
+    owner: str
+    state: str = "queued"
+    position: int = 0
+    message: str = ""
+    url: str | None = None
+    sandbox_id: str | None = None
+    estimate_s: float | None = None
+    created: float = field(default_factory=time.monotonic)
+    seen: float = field(default_factory=time.monotonic)
+    _changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the visitor's page shows."""
+        return {
+            "state": self.state,
+            "position": self.position,
+            "message": self.message,
+            "estimate_s": _rounded(self.estimate_s),
+            "url": self.url,
+        }
+
+    def touch(self) -> None:
+        """The visitor's page is still watching."""
+        self.seen = time.monotonic()
+
+    def notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def changed(self, timeout: float) -> bool:
+        """Wait until the ticket changes (True) or ``timeout`` passes (False)."""
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+
+def _rounded(seconds: float | None) -> int | None:
+    """Whole seconds under a minute, tens of seconds above: enough for people, and steady."""
+    if seconds is None:
+        return None
+    return round(seconds) if seconds < 60 else round(seconds / 10) * 10
+
+
+class LaunchQueue:
+    """The lines of visitors, one per profile (see the module docstring)."""
+
+    def __init__(
+        self,
+        claimer: Claimer,
+        make_url: Callable[[SandboxRecord, str], str],
+        estimate_full: Callable[[str, int], float | None] = lambda profile, position: None,
+        abandon_after: float = 30.0,
+        keep_done: float = 120.0,
+    ) -> None:
+        self._claimer = claimer
+        self._make_url = make_url
+        self._estimate_full = estimate_full
+        self._abandon_after = abandon_after
+        self._keep_done = keep_done
+        self._lines: dict[str, deque[Ticket]] = {}
+        self._tickets: dict[str, Ticket] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        #: Seconds per visitor served from the line (moving average); None until measured.
+        #: While every sandbox is in use, estimates come from when sessions will end instead.
+        self.pace: dict[str, float] = {}
+
+    def join(self, profile: str, page: str, owner: str) -> Ticket:
+        """Put a visitor at the end of the line of ``profile``."""
+        self._forget_old()
+        ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner)
+        self._tickets[ticket.id] = ticket
+        self._lines.setdefault(profile, deque()).append(ticket)
+        self._reposition(profile)
+        worker = self._workers.get(profile)
+        if worker is None or worker.done():
+            self._workers[profile] = asyncio.ensure_future(self._work(profile))
+        return ticket
+
+    def get(self, ticket_id: str) -> Ticket | None:
+        return self._tickets.get(ticket_id)
+
+    def waiting(self, profile: str | None = None) -> int:
+        lines = [self._lines.get(profile, deque())] if profile else list(self._lines.values())
+        return sum(len(line) for line in lines)
+
+    async def close(self) -> None:
+        for worker in self._workers.values():
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+
+    def _reposition(self, profile: str, full: bool = False) -> None:
+        pace = self.pace.get(profile)
+        for i, ticket in enumerate(self._lines.get(profile, ())):
+            if full:
+                # Nobody gets in until someone leaves: when will the n-th session end at the latest?
+                estimate = self._estimate_full(profile, i + 1)
+            else:
+                estimate = None if pace is None else pace * (i + 1)
+            if ticket.position != i + 1 or ticket.estimate_s != estimate:
+                ticket.position, ticket.estimate_s = i + 1, estimate
+                ticket.notify()
+
+    def _drop_abandoned(self, profile: str) -> None:
+        line = self._lines.get(profile, deque())
+        now = time.monotonic()
+        gone = [t for t in line if now - t.seen > self._abandon_after]
+        for ticket in gone:
+            line.remove(ticket)
+            self._tickets.pop(ticket.id, None)
+            log.info("visitor left the line", extra={"ticket": ticket.id, "profile": profile})
+        if gone:
+            self._reposition(profile)
+
+    def _forget_old(self) -> None:
+        now = time.monotonic()
+        for tid, ticket in list(self._tickets.items()):
+            if ticket.state == "ready" and now - ticket.seen > self._keep_done:
+                del self._tickets[tid]
+
+    async def _work(self, profile: str) -> None:
+        line = self._lines[profile]
+        last_served = time.monotonic()
+        while True:
+            self._drop_abandoned(profile)
+            if not line:
+                return
+            head = line[0]
+            try:
+                record = await self._claimer.claim(profile, head.owner, wait=5.0)
+            except NoCapacity as exc:
+                state = "full" if exc.full else "starting"
+                if (head.state, head.message) != (state, exc.reason):
+                    head.state, head.message = state, exc.reason
+                    head.notify()
+                self._reposition(profile, full=exc.full)
+                await asyncio.sleep(1.0 if not exc.full else 2.0)
+                continue
+            except Exception as err:  # the bus hiccuped: the visitor keeps the place
+                log.warning("claim for the line failed", extra={"ticket": head.id, "error": repr(err)})
+                await asyncio.sleep(1.0)
+                continue
+            line.popleft()
+            now = time.monotonic()
+            took = now - last_served
+            last_served = now
+            old = self.pace.get(profile)
+            self.pace[profile] = took if old is None else 0.7 * old + 0.3 * took
+            head.state, head.message, head.position = "ready", "", 0
+            head.sandbox_id = record.id
+            head.url = self._make_url(record, head.page)
+            head.notify()
+            log.info("served from the line", extra={"ticket": head.id, "sandbox": record.id,
+                                                    "waited_s": round(now - head.created, 2)})
+            self._reposition(profile)
