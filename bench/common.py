@@ -44,6 +44,8 @@ __all__ = [
     "Response",
     "Stub",
     "Summary",
+    "SYNTHETIC_HOST",
+    "connect_bus",
     "cpu_seconds",
     "docker_client",
     "ensure_wrk",
@@ -52,6 +54,8 @@ __all__ = [
     "memory",
     "progress",
     "summarize",
+    "synthetic_id",
+    "synthetic_record",
 ]
 
 _BEGAN = time.monotonic()
@@ -425,6 +429,43 @@ class BenchCluster(Cluster):
             if rec["id"] == session_id:
                 return str(rec["target"])
         raise KeyError(session_id)
+
+
+# ---- synthetic sandboxes on the bus ------------------------------------------------------------------
+
+#: The ``host`` of synthetic records: no spawner has this id, so none acts on them.
+SYNTHETIC_HOST = "bench-synthetic"
+
+
+def synthetic_id() -> str:
+    """A sandbox id for a synthetic record (the router accepts ``[a-z0-9]{4,40}``)."""
+    import secrets
+
+    return "syn" + secrets.token_hex(6)
+
+
+def synthetic_record(sandbox_id: str, target: str) -> Any:
+    """A claimed sandbox record whose server is ``target`` (a stub), owned by no spawner."""
+    import secrets
+
+    from nbpool.models import SandboxRecord, State
+
+    now = time.time()
+    return SandboxRecord(
+        id=sandbox_id, host=SYNTHETIC_HOST, pool="default", state=State.CLAIMED, target=target,
+        path=f"/user/{sandbox_id}/", token=secrets.token_urlsafe(24), created_at=now, warm_at=now,
+        claimed_at=now, owner="bench",
+    )
+
+
+async def connect_bus(cluster: Cluster) -> Any:
+    """A connection to the cluster's bus, as a service would have (``nbpool.bus.Bus``)."""
+    from nbpool.bus import Bus
+    from nbpool.names import Names
+
+    bus = await Bus.connect(cluster.nats_url, Names(cluster.env["NBPOOL_INSTANCE"]), "bench")
+    await bus.ensure()
+    return bus
 
 
 @contextlib.contextmanager

@@ -54,6 +54,9 @@ class CommonSettings(BaseSettings):
     profiles: dict[str, Profile] = Field(default_factory=lambda: {"default": Profile()})
     default_profile: str = "default"
     state_dir: Path = Path(".nbpool")
+    static_offload: bool = Field(
+        default=False, description="serve JupyterLab's static files from the gateway behind Traefik, not from each sandbox"
+    )
     idle_timeout: float = Field(default=600.0, gt=0)
     max_age: float = Field(default=7200.0, gt=0)
 

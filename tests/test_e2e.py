@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import time
+from typing import Any
 
 import httpx
 import psutil
@@ -115,3 +116,17 @@ def test_events_and_status_commands(cluster: Cluster) -> None:
     for service in ("gateway", "spawner", "router", "culler"):
         assert service in table
     assert psutil.pid_exists(cluster.children()["nats"])
+
+
+def test_static_offload_serves_lab_files_from_the_gateway(make_cluster: Any) -> None:
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_STATIC_OFFLOAD": "true"}, warm=1)
+    session = cluster.new_session()
+    lab = httpx.get(session["url"])
+    scripts = re.findall(r'src="([^"]*/static/lab/[^"]+)"', lab.text)
+    assert scripts, "JupyterLab's page names no static script"
+    path = scripts[0].split("?")[0]
+    offloaded = httpx.get(f"{cluster.url}{path}")
+    target = next(r["target"] for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
+    own = httpx.get(f"{target}{path}")  # the same file from the sandbox's own server
+    assert offloaded.status_code == 200 and offloaded.content == own.content
+    assert "uvicorn" in offloaded.headers.get("server", "")  # the gateway's, not the sandbox's Tornado

@@ -188,3 +188,12 @@ class TestLinks:
         assert spawn_link("lab/tree/Welcome.ipynb") == "/spawn/lab/tree/Welcome.ipynb"
         assert spawn_link("notebooks/x.ipynb?x=1") == "/spawn/lab/tree/x.ipynb"
         assert spawn_link("api/kernels") == "/spawn"
+
+
+def test_static_offload_route() -> None:
+    cfg = dynamic_config({}, ["http://g:1"], static_offload=True)
+    router = cfg["http"]["routers"]["nbpool-static"]
+    assert router["service"] == "nbpool-gateway" and router["priority"] > 100
+    rewrite = cfg["http"]["middlewares"]["nbpool-static-path"]["replacePathRegex"]
+    assert rewrite["replacement"] == "/static/lab/$1"
+    assert "nbpool-static" not in dynamic_config({}, ["http://g:1"])["http"]["routers"]

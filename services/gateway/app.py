@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import os
 import json
 import re
 import time
@@ -22,6 +23,7 @@ import nats.js.errors
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nbpool import __version__, logs
@@ -455,6 +457,11 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
 
     app.include_router(admin_router(settings, state))
+    if settings.static_offload:
+        # JupyterLab's own build: the same files every sandbox of this version serves itself.
+        from jupyterlab.commands import get_app_dir
+
+        app.mount("/static/lab", StaticFiles(directory=os.path.join(get_app_dir(), "static")), name="lab-static")
 
     return app
 

@@ -101,7 +101,7 @@ class Router:
     def _write(self, routes: dict[str, RouteSpec]) -> None:
         folder = self.settings.dynamic_dir
         folder.mkdir(parents=True, exist_ok=True)
-        text = render(dynamic_config(routes, self.settings.gateway_urls))
+        text = render(dynamic_config(routes, self.settings.gateway_urls, static_offload=self.settings.static_offload))
         # Written beside the watched folder, then renamed in: Traefik never reads half a file.
         tmp = folder.parent / f".{ROUTES_FILE}.{os.getpid()}.tmp"
         tmp.write_text(text)

@@ -17,6 +17,7 @@ from nbpool.models import ROUTED_STATES, SandboxRecord
 __all__ = ["GATEWAY", "RouteSpec", "desired_routes", "dynamic_config", "render"]
 
 GATEWAY = "nbpool-gateway"
+STATIC = "nbpool-static"
 _PATH = re.compile(r"^/user/[a-z0-9]{4,40}/$")
 
 RouteSpec = tuple[str, str]  # (path, target)
@@ -40,8 +41,14 @@ def desired_routes(records: Iterable[SandboxRecord]) -> dict[str, RouteSpec]:
     return routes
 
 
-def dynamic_config(routes: dict[str, RouteSpec], gateway_urls: list[str], entrypoint: str = "web") -> dict[str, Any]:
-    """Traefik dynamic configuration for ``routes`` plus the catch-all to the gateway replicas."""
+def dynamic_config(
+    routes: dict[str, RouteSpec], gateway_urls: list[str], entrypoint: str = "web", static_offload: bool = False
+) -> dict[str, Any]:
+    """Traefik dynamic configuration for ``routes`` plus the catch-all to the gateway replicas.
+
+    With ``static_offload``, every sandbox's JupyterLab static files (``/user/<id>/static/lab/``,
+    the same files in every sandbox of this JupyterLab version) come from the gateways instead.
+    """
     routers: dict[str, Any] = {
         GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY, "entryPoints": [entrypoint]},
     }
@@ -52,7 +59,19 @@ def dynamic_config(routes: dict[str, RouteSpec], gateway_urls: list[str], entryp
         name = f"sandbox-{sid}"
         routers[name] = {"rule": f"PathPrefix(`{path}`)", "priority": 100, "service": name, "entryPoints": [entrypoint]}
         services[name] = {"loadBalancer": {"servers": [{"url": target}], "passHostHeader": True}}
-    return {"http": {"routers": routers, "services": services}}
+    config: dict[str, Any] = {"http": {"routers": routers, "services": services}}
+    if static_offload:
+        routers[STATIC] = {
+            "rule": "PathRegexp(`^/user/[a-z0-9]+/static/lab/`)",
+            "priority": 200,
+            "service": GATEWAY,
+            "middlewares": [f"{STATIC}-path"],
+            "entryPoints": [entrypoint],
+        }
+        config["http"]["middlewares"] = {
+            f"{STATIC}-path": {"replacePathRegex": {"regex": "^/user/[a-z0-9]+/static/lab/(.*)", "replacement": "/static/lab/$1"}},
+        }
+    return config
 
 
 def render(config: dict[str, Any]) -> str:

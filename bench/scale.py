@@ -1,0 +1,204 @@
+"""The control plane at scale: 1000 sandboxes' records and heartbeats, without 1000 containers.
+
+What it measures, on a running cluster:
+
+1. A quiet baseline: CPU of each of nbpool's processes over a few 5-second slices, memory,
+   and *route propagation*: the time from writing one new sandbox record to the bus until
+   a request through Traefik reaches that sandbox's server.
+2. ``records`` synthetic sandbox records are written to the instance's KV bucket, each
+   claimed, owned by a spawner id that does not exist (``bench-synthetic``, so no spawner acts
+   on them) and pointing at ``bench/stub.py``, which answers like a Jupyter server. The
+   router routes every one of them and probes it through Traefik, as it would real ones; the
+   time until all are reported ready is recorded.
+3. With an activity heartbeat for every record every 5 seconds (as spawners publish them),
+   CPU of each process is measured again over 5-second slices, then route propagation again,
+   and memory.
+4. The synthetic records and their activity are deleted, and the time until the router has
+   removed their routes is recorded.
+
+Floor: the baseline of the same cluster, a moment before, with only its own pool. CPU is
+reported as a share of one core per process; the ratio to the baseline shows what 1000
+sandboxes add. Route propagation at the baseline is the floor for route propagation at scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import nats.js.errors
+from nbpool.models import Activity, encode
+
+from common import (
+    BenchCluster,
+    Figure,
+    HTTPConnection,
+    Stub,
+    connect_bus,
+    cpu_seconds,
+    memory,
+    progress,
+    synthetic_id,
+    synthetic_record,
+)
+
+__all__ = ["ScaleResults", "measure"]
+
+SLICE_S = 5.0
+HEARTBEAT_S = 5.0
+#: Processes whose CPU is reported (names in children.json).
+WATCHED = ("nats", "traefik", "router", "culler", "spawner", "gateway")
+
+
+@dataclass
+class ScaleResults:
+    """CPU (% of one core per 5 s slice), memory (MiB), propagation (ms), and the bulk steps (s)."""
+
+    records: int
+    cpu_base: dict[str, Figure] = field(default_factory=dict)
+    cpu_load: dict[str, Figure] = field(default_factory=dict)
+    memory_base: dict[str, dict[str, float]] = field(default_factory=dict)
+    memory_load: dict[str, dict[str, float]] = field(default_factory=dict)
+    propagation_base: Figure = field(default_factory=lambda: Figure("route propagation, pool only"))
+    propagation_load: Figure = field(default_factory=lambda: Figure("route propagation, 1000 records"))
+    removal_load: Figure = field(default_factory=lambda: Figure("route removal, 1000 records"))
+    heartbeat_burst: Figure = field(default_factory=lambda: Figure("1000 heartbeats written"))
+    write_s: float = 0.0
+    all_routed_s: float = float("nan")
+    routed: int = 0
+    cleanup_s: float = float("nan")
+    window_s: float = 0.0
+
+
+async def _cpu_slices(pids: dict[str, int], slices: int, into: dict[str, Figure]) -> None:
+    """CPU of each process per ``SLICE_S`` slice, as % of one core, one run per slice."""
+    last = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    at = time.perf_counter()
+    for _ in range(slices):
+        await asyncio.sleep(SLICE_S)
+        now = time.perf_counter()
+        for name, pid in pids.items():
+            used = cpu_seconds(pid)
+            into.setdefault(name, Figure(f"CPU, {name}", unit="% of a core")).add_run([(used - last[name]) / (now - at) * 100])
+            last[name] = used
+        at = now
+
+
+async def _propagation(cluster: BenchCluster, kv: object, stub_url: str, count: int,
+                       added: Figure, removed: Figure | None) -> None:
+    """``count`` times: write one record, time until Traefik routes it; delete it, time until it is gone."""
+    conn = HTTPConnection.to(cluster.url, timeout=10)
+    add_ms, remove_ms = [], []
+    try:
+        for _ in range(count):
+            sid = synthetic_id()
+            path = f"/user/{sid}/api"
+            began = time.perf_counter()
+            await kv.create(sid, encode(synthetic_record(sid, stub_url)))  # type: ignore[attr-defined]
+            while True:
+                resp = await conn.request("GET", path)
+                if resp.status == 200 and b'"stub"' in resp.body:
+                    break
+                if time.perf_counter() - began > 30:
+                    raise TimeoutError(f"route {path} did not appear within 30 s")
+                await asyncio.sleep(0.005)
+            add_ms.append((time.perf_counter() - began) * 1000)
+            began = time.perf_counter()
+            await kv.delete(sid)  # type: ignore[attr-defined]
+            while True:
+                resp = await conn.request("GET", path)
+                if resp.status == 404:
+                    break
+                if time.perf_counter() - began > 30:
+                    raise TimeoutError(f"route {path} was not removed within 30 s")
+                await asyncio.sleep(0.005)
+            remove_ms.append((time.perf_counter() - began) * 1000)
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+    added.add_run(add_ms)
+    if removed is not None:
+        removed.add_run(remove_ms)
+
+
+async def _count_routes(bus: object, ids: set[str]) -> int:
+    kv = await bus.kv(bus.names.routes)  # type: ignore[attr-defined]
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return 0
+    return len(ids.intersection(keys))
+
+
+async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int = 3, load_slices: int = 9,
+                  propagation: int = 8) -> ScaleResults:
+    """The whole scale experiment (see the module docstring)."""
+    results = ScaleResults(records=records, window_s=load_slices * SLICE_S)
+    results.propagation_load.name = f"route propagation, {records} records"
+    results.removal_load.name = f"route removal, {records} records"
+    results.heartbeat_burst.name = f"{records} heartbeats written"
+    pids = {name: pid for name, pid in cluster.pids().items() if name in WATCHED}
+    bus = await connect_bus(cluster)
+    records_kv = await bus.kv(bus.names.sandboxes)
+    activity_kv = await bus.kv(bus.names.activity)
+    ids = [synthetic_id() for _ in range(records)]
+    with Stub() as stub:
+        await asyncio.to_thread(cluster.wait_quiet, 1)
+        await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_base, None)
+        await _cpu_slices(pids, base_slices, results.cpu_base)
+        results.memory_base = {name: memory(pid) for name, pid in cluster.pids().items()}
+        progress(f"scale: baseline done; writing {records} synthetic records")
+
+        began = time.perf_counter()
+        for i in range(0, records, 100):
+            await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(sid, stub.url))) for sid in ids[i:i + 100]))
+        results.write_s = time.perf_counter() - began
+        wanted = set(ids)
+        while time.perf_counter() - began < 180:
+            results.routed = await _count_routes(bus, wanted)
+            if results.routed >= records:
+                results.all_routed_s = time.perf_counter() - began
+                break
+            await asyncio.sleep(0.5)
+        progress(f"scale: {results.routed} of {records} routes ready after {time.perf_counter() - began:.1f} s")
+
+        stop = asyncio.Event()
+
+        async def heartbeats() -> None:
+            while not stop.is_set():
+                tick = time.perf_counter()
+                now = time.time()
+                for i in range(0, records, 100):
+                    await asyncio.gather(*(
+                        activity_kv.put(sid, encode(Activity(id=sid, last_activity=now, connections=1, kernels=1, at=now)))
+                        for sid in ids[i:i + 100]
+                    ))
+                results.heartbeat_burst.add_run([(time.perf_counter() - tick) * 1000])
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, HEARTBEAT_S - (time.perf_counter() - tick)))
+                except asyncio.TimeoutError:
+                    pass
+
+        beating = asyncio.ensure_future(heartbeats())
+        try:
+            await asyncio.sleep(HEARTBEAT_S)  # one full heartbeat round before measuring
+            await _cpu_slices(pids, load_slices, results.cpu_load)
+            await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_load, results.removal_load)
+            results.memory_load = {name: memory(pid) for name, pid in cluster.pids().items()}
+        finally:
+            stop.set()
+            await beating
+        progress("scale: measured under load; removing the synthetic records")
+
+        began = time.perf_counter()
+        for i in range(0, records, 100):
+            chunk = ids[i:i + 100]
+            await asyncio.gather(*(records_kv.delete(sid) for sid in chunk), *(activity_kv.delete(sid) for sid in chunk))
+        while time.perf_counter() - began < 120:
+            if await _count_routes(bus, wanted) == 0:
+                results.cleanup_s = time.perf_counter() - began
+                break
+            await asyncio.sleep(0.5)
+        await bus.close()
+    return results
