@@ -10,13 +10,11 @@ import asyncio
 import hmac
 import os
 import json
-import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated, Any
-from urllib.parse import quote
 
 import nats.errors
 import nats.js.errors
@@ -44,9 +42,6 @@ __all__ = ["create_app"]
 log = logs.get("nbpool.gateway")
 
 _ID = r"^[a-z0-9]{4,40}$"
-_PATH_OK = re.compile(r"^[^\x00-\x1f\\]*$")
-
-
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -65,10 +60,8 @@ class SessionRequest(BaseModel):
     @field_validator("path")
     @classmethod
     def _relative_path(cls, value: str) -> str:
-        value = value.strip("/")
-        if not _PATH_OK.match(value) or ".." in value.split("/"):
-            raise ValueError("path must be relative, without '..', backslashes or control characters")
-        return value
+        lab_path(value)  # raises BadLink (a ValueError) with what is wrong
+        return value.strip("/")
 
 
 class SessionCreated(BaseModel):
@@ -175,9 +168,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             )
             return None if len(ends) < position else max(0.0, ends[position - 1] - time.time()) + 3.0
 
-        queue = LaunchQueue(
-            claimer, lambda rec, page: f"{settings.public_url}{rec.path}{page}?token={rec.token}", estimate_full
-        )
+        queue = LaunchQueue(claimer, lab_url, estimate_full)
         tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
         tasks += [asyncio.ensure_future(the_bus.presence("gateway")), asyncio.ensure_future(tail.run())]
         await asyncio.gather(*(m.ready.wait() for m in mirrors))
@@ -214,9 +205,9 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
                 return real.strip()
         return peer
 
-    def lab_url(rec: SandboxRecord, path: str = "") -> str:
-        where = "lab" if not path else f"lab/tree/{quote(path)}"
-        return f"{settings.public_url}{rec.path}{where}?token={rec.token}"
+    def lab_url(rec: SandboxRecord, page: str = "lab") -> str:
+        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
+        return f"{settings.public_url}{rec.path}{page}?token={rec.token}"
 
     def admit(request: Request, profile: str | None) -> tuple[str, str]:
         """Check the profile and the client's launch rate; the profile and the client."""
@@ -288,7 +279,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         rec = await launch(request, body.profile)
         return SessionCreated(
             id=rec.id,
-            url=lab_url(rec, body.path),
+            url=lab_url(rec, lab_path(body.path)),
             token=rec.token,
             expires_at=_iso(expires_at(rec, None, policy)),
             profile=rec.pool,
@@ -370,7 +361,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         if not queue.waiting(profile):
             try:
                 rec = await state["claimer"].claim(profile, owner=client, wait=0)
-                return RedirectResponse(f"{settings.public_url}{rec.path}{page}?token={rec.token}", status_code=302)
+                return RedirectResponse(lab_url(rec, page), status_code=302)
             except NoCapacity:
                 pass
         ticket = queue.join(profile, page, client)

@@ -238,6 +238,10 @@ class Spawner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         records = {rec.id: rec for rec, _ in self._mine()}
         ids = self.known | records.keys()
+        try:
+            ids |= {sb.id for sb in await self.runtime.list()}  # and any the bookkeeping missed
+        except RuntimeUnavailable:
+            pass
         await asyncio.gather(*(self.runtime.remove(sid) for sid in ids), return_exceptions=True)
         self.known.clear()
         log.info("removed all sandboxes", extra={"count": len(ids)})

@@ -251,7 +251,8 @@ class DockerRuntime:
     async def list(self) -> list[RuntimeSandbox]:
         def listing() -> list[RuntimeSandbox]:
             found = []
-            for container in self._docker().containers.list(all=True, filters=self._filters()):
+            # ignore_removed: a container may go between the listing and its inspection.
+            for container in self._docker().containers.list(all=True, filters=self._filters(), ignore_removed=True):
                 try:
                     found.append(self._sandbox(container))
                 except KeyError:
