@@ -33,7 +33,8 @@ import websockets
 from common import BenchCluster, Figure, HTTPConnection, progress, summarize
 from kernel import execute_on
 
-__all__ = ["FloorResults", "TTFOResults", "Visit", "docker_cluster", "docker_floor", "measure", "visit"]
+__all__ = ["FloorResults", "TTFOResults", "Visit", "cluster", "docker_floor", "end_sessions", "measure",
+           "process_floor", "visit"]
 
 #: A visitor gives up after this long, or this many 503/429 answers.
 PATIENCE_S = 180.0
@@ -140,11 +141,11 @@ class TTFOResults:
     warm_s: dict[int, float] = field(default_factory=dict)
 
 
-def docker_cluster(label: str, image: str, pool: int, max_sandboxes: int, concurrency: int) -> BenchCluster:
-    """A cluster of real notebook containers (the production runtime)."""
+def cluster(label: str, image: str | None, pool: int, max_sandboxes: int, concurrency: int) -> BenchCluster:
+    """A cluster of real sandboxes: notebook containers with ``image`` (the production runtime), else processes."""
+    runtime = {"NBPOOL_RUNTIME": "docker", "NBPOOL_DOCKER_IMAGE": image} if image else {"NBPOOL_RUNTIME": "process"}
     return BenchCluster(label, {
-        "NBPOOL_RUNTIME": "docker",
-        "NBPOOL_DOCKER_IMAGE": image,
+        **runtime,
         "NBPOOL_POOL_SIZE": str(pool),
         "NBPOOL_MAX_SANDBOXES": str(max_sandboxes),
         "NBPOOL_SPAWN_CONCURRENCY": str(concurrency),
@@ -200,11 +201,45 @@ class FloorResults:
     })
 
 
+async def _until_output(http: Any, base: str, token: str) -> tuple[float, float, float]:
+    """Poll ``base/api`` every 10 ms until it answers, start a kernel, run ``1+1``; when each step ended."""
+    import httpx
+
+    deadline = time.perf_counter() + 60
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(f"{base}/api", timeout=2)).status_code == 200:
+                break
+        if time.perf_counter() > deadline:
+            raise TimeoutError(f"{base} did not answer within 60 s")
+        await asyncio.sleep(0.01)
+    answered = time.perf_counter()
+    resp = await http.post(f"{base}/api/kernels", headers={"Authorization": f"token {token}"},
+                           json={"name": "python3"}, timeout=60)
+    resp.raise_for_status()
+    kernel = resp.json()["id"]
+    kernel_started = time.perf_counter()
+    ws_url = base.replace("http://", "ws://", 1) + f"/api/kernels/{kernel}/channels?token={token}"
+    async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
+        result = await execute_on(ws, "1+1", timeout=60)
+    if result != "2":
+        raise RuntimeError(f"1+1 gave {result!r}")
+    return answered, kernel_started, time.perf_counter()
+
+
+def _record(results: FloorResults, samples: list[list[float]]) -> FloorResults:
+    # Each server is a run of its own, so the spread between them shows.
+    for s in samples:
+        results.total.add_run([s[4]])
+        for i, part in enumerate(results.parts.values()):
+            part.add_run([s[i]])
+    return results
+
+
 async def docker_floor(client: Any, image: str, runs: int, memory: str = "512m", cpus: float = 1.0, pids: int = 256) -> FloorResults:
     """``runs`` times: a container by hand, until ``1+1`` answers (see the module docstring)."""
     import httpx
 
-    results = FloorResults()
     name = f"nbpoolbench-floor-{uuid.uuid4().hex[:8]}"
     network = client.networks.create(
         name, driver="bridge", internal=True, labels={"nbpool.bench": "floor"},
@@ -227,26 +262,7 @@ async def docker_floor(client: Any, image: str, runs: int, memory: str = "512m",
                     await asyncio.to_thread(container.reload)
                     ip = container.attrs["NetworkSettings"]["Networks"][name]["IPAddress"]
                     started = time.perf_counter()
-                    base = f"http://{ip}:8888"
-                    headers = {"Authorization": f"token {token}"}
-                    deadline = started + 60
-                    while True:
-                        with contextlib.suppress(httpx.HTTPError):
-                            if (await http.get(f"{base}/api", timeout=2)).status_code == 200:
-                                break
-                        if time.perf_counter() > deadline:
-                            raise TimeoutError("the raw container did not answer within 60 s")
-                        await asyncio.sleep(0.01)
-                    answered = time.perf_counter()
-                    resp = await http.post(f"{base}/api/kernels", headers=headers, json={"name": "python3"}, timeout=60)
-                    resp.raise_for_status()
-                    kernel = resp.json()["id"]
-                    kernel_started = time.perf_counter()
-                    ws_url = f"ws://{ip}:8888/api/kernels/{kernel}/channels?token={token}"
-                    async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
-                        result = await execute_on(ws, "1+1", timeout=60)
-                    done = time.perf_counter()
-                    assert result == "2", result
+                    answered, kernel_started, done = await _until_output(http, f"http://{ip}:8888", token)
                     samples.append([(started - began) * 1000, (answered - started) * 1000,
                                     (kernel_started - answered) * 1000, (done - kernel_started) * 1000,
                                     (done - began) * 1000])
@@ -261,12 +277,53 @@ async def docker_floor(client: Any, image: str, runs: int, memory: str = "512m",
                 break
             except Exception:
                 await asyncio.sleep(0.5)
-    # Each container is a run of its own, so the spread between them shows.
-    for s in samples:
-        results.total.add_run([s[4]])
-        for i, part in enumerate(results.parts.values()):
-            part.add_run([s[i]])
-    return results
+    return _record(FloorResults(), samples)
+
+
+async def process_floor(runs: int) -> FloorResults:
+    """Without Docker: ``runs`` times, a ``jupyter server`` process by hand, until ``1+1`` answers."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    import httpx
+
+    from common import free_ports
+
+    results = FloorResults()
+    results.total.name = "raw process: jupyter server → 1+1"
+    for key, part in results.parts.items():
+        part.name = f"raw process: {key.replace('docker run (create + start)', 'process start')}"
+    samples: list[list[float]] = []
+    async with httpx.AsyncClient(timeout=10, trust_env=False) as http:
+        for _ in range(runs):
+            token = secrets.token_urlsafe(24)
+            port = free_ports(1)
+            with tempfile.TemporaryDirectory(prefix="nbpool-bench-floor-") as home:
+                env = {**os.environ, "JUPYTER_TOKEN": token, "HOME": home, "JUPYTER_RUNTIME_DIR": f"{home}/rt"}
+                args = [sys.executable, "-m", "jupyter_server", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                        f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--ServerApp.root_dir={home}"]
+                if os.geteuid() == 0:
+                    args.append("--allow-root")
+                began = time.perf_counter()
+                proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
+                started = time.perf_counter()
+                try:
+                    answered, kernel_started, done = await _until_output(http, f"http://127.0.0.1:{port}", token)
+                    samples.append([(started - began) * 1000, (answered - started) * 1000,
+                                    (kernel_started - answered) * 1000, (done - kernel_started) * 1000,
+                                    (done - began) * 1000])
+                finally:
+                    proc.terminate()
+                    try:
+                        proc.wait(10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+            progress(f"raw process floor: {samples[-1][-1]:.0f} ms")
+    return _record(results, samples)
 
 
 def describe(results: TTFOResults) -> str:

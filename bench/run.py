@@ -1,7 +1,24 @@
-"""``make bench``: starts a real nbpool and measures what visitors feel. Writes docs/benchmarks.md.
+"""``make bench``: starts real nbpools and measures what visitors feel and what nbpool costs.
 
-Every figure is a median over repeated runs with its spread, next to a floor measured in the same
-run (the machines are noisy; ratios travel better than milliseconds). All traffic is to loopback.
+Writes docs/benchmarks.md (targets, tables, the machine, the exact command), its plots
+(docs/bench-*.png) and every sample (docs/benchmarks.json). Sandboxes are Docker containers
+when an engine answers, else processes. Every figure is a median over repeated runs with its
+spread, next to a floor measured in the same run. All traffic goes to loopback and to Docker
+networks that nbpool or the bench created; every load loop is bounded in count and time.
+
+The groups, each in its own module:
+
+- ``first_output``: the raw floor (a server by hand), and time to first output per pool size
+  and number of visitors at once;
+- ``claims``: claim latency at 1, 10 and 50 concurrent clients;
+- ``proxy``: what Traefik adds per request, in throughput and per websocket round trip;
+- ``resources``: sockets per open websocket, memory of nbpool's processes and of a sandbox;
+- ``scale``: the control plane with 1000 sandboxes' records and heartbeats;
+- ``burst``: 100 visitors in 10 s at a pool of 20.
+
+Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
+proxy, resources and scale figures; then the other pool sizes; then the burst. Sized to finish
+within 15 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
 from __future__ import annotations
@@ -9,253 +26,225 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
-from typing import Any
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import TypeVar
 
-import httpx
+import burst
+import claims
+import first_output
+import proxy
+import report
+import resources
+import scale
+from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine, progress
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from cluster import Cluster  # noqa: E402
-from kernel import execute, start_kernel  # noqa: E402
-
-
-def pct(values: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of ``values``."""
-    ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))
-    return ordered[rank]
-
-
-def summary(ms: list[float]) -> dict[str, float]:
-    return {
-        "n": len(ms),
-        "p50": statistics.median(ms),
-        "p95": pct(ms, 95),
-        "p99": pct(ms, 99),
-        "max": max(ms),
-        "iqr": pct(ms, 75) - pct(ms, 25),
-    }
+GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst")
+_T = TypeVar("_T")
 
 
-async def claim_latency(cluster: Cluster, total: int, batch: int) -> tuple[dict[str, float], dict[str, float]]:
-    """POST /sessions with a warm pool, one at a time, against GET /healthz through the same proxy."""
-    claims: list[float] = []
-    floor: list[float] = []
-    async with httpx.AsyncClient(timeout=30) as client:
-        for _ in range(5):  # warm the connection and both code paths
-            await client.get(f"{cluster.url}/healthz")
-        while len(claims) < total:
-            cluster.wait_warm(batch, timeout=300)
-            made = []
-            for _ in range(min(batch, total - len(claims))):
-                t = time.perf_counter()
-                await client.get(f"{cluster.url}/healthz")
-                floor.append((time.perf_counter() - t) * 1000)
-                t = time.perf_counter()
-                resp = await client.post(f"{cluster.url}/sessions")
-                claims.append((time.perf_counter() - t) * 1000)
-                assert resp.status_code == 201, resp.text
-                made.append(resp.json())
-            for s in made:
-                await client.delete(f"{cluster.url}/sessions/{s['id']}", params={"token": s["token"]})
-    return summary(claims), summary(floor)
+@dataclass
+class Sizes:
+    """How much of everything; the defaults are sized for 15 minutes on 2 cores with Docker."""
+
+    floor_runs: int = 5
+    claims_pool: int = 100
+    claims_per_level: int = 200
+    claim_levels: list[int] = field(default_factory=lambda: [1, 10, 50])
+    #: pool size -> {visitors at once -> rounds}; the first pool's cluster also serves proxy, resources, scale.
+    first_output: dict[int, dict[int, int]] = field(default_factory=lambda: {
+        40: {1: 5, 10: 2, 30: 2},
+        10: {1: 5, 10: 2, 30: 1},
+    })
+    spawn_concurrency: int = 4
+    proxy_blocks: int = 6
+    proxy_per_block: int = 100
+    proxy_load_s: float = 3.0
+    proxy_load_reps: int = 3
+    websockets_open: int = 10
+    scale_records: int = 1000
+    scale_batch: int = 100
+    scale_base_slices: int = 3
+    scale_load_slices: int = 9
+    scale_propagation: int = 8
+    burst_pool: int = 20
+    burst_visitors: int = 100
+    burst_over_s: float = 10.0
+    burst_max_sandboxes: int = 120
 
 
-async def first_output(cluster: Cluster, runs: int, fresh_kernel: bool) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
-    """From POST /sessions to the result of 1+1 on a kernel, through the proxy.
-
-    ``fresh_kernel``: start a new kernel (what a visitor picking another kernel waits for);
-    otherwise use the pre-started one the API hands out.
-    """
-    total: list[float] = []
-    parts: dict[str, list[float]] = {"claim": [], "kernel start": [], "execute 1+1": []}
-    async with httpx.AsyncClient(timeout=60) as client:
-        await client.get(f"{cluster.url}/healthz")
-        for _ in range(runs):
-            cluster.wait_warm(1, timeout=300)
-            t0 = time.perf_counter()
-            s = (await client.post(f"{cluster.url}/sessions")).json()
-            t1 = time.perf_counter()
-            base = cluster.base(s)
-            kernel = await start_kernel(client, base, s["token"]) if fresh_kernel or not s.get("kernel_id") else s["kernel_id"]
-            t2 = time.perf_counter()
-            out = await execute(base, s["token"], kernel, "1+1")
-            t3 = time.perf_counter()
-            assert out == "2", out
-            total.append((t3 - t0) * 1000)
-            parts["claim"].append((t1 - t0) * 1000)
-            parts["kernel start"].append((t2 - t1) * 1000)
-            parts["execute 1+1"].append((t3 - t2) * 1000)
-            await client.delete(f"{cluster.url}/sessions/{s['id']}", params={"token": s["token"]})
-    return summary(total), {k: summary(v) for k, v in parts.items()}
+def quick() -> Sizes:
+    """Small versions of everything, for working on the bench itself."""
+    return Sizes(
+        floor_runs=2, claims_pool=20, claims_per_level=40, first_output={10: {1: 2, 10: 1, 30: 1}},
+        proxy_blocks=2, proxy_per_block=50, proxy_load_s=2, proxy_load_reps=1, websockets_open=4,
+        scale_records=200, scale_base_slices=1, scale_load_slices=2, scale_propagation=3,
+        burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30,
+    )
 
 
-async def refill_rate(cluster: Cluster, pool: int, rounds: int = 3) -> list[float]:
-    """Sandboxes per second the pool refills at: claim the whole pool at once, time until it is full again."""
-    rates = []
-    async with httpx.AsyncClient(timeout=60) as client:
-        for _ in range(rounds):
-            cluster.wait_warm(pool, timeout=600)
-            made = [(await client.post(f"{cluster.url}/sessions")).json() for _ in range(pool)]
-            began = time.perf_counter()
-            cluster.wait_warm(pool, timeout=600)
-            rates.append(pool / (time.perf_counter() - began))
-            for s in made:
-                await client.delete(f"{cluster.url}/sessions/{s['id']}", params={"token": s["token"]})
-    return rates
+class Bench:
+    """Runs the groups in order, keeping going when one fails, and writes the report."""
 
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, image: str | None) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.image = image
+        self.only = set(args.only.split(",")) if args.only else set(GROUPS)
+        self.began = time.monotonic()
+        self.results = report.Results(
+            command=" ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
+            machine=machine("docker" if image else "process"),
+            runtime="docker" if image else "process",
+            started=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            sizes={k: v for k, v in asdict(sizes).items()},
+        )
 
-def idle_memory_mib(cluster: Cluster) -> list[float]:
-    """Memory of each warm, idle sandbox: the container's cgroup usage, or the server's process tree RSS."""
-    if cluster.env.get("NBPOOL_RUNTIME") == "docker":
-        values = []
-        for container in cluster.containers():
-            stats = container.stats(stream=False)
-            mem = stats["memory_stats"]
-            cache = mem.get("stats", {}).get("inactive_file", 0)
-            values.append((mem["usage"] - cache) / 2**20)
-        return values
-    values = []
-    for proc in cluster.sandbox_processes():
-        if "jupyter_server" in " ".join(proc.cmdline()):
-            values.append(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20)
-    return values
-
-
-async def sockets_per_websocket(cluster: Cluster, count: int = 10) -> dict[str, float]:
-    """TCP connections Traefik holds per open kernel websocket, on each side (and docker-proxy processes)."""
-    import psutil
-    import websockets
-
-    traefik = psutil.Process(cluster.children()["traefik"])
-    async with httpx.AsyncClient(timeout=60) as client:
-        s = (await client.post(f"{cluster.url}/sessions")).json()
-        base = cluster.base(s)
-        kernels = [await start_kernel(client, base, s["token"]) for _ in range(count)]
-    target = next(r["target"] for r in cluster.status()["sandboxes"] if r["id"] == s["id"])
-    host, port = target.removeprefix("http://").split(":")
-
-    def held() -> tuple[int, int]:
-        conns = [c for c in traefik.net_connections(kind="tcp") if c.status == psutil.CONN_ESTABLISHED]
-        client_side = sum(1 for c in conns if c.laddr.port == cluster.proxy_port)
-        upstream = sum(1 for c in conns if c.raddr and (c.raddr.ip, c.raddr.port) == (host, int(port)))
-        return client_side, upstream
-
-    await asyncio.sleep(1)
-    before = held()
-    sockets = []
-    for kernel in kernels:
-        url = base.replace("http://", "ws://", 1) + f"api/kernels/{kernel}/channels?token={s['token']}"
-        sockets.append(await websockets.connect(url))
-    await asyncio.sleep(1)
-    after = held()
-    for ws in sockets:
-        await ws.close()
-    proxies = sum(1 for p in psutil.process_iter(["name"]) if p.info["name"] == "docker-proxy")
-    return {
-        "client side": (after[0] - before[0]) / count,
-        "sandbox side": (after[1] - before[1]) / count,
-        "docker-proxy processes": proxies,
-    }
-
-
-def _row(name: str, s: dict[str, float], floor: dict[str, float] | None = None) -> str:
-    ratio = f"{s['p50'] / floor['p50']:.1f}×" if floor else ""
-    return (f"| {name} | {s['n']:.0f} | {s['p50']:.1f} | {s['p95']:.1f} | {s['p99']:.1f} | {s['max']:.1f} "
-            f"| {s['iqr']:.1f} | {ratio} |")
-
-
-async def main(args: argparse.Namespace) -> None:
-    began = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="nbpool-bench-") as tmp:
-        runtime = {"NBPOOL_RUNTIME": args.runtime}
-        if args.runtime == "docker":
-            built = subprocess.run([str(ROOT / "deploy" / "images" / "build.sh")], stdout=subprocess.PIPE, text=True, check=True)
-            runtime["NBPOOL_DOCKER_IMAGE"] = built.stdout.strip().splitlines()[-1]
-        cluster = Cluster(Path(tmp), {
-            **runtime,
-            "NBPOOL_POOL_SIZE": str(args.pool), "NBPOOL_MAX_SANDBOXES": str(args.pool * 2),
-            "NBPOOL_SPAWN_CONCURRENCY": "4", "NBPOOL_RATE_BURST": "100000", "NBPOOL_RATE_LIMIT": "100000",
-            "NBPOOL_LOG_LEVEL": "INFO",
-        })
-        cluster.start(warm=args.pool, timeout=600)
+    async def phase(self, name: str, work: Callable[[], Awaitable[_T]]) -> _T | None:
+        """Run one phase, timing it; a failure becomes a note in the report, not the end of the run."""
+        began = time.monotonic()
+        progress(f"— {name}")
         try:
-            claims, healthz = await claim_latency(cluster, args.claims, args.pool)
-            tfo, tfo_parts = await first_output(cluster, args.runs, fresh_kernel=False)
-            fresh, fresh_parts = await first_output(cluster, args.runs, fresh_kernel=True)
-            rates = await refill_rate(cluster, args.pool)
-            cluster.wait_warm(args.pool, timeout=600)
-            await asyncio.sleep(5)
-            memory = idle_memory_mib(cluster)
-            sockets = await sockets_per_websocket(cluster)
+            return await work()
+        except Exception as err:
+            progress(f"{name} FAILED: {err!r}")
+            traceback.print_exc()
+            self.results.notes.append(f"{name} failed: {err.__class__.__name__}: {str(err).splitlines()[0][:300]}")
+            return None
         finally:
-            cluster.stop()
-    took = time.monotonic() - began
-    lines = [
-        "# nbpool benchmarks",
-        "",
-        f"Made by `make bench` (`{' '.join(['python', 'bench/run.py', *sys.argv[1:]])}`) on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {took:.0f} s.",
-        "",
-        f"Machine: {platform.platform()}, Python {platform.python_version()}, {os.cpu_count()} cores, "
-        f"{_mem_gib():.0f} GiB. Runtime: {args.runtime}, warm pool {args.pool}. "
-        "All traffic through Traefik on loopback.",
-        "",
-        "Milliseconds. p50 is the median; IQR the spread between the 25th and 75th percentiles; "
-        "ratio = p50 / p50 of the floor measured in the same run.",
-        "",
-        "| figure | n | p50 | p95 | p99 | max | IQR | ratio to floor |",
-        "|---|---|---|---|---|---|---|---|",
-        _row("floor: `GET /healthz` round trip through the proxy", healthz),
-        _row("claim: `POST /sessions`, warm pool, one client", claims, healthz),
-        _row("time to first output: `POST /sessions` → `1+1` on the pre-started kernel (`kernel_id`)", tfo),
-        *[_row(f"  of which {name}", s) for name, s in tfo_parts.items() if name != "kernel start"],
-        _row("time to first output with a kernel started after the claim", fresh),
-        *[_row(f"  of which {name}", s) for name, s in fresh_parts.items()],
-        "",
-        f"Pool refill: {statistics.median(rates):.2f} sandboxes/s (median of {len(rates)} refills of the whole pool; "
-        f"spread {min(rates):.2f}–{max(rates):.2f}).",
-        "",
-        f"Idle sandbox memory: {statistics.median(memory):.0f} MiB median over {len(memory)} warm sandboxes "
-        f"(spread {min(memory):.0f}–{max(memory):.0f}).",
-        "",
-        "Sockets per open kernel websocket, counted on Traefik's side from /proc with 10 open: "
-        f"{sockets['client side']:.1f} client↔proxy, {sockets['sandbox side']:.1f} proxy↔sandbox; "
-        f"{sockets['docker-proxy processes']:.0f} docker-proxy processes (tmpnb: about 5 sockets, through docker-proxy).",
-        "",
-    ]
-    out = ROOT / "docs" / f"benchmarks-{args.runtime}.md"
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+            self.results.phases[name] = time.monotonic() - began
+
+    def wants(self, *groups: str) -> bool:
+        return bool(self.only.intersection(groups))
+
+    async def run(self) -> None:
+        s, r = self.sizes, self.results
+        wrk = ensure_wrk() if self.wants("proxy") else None
+        if self.wants("proxy") and wrk is None:
+            r.notes.append("wrk could not be had (not root, or no apt-get): throughput comes from a Python load generator.")
+        load = os.getloadavg()[0]
+        if load > 1.0:
+            r.notes.append(f"The machine was busy when the run began (load average {load:.2f} on 2 cores): "
+                           "figures are noisier than on a quiet machine.")
+
+        if self.wants("floor", "first-output"):
+            client = docker_client()
+            if self.image:
+                r.floor = await self.phase("raw floor", lambda: first_output.docker_floor(client, str(self.image), s.floor_runs))
+            else:
+                r.floor = await self.phase("raw floor", lambda: first_output.process_floor(s.floor_runs))
+
+        if self.wants("claims"):
+            async def do_claims() -> claims.ClaimResults:
+                with claims.stub_cluster(s.claims_pool) as cluster:
+                    await asyncio.to_thread(cluster.start, 1, 300)
+                    return await claims.measure(cluster, s.claims_pool, s.claims_per_level, s.claim_levels)
+            r.claims = await self.phase("claims", do_claims)
+
+        pools = list(s.first_output)
+        if self.wants("first-output", "proxy", "resources", "scale") and pools:
+            r.ttfo = first_output.TTFOResults()
+            await self._main_cluster(pools[0], wrk)
+            if self.wants("first-output"):
+                for pool in pools[1:]:
+                    await self._ttfo_cluster(pool)
+
+        if self.wants("burst"):
+            async def do_burst() -> burst.BurstResults:
+                with first_output.cluster("burst", self.image, s.burst_pool, s.burst_max_sandboxes, s.spawn_concurrency) as cluster:
+                    warm = await asyncio.to_thread(self._start, cluster, s.burst_pool)
+                    r.warm_s[f"pool {s.burst_pool} (burst)"] = warm
+                    return await burst.measure(cluster, s.burst_pool, s.burst_visitors, s.burst_over_s)
+            r.burst = await self.phase("burst", do_burst)
+
+        r.took_s = time.monotonic() - self.began
+        written = report.write(r, DOCS)
+        progress("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+
+    def _start(self, cluster: BenchCluster, pool: int) -> float:
+        began = time.monotonic()
+        cluster.start(warm=1, timeout=300)
+        cluster.wait_quiet(pool, timeout=600)
+        return time.monotonic() - began
+
+    def _max(self, pool: int) -> int:
+        return pool + max(self.sizes.first_output[pool]) + 5
+
+    async def _main_cluster(self, pool: int, wrk: str | None) -> None:
+        s, r = self.sizes, self.results
+        assert r.ttfo is not None
+        with first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency) as cluster:
+            warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
+            if warm is None:
+                return
+            r.warm_s[f"pool {pool}"] = warm
+            if self.wants("resources"):
+                async def idle() -> None:
+                    await asyncio.sleep(3)  # let the last starts settle
+                    r.resources = resources.ResourceResults(sandbox_mib=await asyncio.to_thread(resources.idle_sandbox_memory, cluster))
+                    r.memory_idle = resources.control_plane_memory(cluster)
+                await self.phase("idle memory", idle)
+            if self.wants("first-output"):
+                await self.phase(f"first output, pool {pool}",
+                                 lambda: first_output.measure(cluster, pool, s.first_output[pool], r.ttfo))  # type: ignore[arg-type]
+            if self.wants("proxy"):
+                r.proxy = await self.phase("proxy", lambda: proxy.measure(
+                    cluster, wrk, s.proxy_blocks, s.proxy_per_block, s.proxy_load_s, s.proxy_load_reps))
+            if self.wants("resources"):
+                async def sockets() -> None:
+                    got = await resources.sockets_per_websocket(cluster, s.websockets_open)
+                    if r.resources is None:
+                        r.resources = got
+                    else:
+                        r.resources.sockets, r.resources.websockets_open = got.sockets, got.websockets_open
+                await self.phase("sockets", sockets)
+            if self.wants("scale"):
+                r.scale = await self.phase("scale", lambda: scale.measure(
+                    cluster, s.scale_records, s.scale_base_slices, s.scale_load_slices, s.scale_propagation,
+                    self.args.scale_batch or s.scale_batch))
+
+    async def _ttfo_cluster(self, pool: int) -> None:
+        s, r = self.sizes, self.results
+        assert r.ttfo is not None
+        with first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency) as cluster:
+            warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
+            if warm is None:
+                return
+            r.warm_s[f"pool {pool}"] = warm
+            await self.phase(f"first output, pool {pool}",
+                             lambda: first_output.measure(cluster, pool, s.first_output[pool], r.ttfo))  # type: ignore[arg-type]
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
+def _image(runtime: str) -> str | None:
+    """The notebook image (built if its inputs changed) for the docker runtime; None for processes."""
+    if runtime != "docker":
+        return None
+    progress("building the notebook image if its inputs changed (deploy/images/build.sh)")
+    built = subprocess.run([str(ROOT / "deploy" / "images" / "build.sh")], stdout=subprocess.PIPE, text=True, check=True)
+    return built.stdout.strip().splitlines()[-1]
 
-        docker.from_env(timeout=3).ping()
-        return True
-    except Exception:
-        return False
 
-
-def _mem_gib() -> float:
-    with open("/proc/meminfo") as f:
-        return int(f.readline().split()[1]) / 1024 / 1024
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runtime", choices=["docker", "process"],
+                        help="sandbox runtime (default: docker when an engine answers, else process)")
+    parser.add_argument("--quick", action="store_true", help="small versions of everything (a few minutes)")
+    parser.add_argument("--only", help=f"comma-separated groups to run, of: {','.join(GROUPS)}")
+    parser.add_argument("--scale-batch", type=int, help="synthetic records written at a time (default 100)")
+    args = parser.parse_args(argv)
+    if args.only and not set(args.only.split(",")) <= set(GROUPS):
+        parser.error(f"--only takes groups of: {', '.join(GROUPS)}")
+    runtime = args.runtime or ("docker" if docker_client() is not None else "process")
+    if runtime == "process":
+        progress("no Docker engine answers: sandboxes are processes, the floor is a jupyter server by hand")
+    bench = Bench(args, quick() if args.quick else Sizes(), _image(runtime))
+    asyncio.run(bench.run())
+    progress(f"done in {(time.monotonic() - bench.began) / 60:.1f} min; see docs/benchmarks.md")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--pool", type=int, default=20, help="warm pool size (default 20)")
-    parser.add_argument("--claims", type=int, default=100, help="claims to time (default 100)")
-    parser.add_argument("--runs", type=int, default=20, help="time-to-first-output runs (default 20)")
-    parser.add_argument("--runtime", choices=["process", "docker"], default="docker" if _docker_answers() else "process")
-    asyncio.run(main(parser.parse_args()))
+    main()

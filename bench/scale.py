@@ -8,8 +8,11 @@ What it measures, on a running cluster:
 2. ``records`` synthetic sandbox records are written to the instance's KV bucket, each
    claimed, owned by a spawner id that does not exist (``bench-synthetic``, so no spawner acts
    on them) and pointing at ``bench/stub.py``, which answers like a Jupyter server. The
-   router routes every one of them and probes it through Traefik, as it would real ones; the
-   time until all are reported ready is recorded.
+   router routes every one of them and probes it through Traefik, as it would real ones.
+   They are written in batches (100 by default), each batch once the one before is routed and
+   reported ready, and the time each batch takes is recorded: how routing scales with the
+   number of routes already there. (Spawners create records one at a time, never 1000 at
+   once; ``--scale-batch 1000`` writes them all at once.)
 3. With an activity heartbeat for every record every 5 seconds (as spawners publish them),
    CPU of each process is measured again over 5-second slices, then route propagation again,
    and memory.
@@ -64,9 +67,12 @@ class ScaleResults:
     propagation_load: Figure = field(default_factory=lambda: Figure("route propagation, 1000 records"))
     removal_load: Figure = field(default_factory=lambda: Figure("route removal, 1000 records"))
     heartbeat_burst: Figure = field(default_factory=lambda: Figure("1000 heartbeats written"))
-    write_s: float = 0.0
+    batch: int = 100
+    #: Seconds for each batch to be routed and ready, in order (routes already there: i * batch).
+    batch_s: list[float] = field(default_factory=list)
     all_routed_s: float = float("nan")
     routed: int = 0
+    timeouts: int = 0
     cleanup_s: float = float("nan")
     window_s: float = 0.0
 
@@ -85,41 +91,46 @@ async def _cpu_slices(pids: dict[str, int], slices: int, into: dict[str, Figure]
         at = now
 
 
+async def _until(conn: HTTPConnection, path: str, routed: bool, timeout: float, began: float) -> float | None:
+    """Milliseconds from ``began`` until ``GET path`` through Traefik reaches the stub (``routed``), or no longer does."""
+    while time.perf_counter() - began < timeout:
+        resp = await conn.request("GET", path)
+        if (resp.status == 200 and b'"stub"' in resp.body) == routed:
+            return (time.perf_counter() - began) * 1000
+        await asyncio.sleep(0.005)
+    return None
+
+
 async def _propagation(cluster: BenchCluster, kv: object, stub_url: str, count: int,
-                       added: Figure, removed: Figure | None) -> None:
-    """``count`` times: write one record, time until Traefik routes it; delete it, time until it is gone."""
+                       added: Figure, removed: Figure | None, timeout: float = 15.0) -> int:
+    """``count`` times: write one record, time until Traefik routes it; delete it, time until it is gone.
+
+    Each sample is a run of its own, so the spread shows; the number of timeouts is returned.
+    """
     conn = HTTPConnection.to(cluster.url, timeout=10)
-    add_ms, remove_ms = [], []
+    timeouts = 0
     try:
         for _ in range(count):
             sid = synthetic_id()
             path = f"/user/{sid}/api"
             began = time.perf_counter()
             await kv.create(sid, encode(synthetic_record(sid, stub_url)))  # type: ignore[attr-defined]
-            while True:
-                resp = await conn.request("GET", path)
-                if resp.status == 200 and b'"stub"' in resp.body:
-                    break
-                if time.perf_counter() - began > 30:
-                    raise TimeoutError(f"route {path} did not appear within 30 s")
-                await asyncio.sleep(0.005)
-            add_ms.append((time.perf_counter() - began) * 1000)
+            ms = await _until(conn, path, True, timeout, began)
+            if ms is None:
+                timeouts += 1
+            else:
+                added.add_run([ms])
             began = time.perf_counter()
             await kv.delete(sid)  # type: ignore[attr-defined]
-            while True:
-                resp = await conn.request("GET", path)
-                if resp.status == 404:
-                    break
-                if time.perf_counter() - began > 30:
-                    raise TimeoutError(f"route {path} was not removed within 30 s")
-                await asyncio.sleep(0.005)
-            remove_ms.append((time.perf_counter() - began) * 1000)
+            ms = await _until(conn, path, False, timeout, began)
+            if ms is None:
+                timeouts += 1
+            elif removed is not None:
+                removed.add_run([ms])
             await asyncio.sleep(0.2)
     finally:
         await conn.close()
-    added.add_run(add_ms)
-    if removed is not None:
-        removed.add_run(remove_ms)
+    return timeouts
 
 
 async def _count_routes(bus: object, ids: set[str]) -> int:
@@ -132,9 +143,9 @@ async def _count_routes(bus: object, ids: set[str]) -> int:
 
 
 async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int = 3, load_slices: int = 9,
-                  propagation: int = 8) -> ScaleResults:
+                  propagation: int = 8, batch: int = 100) -> ScaleResults:
     """The whole scale experiment (see the module docstring)."""
-    results = ScaleResults(records=records, window_s=load_slices * SLICE_S)
+    results = ScaleResults(records=records, window_s=load_slices * SLICE_S, batch=batch)
     results.propagation_load.name = f"route propagation, {records} records"
     results.removal_load.name = f"route removal, {records} records"
     results.heartbeat_burst.name = f"{records} heartbeats written"
@@ -145,22 +156,28 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
     ids = [synthetic_id() for _ in range(records)]
     with Stub() as stub:
         await asyncio.to_thread(cluster.wait_quiet, 1)
-        await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_base, None)
+        results.timeouts += await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_base, None)
         await _cpu_slices(pids, base_slices, results.cpu_base)
         results.memory_base = {name: memory(pid) for name, pid in cluster.pids().items()}
         progress(f"scale: baseline done; writing {records} synthetic records")
 
         began = time.perf_counter()
-        for i in range(0, records, 100):
-            await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(sid, stub.url))) for sid in ids[i:i + 100]))
-        results.write_s = time.perf_counter() - began
         wanted = set(ids)
-        while time.perf_counter() - began < 180:
-            results.routed = await _count_routes(bus, wanted)
-            if results.routed >= records:
-                results.all_routed_s = time.perf_counter() - began
-                break
-            await asyncio.sleep(0.5)
+        for i in range(0, records, batch):
+            chunk = ids[i:i + batch]
+            started = time.perf_counter()
+            for j in range(0, len(chunk), 100):
+                await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(sid, stub.url)))
+                                       for sid in chunk[j:j + 100]))
+            # Bounded: a batch that is not routed within the limit is reported as such.
+            while time.perf_counter() - started < 90:
+                if await _count_routes(bus, set(chunk)) >= len(chunk):
+                    break
+                await asyncio.sleep(0.1)
+            results.batch_s.append(time.perf_counter() - started)
+        results.routed = await _count_routes(bus, wanted)
+        if results.routed >= records:
+            results.all_routed_s = time.perf_counter() - began
         progress(f"scale: {results.routed} of {records} routes ready after {time.perf_counter() - began:.1f} s")
 
         stop = asyncio.Event()
@@ -184,7 +201,8 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
         try:
             await asyncio.sleep(HEARTBEAT_S)  # one full heartbeat round before measuring
             await _cpu_slices(pids, load_slices, results.cpu_load)
-            await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_load, results.removal_load)
+            results.timeouts += await _propagation(cluster, records_kv, stub.url, propagation,
+                                                   results.propagation_load, results.removal_load)
             results.memory_load = {name: memory(pid) for name, pid in cluster.pids().items()}
         finally:
             stop.set()

@@ -1,0 +1,549 @@
+"""docs/benchmarks.md and its plots (docs/bench-*.png), from the results of one run.
+
+Everything here is presentation: no measuring. The markdown puts the targets first, each with
+the measured figure, its floor from the same run and the ratio, then one section per figure
+group with the full tables and a plot.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from burst import BurstResults
+from burst import to_json as burst_json
+from claims import ClaimResults
+from common import Figure, Summary
+from first_output import FloorResults, TTFOResults
+from proxy import ProxyResults
+from resources import ResourceResults
+from scale import ScaleResults
+
+__all__ = ["Results", "write"]
+
+#: The processes that make up the control plane (the target counts these).
+CONTROL_PLANE = ("nats", "traefik", "gateway", "spawner", "router", "culler")
+
+
+@dataclass
+class Results:
+    """Everything one run measured; groups that did not run stay None."""
+
+    command: str
+    machine: str
+    runtime: str
+    started: str
+    sizes: dict[str, Any]
+    took_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    floor: FloorResults | None = None
+    claims: ClaimResults | None = None
+    ttfo: TTFOResults | None = None
+    warm_s: dict[str, float] = field(default_factory=dict)
+    burst: BurstResults | None = None
+    proxy: ProxyResults | None = None
+    resources: ResourceResults | None = None
+    memory_idle: dict[str, dict[str, float]] = field(default_factory=dict)
+    scale: ScaleResults | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- formatting ------------------------------------------------------------------------------
+
+
+def n(x: float, unit: str = "") -> str:
+    """A number with as many digits as it deserves."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    ax = abs(x)
+    text = f"{x:.2f}" if ax < 10 else f"{x:.1f}" if ax < 100 else f"{x:,.0f}"
+    return text + (f" {unit}" if unit else "")
+
+
+def ratio(a: float, b: float) -> str:
+    if not b or math.isnan(a) or math.isnan(b):
+        return "–"
+    r = a / b
+    return f"{r:.2f}×" if r < 10 else f"{r:.0f}×"
+
+
+def spread(fig: Figure) -> str:
+    meds = fig.run_medians
+    if len(meds) < 2:
+        return "1 run"
+    return f"{n(min(meds))}–{n(max(meds))} ({len(meds)} runs)"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    out += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def verdict(ok: bool | None) -> str:
+    return "–" if ok is None else ("**met**" if ok else "**missed**")
+
+
+# ---- targets ---------------------------------------------------------------------------------
+
+
+def _targets(r: Results) -> list[list[str]]:
+    rows: list[list[str]] = []
+    if r.claims and 50 in r.claims.claims:
+        c, f = r.claims.claims[50].pooled, r.claims.healthz[50].pooled
+        rows.append(["`POST /sessions` p50, 50 concurrent, warm pool", "≤ 5 ms", n(c.p50, "ms"),
+                     f"`/healthz` {n(f.p50, 'ms')}", ratio(c.p50, f.p50), verdict(c.p50 <= 5)])
+        rows.append(["`POST /sessions` p99, 50 concurrent, warm pool", "≤ 50 ms", n(c.p99, "ms"),
+                     f"`/healthz` {n(f.p99, 'ms')}", ratio(c.p99, f.p99), verdict(c.p99 <= 50)])
+    floor = r.floor.total.pooled.p50 if r.floor and r.floor.total.samples else float("nan")
+    floor_name = f"raw {r.runtime} {n(floor, 'ms')}"
+    if r.ttfo:
+        for key in sorted(k for k in r.ttfo.total if k[1] == 1):
+            s = r.ttfo.total[key].pooled
+            rows.append([f"first output p50, 1 visitor, pool {key[0]}", "≤ 150 ms", n(s.p50, "ms"), floor_name,
+                         ratio(s.p50, floor), verdict(s.p50 <= 150)])
+            if not math.isnan(floor):
+                rows.append([f"first output p50, 1 visitor, pool {key[0]}, against the raw floor", "≤ 1/10 of the floor",
+                             f"{s.p50 / floor:.3f} of it", floor_name, ratio(s.p50, floor), verdict(s.p50 <= floor / 10)])
+        key30 = next((k for k in sorted(r.ttfo.total, reverse=True) if k[1] == 30), None)
+        if key30:
+            s = r.ttfo.total[key30].pooled
+            fails = r.ttfo.failures[key30]
+            rows.append([f"first output p50, 30 concurrent visitors, pool {key30[0]}", "≤ 500 ms",
+                         n(s.p50, "ms") + (f", {fails} failed" if fails else ""), floor_name, ratio(s.p50, floor),
+                         verdict(s.p50 <= 500 and fails == 0)])
+    if r.burst:
+        b = r.burst
+        ok = [v for v in b.visits if v.ok]
+        first = [v.total_ms for v in ok[: b.pool]]
+        rows.append([f"burst: {b.visitors} visitors over {b.over_s:g} s, pool {b.pool}", "none lost",
+                     f"{b.lost} lost; longest wait {n(max((v.claim_ms for v in ok), default=float('nan')) / 1000, 's')}",
+                     f"first {b.pool} visitors' first output p50 {n(statistics.median(first) if first else float('nan'), 'ms')}",
+                     "–", verdict(b.lost == 0)])
+    if r.proxy:
+        for name in ("sandbox (Jupyter)", "stub server"):
+            d, p = r.proxy.latency.get(f"{name}, direct"), r.proxy.latency.get(f"{name}, through Traefik")
+            if d and p:
+                added = p.pooled.p50 - d.pooled.p50
+                rows.append([f"proxy: added per small request, p50 ({name})", "≤ 1 ms", n(added, "ms"),
+                             f"direct {n(d.pooled.p50, 'ms')}", ratio(p.pooled.p50, d.pooled.p50), verdict(added <= 1)])
+        d, p = r.proxy.throughput.get("stub server, direct"), r.proxy.throughput.get("stub server, through Traefik")
+        if d and p:
+            rows.append(["proxy: throughput through Traefik (fast backend)", "≥ 3000 req/s", n(p.pooled.p50, "req/s"),
+                         f"direct {n(d.pooled.p50, 'req/s')}", ratio(p.pooled.p50, d.pooled.p50),
+                         verdict(p.pooled.p50 >= 3000)])
+    if r.resources and r.resources.sockets:
+        s = r.resources.sockets
+        per = s.get("client↔proxy (Traefik, entry point)", 0) + s.get("proxy↔sandbox (Traefik, upstream)", 0)
+        rows.append(["TCP connections per open kernel websocket", "2 (DESIGN.md)", n(per),
+                     "tmpnb: about 5 sockets", "–", verdict(abs(per - 2) < 0.5)])
+    if r.scale and r.scale.memory_load:
+        total = sum(r.scale.memory_load[k]["rss"] for k in CONTROL_PLANE if k in r.scale.memory_load)
+        base = sum(r.scale.memory_base[k]["rss"] for k in CONTROL_PLANE if k in r.scale.memory_base)
+        rows.append([f"control plane RSS with {r.scale.records} sandboxes", "≤ 400 MB", n(total * 1.048576, "MB"),
+                     f"same, pool only: {n(base * 1.048576, 'MB')}", ratio(total, base), verdict(total * 1.048576 <= 400)])
+    return rows
+
+
+# ---- sections --------------------------------------------------------------------------------
+
+
+def _summary_row(label: str, fig: Figure, floor: Figure | None = None, extra: list[str] | None = None) -> list[str]:
+    s: Summary = fig.pooled
+    row = [label, str(s.n), n(s.p50), n(s.p95), n(s.p99), n(s.max), spread(fig)]
+    if floor is not None:
+        row += [n(floor.pooled.p50), n(floor.pooled.p99), ratio(s.p50, floor.pooled.p50)]
+    return row + (extra or [])
+
+
+def _claims_section(r: Results, out: list[str]) -> None:
+    c = r.claims
+    assert c is not None
+    out += ["## 1. Claim latency", "",
+            f"`POST /sessions` with a warm pool, through Traefik, {r.sizes.get('claims_per_level')} requests at each "
+            f"concurrency (rounds of at most {c.pool}; the pool refilled and the machine quiet before each round). "
+            "Each client keeps one warm keep-alive connection. Floor: `GET /healthz` of the same gateway through the "
+            "same Traefik at the same concurrency, in rounds interleaved with the claims.",
+            "",
+            f"The sandboxes are `bench/stub.py` processes: every claim uses up a sandbox, {3 * int(r.sizes.get('claims_per_level', 0))} "
+            "containers would take about ten minutes to start here, and the claim path (gateway → NATS → spawner → "
+            "compare-and-set on the KV record → reply) never touches the sandbox. The spawner's capacity equals its "
+            "pool, so the claims of a round start no refill (starting sandboxes takes all of 2 cores; that cost is in "
+            "sections 2 and 3). The claim under Docker, with real containers around, is the *claim* part of section 2.",
+            "",
+            "Milliseconds; *runs* is the range of the per-round medians.", "",
+            table(["concurrency", "n", "p50", "p95", "p99", "max", "runs", "floor p50", "floor p99", "p50 ratio", "failed"],
+                  [_summary_row(str(level), fig, c.healthz[level], [str(c.failures[level])])
+                   for level, fig in c.claims.items()]),
+            "", "![claim latency](bench-claims.png)", ""]
+
+
+def _ttfo_section(r: Results, out: list[str]) -> None:
+    t = r.ttfo
+    assert t is not None
+    floor = r.floor
+    out += ["## 2. Time to first output", "",
+            "From sending `POST /sessions` to reading `2` from `1+1` run on the kernel the API returns (`kernel_id`, "
+            "the pre-started Welcome notebook kernel), over a websocket opened through Traefik. Each visitor uses a new "
+            "connection; visitors of a round arrive together; a `503` is retried after its `Retry-After` (bounded), "
+            "and that wait counts. Sessions are ended and the pool refilled between rounds.",
+            "",
+            f"Floor: raw {r.runtime} by hand, one at a time on a quiet machine: start the same image with the same "
+            "limits on a network made for the bench, poll `/api` every 10 ms, start a kernel, run `1+1` straight to "
+            "the container.", "",
+            "Milliseconds; ratio = p50 / raw floor p50.", "",
+            table(["pool", "visitors at once", "n", "p50", "p95", "p99", "max", "runs", "failed", "503s honoured", "ratio to raw"],
+                  [[str(k[0]), str(k[1]), str(f.pooled.n), n(f.pooled.p50), n(f.pooled.p95), n(f.pooled.p99), n(f.pooled.max),
+                    spread(f), str(t.failures[k]), str(t.refused[k]),
+                    ratio(f.pooled.p50, floor.total.pooled.p50) if floor else "–"] for k, f in sorted(t.total.items())]),
+            "", "Where the time goes (p50 of each part, ms):", "",
+            table(["pool", "visitors at once", "claim", "websocket open", "execute `1+1`"],
+                  [[str(k[0]), str(k[1]), *(n(p.pooled.p50) for p in parts.values())] for k, parts in sorted(t.parts.items())])]
+    if floor and floor.total.samples:
+        out += ["", f"The raw {r.runtime} floor, {floor.total.pooled.n} containers (ms):", "",
+                table(["step", "p50", "min", "max"],
+                      [[f.name.removeprefix(f"raw Docker: "), n(f.pooled.p50), n(f.pooled.min), n(f.pooled.max)]
+                       for f in [*floor.parts.values(), floor.total]])]
+    if t.errors:
+        out += ["", "Failures: " + "; ".join(sorted(set(e[:160] for e in t.errors)))]
+    if r.warm_s:
+        out += ["", "Warming the pools took: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.warm_s.items()) + "."]
+    out += ["", "![time to first output](bench-first-output.png)", ""]
+
+
+def _burst_section(r: Results, out: list[str]) -> None:
+    b = r.burst
+    assert b is not None
+    ok = [v for v in b.visits if v.ok]
+    waited = [v for v in ok if v.refused or v.claim_ms > 1000]
+    waits = [v.claim_ms / 1000 for v in ok]
+    totals = [v.total_ms / 1000 for v in ok]
+    first = [v.total_ms for v in ok[: b.pool]]
+    later = [v.total_ms for v in ok[b.pool:]]
+    out += ["## 3. Burst", "",
+            f"{b.visitors} visitors arrive evenly over {b.over_s:g} s at a warm pool of {b.pool} (room for all). Each "
+            "claims (retrying on `503` as told by `Retry-After`, bounded), then runs `1+1` through the proxy; sessions "
+            "stay open until all are done. `/api/stats` is sampled twice a second.", "",
+            table(["", "value"], [
+                ["served", f"{len(ok)} of {b.visitors}"],
+                ["lost", str(b.lost)],
+                ["wait until the sandbox is theirs, median / p95 / max", f"{n(statistics.median(waits), 's')} / {n(_p(waits, 95), 's')} / {n(max(waits), 's')}" if waits else "–"],
+                ["time to first output, median / p95 / max", f"{n(statistics.median(totals), 's')} / {n(_p(totals, 95), 's')} / {n(max(totals), 's')}" if totals else "–"],
+                [f"first output of the first {b.pool} (warm) visitors, p50 (floor)", n(statistics.median(first), "ms") if first else "–"],
+                ["first output of the others, p50", n(statistics.median(later), "ms") if later else "–"],
+                ["visitors told to come back (`503`) at least once", str(sum(1 for v in ok if v.refused))],
+                ["`503`s honoured in all", str(sum(v.refused for v in b.visits))],
+                ["visitors who waited more than 1 s", str(len(waited))],
+                ["the whole burst took", n(b.took_s, "s")],
+            ])]
+    errors = [v.error for v in b.visits if not v.ok]
+    if errors:
+        out += ["", "Lost visitors: " + "; ".join(sorted(set(e[:160] for e in errors)))]
+    out += ["", "![burst](bench-burst.png)", ""]
+
+
+def _p(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(p / 100 * len(ordered) + 0.5) - 1))]
+
+
+def _proxy_section(r: Results, out: list[str]) -> None:
+    p = r.proxy
+    assert p is not None
+    rows = []
+    for name in ("sandbox (Jupyter)", "stub server"):
+        d, t = p.latency.get(f"{name}, direct"), p.latency.get(f"{name}, through Traefik")
+        if d and t:
+            rows.append([f"`GET /user/<id>/api`, {name}", n(d.pooled.p50), n(t.pooled.p50), n(t.pooled.p50 - d.pooled.p50),
+                         n(d.pooled.p99), n(t.pooled.p99), f"{spread(d)}; {spread(t)}"])
+    d, t = p.websocket.get("direct"), p.websocket.get("through Traefik")
+    if d and t:
+        rows.append(["kernel websocket, `1+1` round trip", n(d.pooled.p50), n(t.pooled.p50), n(t.pooled.p50 - d.pooled.p50),
+                     n(d.pooled.p99), n(t.pooled.p99), f"{spread(d)}; {spread(t)}"])
+    trows = []
+    for name in ("sandbox (Jupyter)", "stub server"):
+        d2, t2 = p.throughput.get(f"{name}, direct"), p.throughput.get(f"{name}, through Traefik")
+        if d2 and t2:
+            trows.append([name, n(d2.pooled.p50), n(t2.pooled.p50), ratio(t2.pooled.p50, d2.pooled.p50),
+                          f"{spread(d2)}; {spread(t2)}", str(p.errors.get(d2.name, 0) + p.errors.get(t2.name, 0))])
+    out += ["## 4. The proxy", "",
+            "Each request straight to the server (the floor: no proxy at all) and through Traefik, in alternating blocks "
+            "on one keep-alive connection. Two servers: a real sandbox (Jupyter in its container, limited to one CPU) and "
+            "`bench/stub.py`, routed by a synthetic sandbox record exactly as sandboxes are, which answers faster than "
+            "the proxy can pass requests, so the proxy's own capacity shows.", "",
+            "Latency, milliseconds:", "",
+            table(["request", "direct p50", "Traefik p50", "added p50", "direct p99", "Traefik p99", "runs (direct; Traefik)"], rows),
+            "", f"Throughput, requests per second ({p.tool}, alternating direct and proxied):", "",
+            table(["server", "direct", "through Traefik", "ratio", "runs (direct; Traefik)", "errors"], trows),
+            "", "![proxy](bench-proxy.png)", ""]
+
+
+def _resources_section(r: Results, out: list[str]) -> None:
+    out += ["## 5. Sockets and memory", ""]
+    if r.resources and r.resources.sockets:
+        res = r.resources
+        out += [f"{res.websockets_open} visitors each hold one kernel websocket open through Traefik; established TCP "
+                "connections counted from `/proc` before and after, per websocket (each connection is a socket at "
+                "each end):", "",
+                table(["where", "per websocket"], [[k, n(v)] for k, v in res.sockets.items()]), ""]
+    if r.memory_idle:
+        rows = [[k, n(v["rss"]), n(v["pss"])] for k, v in r.memory_idle.items()]
+        total = [sum(r.memory_idle[k][m] for k in CONTROL_PLANE if k in r.memory_idle) for m in ("rss", "pss")]
+        rows.append(["**control plane** (NATS, Traefik, 4 services)", n(total[0]), n(total[1])])
+        out += [f"Memory of nbpool's processes with a warm pool, MiB (PSS splits shared pages among the processes "
+                "that share them):", "", table(["process", "RSS", "PSS"], rows), ""]
+    if r.resources and r.resources.sandbox_mib:
+        m = r.resources.sandbox_mib
+        out += [f"Idle warm sandbox (Jupyter server and its pre-started kernel), as its cgroup counts it: median "
+                f"{n(statistics.median(m), 'MiB')} over {len(m)} sandboxes (range {n(min(m))}–{n(max(m))}).", ""]
+
+
+def _scale_section(r: Results, out: list[str]) -> None:
+    s = r.scale
+    assert s is not None
+    rows = []
+    for name in s.cpu_load:
+        base, load = s.cpu_base.get(name), s.cpu_load[name]
+        rows.append([name, n(base.pooled.p50) if base else "–", n(load.pooled.p50), spread(load),
+                     ratio(load.pooled.p50, base.pooled.p50) if base else "–"])
+    mem = [[k, n(s.memory_base.get(k, {}).get("rss", float("nan"))), n(v["rss"]), n(v["pss"])]
+           for k, v in s.memory_load.items()]
+    for label, metric in (("**control plane** (NATS, Traefik, 4 services)", "rss"),):
+        mem.append([label, n(sum(s.memory_base[k][metric] for k in CONTROL_PLANE if k in s.memory_base)),
+                    n(sum(s.memory_load[k][metric] for k in CONTROL_PLANE if k in s.memory_load)),
+                    n(sum(s.memory_load[k]["pss"] for k in CONTROL_PLANE if k in s.memory_load))])
+    out += ["## 6. The control plane at scale", "",
+            f"{s.records} synthetic sandbox records (claimed, owned by a spawner id no spawner has, pointing at "
+            "`bench/stub.py`) are written to the instance's KV bucket in batches of "
+            f"{s.batch}; the router routes and probes every one through Traefik. Then an activity heartbeat for each "
+            f"every 5 s, and CPU per process over {n(s.window_s, 's')} in 5-second slices, against a baseline of the "
+            "same cluster with its pool only. Route propagation: from writing one more record to the first request "
+            "through Traefik that reaches its server (and from deleting it to the first that no longer does). The "
+            "synthetic records are deleted afterwards.", "",
+            "CPU, % of one core (median of the 5-second slices):", "",
+            table(["process", "baseline", f"{s.records} records + heartbeats", "slices", "ratio"], rows), "",
+            table(["", "value"], [
+                [f"{s.records} records routed and ready", f"{s.routed} in {n(sum(s.batch_s), 's')} "
+                 f"(batches of {s.batch}: first {n(s.batch_s[0], 's') if s.batch_s else '–'}, last {n(s.batch_s[-1], 's') if s.batch_s else '–'})"],
+                ["route propagation p50 / max, pool only (floor)", f"{n(s.propagation_base.pooled.p50, 'ms')} / {n(s.propagation_base.pooled.max, 'ms')}"],
+                [f"route propagation p50 / max, {s.records} routes", f"{n(s.propagation_load.pooled.p50, 'ms')} / {n(s.propagation_load.pooled.max, 'ms')} "
+                 f"({ratio(s.propagation_load.pooled.p50, s.propagation_base.pooled.p50)} the floor)"],
+                [f"route removal p50 / max, {s.records} routes", f"{n(s.removal_load.pooled.p50, 'ms')} / {n(s.removal_load.pooled.max, 'ms')}"],
+                ["propagation probes that timed out (15 s)", str(s.timeouts)],
+                [f"writing {s.records} heartbeats, p50", n(s.heartbeat_burst.pooled.p50, "ms")],
+                ["synthetic routes gone after deleting the records", n(s.cleanup_s, "s")],
+            ]), "",
+            "Memory, MiB:", "", table(["process", "RSS, pool only", f"RSS, {s.records} records", f"PSS, {s.records} records"], mem),
+            "", "![control plane at scale](bench-scale.png)", ""]
+
+
+# ---- plots -------------------------------------------------------------------------------------
+
+
+def _plots(r: Results, docs: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    plt.rcParams.update({"figure.dpi": 110, "font.size": 9})
+
+    if r.claims:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for (level, claims), color in zip(r.claims.claims.items(), ("tab:blue", "tab:orange", "tab:red")):
+            for series, style, label in ((claims, "-", "POST /sessions"), (r.claims.healthz[level], ":", "GET /healthz (floor)")):
+                xs = sorted(series.samples)
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], style, color=color, label=f"{label}, {level} concurrent")
+        ax.axvline(5, color="grey", lw=0.8, ls="--")
+        ax.axvline(50, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (log)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title("Claim latency with a warm pool (dashed lines: 5 ms and 50 ms)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(docs / "bench-claims.png")
+        plt.close(fig)
+        written.append("bench-claims.png")
+
+    if r.ttfo:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        keys = sorted(r.ttfo.total)
+        data = [r.ttfo.total[k].samples or [float("nan")] for k in keys]
+        ax.boxplot(data, whis=(0, 100))
+        ax.set_xticks(range(1, len(keys) + 1), [f"pool {k[0]}\n{k[1]} at once" for k in keys])
+        if r.floor and r.floor.total.samples:
+            f = r.floor.total.pooled.p50
+            ax.axhline(f, color="tab:red", ls="--", lw=1, label=f"raw {r.runtime} floor p50 {f:.0f} ms")
+            ax.axhline(f / 10, color="tab:orange", ls=":", lw=1, label="1/10 of the floor")
+        ax.axhline(150, color="tab:green", ls=":", lw=1, label="150 ms")
+        ax.axhline(500, color="tab:purple", ls=":", lw=1, label="500 ms")
+        ax.set_yscale("log")
+        ax.set_ylabel("POST /sessions → 1+1 result, ms (log)")
+        ax.set_title("Time to first output (boxes: quartiles; whiskers: min–max)")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(docs / "bench-first-output.png")
+        plt.close(fig)
+        written.append("bench-first-output.png")
+
+    if r.burst:
+        b = r.burst
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        for i, v in enumerate(b.visits):
+            if v.ok:
+                ax1.plot([v.arrived, v.arrived + v.claim_ms / 1000], [i, i], color="tab:blue", lw=1.5)
+                ax1.plot([v.arrived + v.claim_ms / 1000, v.arrived + v.total_ms / 1000], [i, i], color="tab:green", lw=1.5)
+                if v.refused:
+                    ax1.plot([v.arrived + v.claim_ms / 1000], [i], "o", color="tab:orange", ms=2)
+            else:
+                ax1.plot([v.arrived], [i], "x", color="tab:red")
+        ax1.set_ylabel("visitor (order of arrival)")
+        ax1.set_title(f"Burst: {b.visitors} visitors over {b.over_s:g} s, pool {b.pool} "
+                      "(blue: waiting for a sandbox; green: 1+1; orange dot: had a 503; red x: lost)", fontsize=8)
+        if b.pool_over_time:
+            t = [p[0] for p in b.pool_over_time]
+            for idx, label in ((1, "warm"), (2, "starting"), (3, "in use"), (4, "waiting in line")):
+                ax2.plot(t, [p[idx] for p in b.pool_over_time], label=label)
+        ax2.set_xlabel("seconds since the first arrival")
+        ax2.set_ylabel("sandboxes / claims")
+        ax2.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(docs / "bench-burst.png")
+        plt.close(fig)
+        written.append("bench-burst.png")
+
+    if r.proxy:
+        p = r.proxy
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.5))
+        labels, direct, proxied = [], [], []
+        for name, d, t in [("Jupyter GET", p.latency.get("sandbox (Jupyter), direct"), p.latency.get("sandbox (Jupyter), through Traefik")),
+                           ("stub GET", p.latency.get("stub server, direct"), p.latency.get("stub server, through Traefik")),
+                           ("ws 1+1", p.websocket.get("direct"), p.websocket.get("through Traefik"))]:
+            if d and t:
+                labels.append(name)
+                direct.append(d.pooled.p50)
+                proxied.append(t.pooled.p50)
+        xs = range(len(labels))
+        ax1.bar([x - 0.2 for x in xs], direct, 0.4, label="direct")
+        ax1.bar([x + 0.2 for x in xs], proxied, 0.4, label="through Traefik")
+        ax1.set_xticks(list(xs), labels)
+        ax1.set_ylabel("p50, ms")
+        ax1.set_title("Latency")
+        ax1.legend(fontsize=7)
+        labels, direct, proxied = [], [], []
+        for name in ("sandbox (Jupyter)", "stub server"):
+            d, t = p.throughput.get(f"{name}, direct"), p.throughput.get(f"{name}, through Traefik")
+            if d and t:
+                labels.append(name)
+                direct.append(d.pooled.p50)
+                proxied.append(t.pooled.p50)
+        xs = range(len(labels))
+        ax2.bar([x - 0.2 for x in xs], direct, 0.4, label="direct")
+        ax2.bar([x + 0.2 for x in xs], proxied, 0.4, label="through Traefik")
+        ax2.axhline(3000, color="grey", ls="--", lw=0.8)
+        ax2.set_xticks(list(xs), labels)
+        ax2.set_yscale("log")
+        ax2.set_ylabel("requests/s (log)")
+        ax2.set_title("Throughput (dashed: 3000/s)")
+        fig.tight_layout()
+        fig.savefig(docs / "bench-proxy.png")
+        plt.close(fig)
+        written.append("bench-proxy.png")
+
+    if r.scale:
+        s = r.scale
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.5))
+        names = list(s.cpu_load)
+        xs = range(len(names))
+        ax1.bar([x - 0.2 for x in xs], [s.cpu_base[k].pooled.p50 if k in s.cpu_base else 0 for k in names], 0.4, label="pool only")
+        ax1.bar([x + 0.2 for x in xs], [s.cpu_load[k].pooled.p50 for k in names], 0.4, label=f"{s.records} records + heartbeats")
+        ax1.set_xticks(list(xs), names, rotation=30)
+        ax1.set_ylabel("% of one core")
+        ax1.set_title("CPU per process")
+        ax1.legend(fontsize=7)
+        if s.batch_s:
+            ax2.plot([(i + 1) * s.batch for i in range(len(s.batch_s))], s.batch_s, "o-")
+            ax2.set_xlabel("synthetic routes after the batch")
+            ax2.set_ylabel(f"s until a batch of {s.batch} is routed")
+            ax2.set_title("Routing as the table grows")
+            ax2.set_ylim(bottom=0)
+        fig.tight_layout()
+        fig.savefig(docs / "bench-scale.png")
+        plt.close(fig)
+        written.append("bench-scale.png")
+    return written
+
+
+# ---- the document ---------------------------------------------------------------------------------
+
+
+def write(r: Results, docs: Path) -> list[Path]:
+    """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
+    docs.mkdir(parents=True, exist_ok=True)
+    plots = _plots(r, docs)
+    out = ["# nbpool benchmarks", "",
+           f"Made by `make bench`, which runs `{r.command}`, on {r.started}; the whole run took {n(r.took_s / 60, 'min')}.",
+           "", f"**Machine**: {r.machine}", "",
+           "Every figure comes from this one run, next to a floor measured in the same run; *runs* columns give the "
+           "range of the per-run medians over repeated rounds. All traffic is between processes on this machine "
+           "(loopback) and to containers on Docker networks nbpool (or the bench) created. "
+           "The machine has 2 cores shared by the load generator, the proxy, the services and the sandboxes, so "
+           "absolute numbers are pessimistic; ratios to the floors travel better.", ""]
+    out += [*(f"> {note}" for note in r.notes), ""] if r.notes else []
+    out += ["## Targets", "", table(["target", "wanted", "measured", "floor (same run)", "ratio", ""], _targets(r)), ""]
+    if r.claims:
+        _claims_section(r, out)
+    if r.ttfo:
+        _ttfo_section(r, out)
+    if r.burst:
+        _burst_section(r, out)
+    if r.proxy:
+        _proxy_section(r, out)
+    if r.resources or r.memory_idle:
+        _resources_section(r, out)
+    if r.scale:
+        _scale_section(r, out)
+    out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
+            "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
+            "Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "
+            "group of figures; `bench/run.py` wires them).", ""]
+    md = docs / "benchmarks.md"
+    md.write_text("\n".join(out))
+    raw = docs / "benchmarks.json"
+    raw.write_text(json.dumps(_to_json(r), indent=1, default=_default))
+    return [md, raw, *(docs / p for p in plots)]
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Figure):
+        return obj.to_json()
+    if isinstance(obj, BurstResults):
+        return burst_json(obj)
+    if hasattr(obj, "__dict__"):
+        return {k: v for k, v in obj.__dict__.items() if k != "session"}
+    return str(obj)
+
+
+def _to_json(r: Results) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, value in r.__dict__.items():
+        if isinstance(value, TTFOResults):
+            data[key] = {"total": {f"pool {k[0]}, {k[1]} at once": f.to_json() for k, f in value.total.items()},
+                         "parts": {f"pool {k[0]}, {k[1]} at once": {name: f.to_json() for name, f in p.items()}
+                                   for k, p in value.parts.items()},
+                         "failures": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.failures.items()},
+                         "refused": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.refused.items()},
+                         "errors": value.errors}
+        elif isinstance(value, ClaimResults):
+            data[key] = {"pool": value.pool, "claims": {str(k): f.to_json() for k, f in value.claims.items()},
+                         "healthz": {str(k): f.to_json() for k, f in value.healthz.items()},
+                         "failures": value.failures, "refill_s": value.refill_s}
+        else:
+            data[key] = value
+    return data
