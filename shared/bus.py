@@ -21,13 +21,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
-from pydantic import BaseModel
-
 from nbpool import logs
 from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
 from nbpool.names import Names
+from pydantic import BaseModel
 
-__all__ = ["Bus", "KVMirror", "SPAWNER_TTL"]
+__all__ = ["SPAWNER_TTL", "Bus", "KVMirror"]
 
 log = logs.get("nbpool.bus")
 
@@ -131,7 +130,7 @@ class Bus:
         doc = Event(type=event_type, source=self.source, sandbox_id=sandbox_id, **fields)
         try:
             await self.js.publish(self.names.event_subject(event_type), encode(doc))
-        except (nats.errors.Error, asyncio.TimeoutError) as err:
+        except (TimeoutError, nats.errors.Error) as err:
             log.warning("event not published", extra={"type": event_type, "sandbox": sandbox_id, "error": repr(err)})
 
     async def follow_events(self, since: float | None = None, everything: bool = False) -> Any:
@@ -155,13 +154,13 @@ class Bus:
             while True:
                 try:
                     await kv.put(key, encode(doc.model_copy(update={"at": time.time()})))
-                except (nats.errors.Error, asyncio.TimeoutError):
+                except (TimeoutError, nats.errors.Error):
                     pass
                 await asyncio.sleep(interval)
         finally:
             try:
                 await kv.delete(key)
-            except (nats.errors.Error, asyncio.TimeoutError):
+            except (TimeoutError, nats.errors.Error):
                 pass
 
     async def close(self) -> None:
@@ -172,7 +171,7 @@ class Bus:
         try:
             if self.nc.is_connected:
                 await asyncio.wait_for(self.nc.drain(), timeout=5)
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as err:
+        except (TimeoutError, nats.errors.Error, OSError) as err:
             log.warning("bus not drained", extra={"error": repr(err)})
         finally:
             if not self.nc.is_closed:

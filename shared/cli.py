@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats.errors
-
 from nbpool import __version__
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
 from nbpool.embedded import Supervisor, UpSettings

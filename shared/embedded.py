@@ -24,9 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import Field
-
 from nbpool.settings import CommonSettings
+from pydantic import Field
 
 __all__ = ["Supervisor", "UpSettings", "traefik_static_config"]
 
@@ -130,7 +129,7 @@ class Child:
         self.proc.send_signal(self.stop_signal)
         try:
             await asyncio.wait_for(self.proc.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.proc.kill()
             await self.proc.wait()
 
@@ -357,7 +356,7 @@ class Supervisor:
                 try:
                     await asyncio.wait_for(self.stopping.wait(), timeout=delay or 0.01)
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 await child.start()
                 self._write_pids()

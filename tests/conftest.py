@@ -14,7 +14,6 @@ from typing import Any
 
 import psutil
 import pytest
-
 from cluster import BIN, Cluster, free_ports
 
 ROOT = Path(__file__).parent.parent

@@ -6,7 +6,6 @@ import time
 from typing import Any
 
 import httpx
-
 from cluster import Cluster
 
 TOKEN = "an-admin-token-for-tests"

@@ -14,7 +14,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from cluster import Cluster
 
 CHROMIUM = "/usr/bin/chromium"

@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 import httpx
-
 from cluster import Cluster
 
 

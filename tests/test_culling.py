@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import websockets
-
 from cluster import Cluster
 from kernel import _request, execute_on, start_kernel
 

@@ -17,7 +17,6 @@ from typing import Any
 import docker
 import httpx
 import pytest
-
 from cluster import Cluster
 from kernel import execute, start_kernel
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import httpx
 import psutil
-
 from cluster import BIN, Cluster
 from kernel import execute, start_kernel
 

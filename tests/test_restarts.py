@@ -8,7 +8,6 @@ from typing import Any
 
 import httpx
 import pytest
-
 from cluster import Cluster
 from kernel import execute, start_kernel
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from nbpool.culler.policy import CullPolicy, decide, expires_at
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
 from nbpool.gateway.ratelimit import RateLimiter

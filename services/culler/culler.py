@@ -11,7 +11,6 @@ import time
 
 import nats.errors
 import nats.js.errors
-
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, decide
@@ -40,11 +39,11 @@ class Culler:
             while not stop.is_set():
                 try:
                     await self.sweep(time.time())
-                except (nats.errors.Error, asyncio.TimeoutError) as err:
+                except (TimeoutError, nats.errors.Error) as err:
                     log.warning("sweep failed", extra={"error": repr(err)})
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=self.settings.cull_interval)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
         finally:
             for task in mirrors:

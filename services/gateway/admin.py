@@ -17,13 +17,12 @@ from typing import Any
 import nats.errors
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel
-
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.gateway.pages import admin_page, login_page
 from nbpool.models import Activity, BadMessage, Drain, Event, SandboxRecord, State, decode, encode
 from nbpool.settings import GatewaySettings
+from pydantic import BaseModel
 
 __all__ = ["EventTail", "admin_router"]
 

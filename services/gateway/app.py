@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import os
 import json
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,10 +20,6 @@ import nats.errors
 import nats.js.errors
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from starlette.staticfiles import StaticFiles
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
 from nbpool import __version__, logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, expires_at
@@ -36,6 +32,9 @@ from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, Drain, SandboxRecord, SpawnerBeat, State, decode, encode
 from nbpool.names import Names
 from nbpool.settings import GatewaySettings
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["create_app"]
 

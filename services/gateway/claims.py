@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 
 import nats.errors
-
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
 from nbpool.models import BadMessage, ClaimReply, ClaimRequest, SandboxRecord, SpawnerBeat, decode, encode
 

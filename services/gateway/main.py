@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 import uvicorn
-
 from nbpool import logs
 from nbpool.gateway.app import create_app
 from nbpool.settings import GatewaySettings, SettingsError, load

@@ -69,7 +69,7 @@ class Ticket:
         try:
             await asyncio.wait_for(self._changed.wait(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
 

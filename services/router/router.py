@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import nats.errors
 import nats.js.errors
-
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.models import Route, SandboxRecord, encode
@@ -69,7 +68,7 @@ class Router:
             self._dirty.clear()
             try:
                 await self.sync()
-            except (nats.errors.Error, asyncio.TimeoutError, OSError) as err:
+            except (TimeoutError, nats.errors.Error, OSError) as err:
                 log.warning("sync failed, retrying", extra={"error": repr(err)})
                 await asyncio.sleep(0.5)
                 self._dirty.set()

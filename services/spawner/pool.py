@@ -79,7 +79,7 @@ class WarmPool:
         self._waiters.setdefault(profile, deque()).append(fut)
         try:
             return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return None
         finally:
             waiters = self._waiters.get(profile)

@@ -16,7 +16,6 @@ import httpx
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
-
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.models import (
@@ -298,7 +297,7 @@ class Spawner:
             try:
                 # Woken by any change; the timeout re-checks backoffs and runtime health.
                 await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _start(self, sid: str, profile: str) -> None:
@@ -403,7 +402,7 @@ class Spawner:
                 raise SpawnFailed("the server exited during start-up" + (f": {last[-1]}" if last else ""))
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.5)
-        raise asyncio.TimeoutError
+        raise TimeoutError
 
     async def _fail(self, sid: str, rec: SandboxRecord | None, rev: int, cause: str, profile: str) -> None:
         delay = self._backoff[profile].failed()
@@ -572,7 +571,7 @@ class Spawner:
             try:
                 await asyncio.wait_for(self._beat_soon.wait(), timeout=self.settings.heartbeat_interval)
                 await asyncio.sleep(0.05)  # gather a burst of changes into one beat
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _activity_loop(self) -> None:

@@ -6,8 +6,8 @@ pools, claims or the bus: the spawner decides, the runtime carries out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 __all__ = ["ReportsEvents", "Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]

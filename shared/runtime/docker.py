@@ -32,11 +32,10 @@ import docker
 import docker.errors
 import requests.exceptions
 from docker.models.containers import Container
-
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
 
-__all__ = ["DockerRuntime", "LABEL"]
+__all__ = ["LABEL", "DockerRuntime"]
 
 log = logs.get("nbpool.runtime.docker")
 
@@ -94,7 +93,7 @@ class DockerRuntime:
         loop = asyncio.get_running_loop()
         try:
             return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout + 5)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise RuntimeUnavailable(f"the Docker engine did not answer within {self.timeout:g} s") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
             self._client = None

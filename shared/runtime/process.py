@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, SandboxSpec, SpawnFailed
 
