@@ -23,11 +23,14 @@ everything a claim costs except the claim itself, so the ratio shows what the cl
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from common import BenchCluster, Figure, HTTPConnection, Response, progress
+import profiling
+from common import BenchCluster, Figure, HTTPConnection, Response, cpu_seconds, progress
 
 __all__ = ["ClaimResults", "measure", "stub_cluster"]
 
@@ -41,6 +44,9 @@ class ClaimResults:
     healthz: dict[int, Figure] = field(default_factory=dict)
     failures: dict[int, int] = field(default_factory=dict)
     refill_s: list[float] = field(default_factory=list)
+    #: CPU milliseconds per request, per process (and the bench's own client), per concurrency.
+    cpu_per_claim: dict[int, dict[str, float]] = field(default_factory=dict)
+    cpu_per_healthz: dict[int, dict[str, float]] = field(default_factory=dict)
 
 
 def stub_cluster(pool: int) -> BenchCluster:
@@ -97,24 +103,62 @@ async def _end_sessions(url: str, sessions: list[dict[str, str]], concurrency: i
     await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-async def measure(cluster: BenchCluster, pool: int, per_level: int, levels: list[int]) -> ClaimResults:
-    """``per_level`` timed claims at each concurrency in ``levels``, in rounds of at most ``pool``."""
+class _CPU:
+    """CPU milliseconds used by each process between two readings, summed over several spans."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.used: dict[str, float] = {name: 0.0 for name in pids}
+        self.requests = 0
+        self._at: dict[str, float] = {}
+
+    def __enter__(self) -> _CPU:
+        self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, pid in self.pids.items():
+            self.used[name] += (cpu_seconds(pid) - self._at[name]) * 1000
+
+    def per_request(self) -> dict[str, float]:
+        return {name: ms / max(1, self.requests) for name, ms in self.used.items()}
+
+
+async def measure(cluster: BenchCluster, pool: int, per_level: int, levels: list[int],
+                  profile_dir: Path | None = None) -> ClaimResults:
+    """``per_level`` timed claims at each concurrency in ``levels``, in rounds of at most ``pool``.
+
+    With ``profile_dir``, the gateway and the spawner are sampled (py-spy) during the claims at
+    the highest concurrency.
+    """
     results = ClaimResults(pool=pool)
     rounds = max(1, -(-per_level // pool))
+    pids = {name: pid for name, pid in cluster.pids().items() if name in ("traefik", "gateway", "spawner", "nats", "router")}
+    pids["bench client"] = os.getpid()
     for level in levels:
         claims = results.claims.setdefault(level, Figure(f"claim, {level} concurrent"))
         floor = results.healthz.setdefault(level, Figure(f"GET /healthz, {level} concurrent"))
         results.failures[level] = 0
+        claim_cpu, health_cpu = _CPU(pids), _CPU(pids)
+        sampled = {k: v for k, v in pids.items() if k in ("gateway", "spawner")}
         for r in range(rounds):
             size = min(pool, per_level - r * pool)
             results.refill_s.append(await asyncio.to_thread(cluster.wait_quiet, pool))
-            health = await _timed_round(cluster.url, "GET", "/healthz", size, level)
+            with health_cpu:
+                health = await _timed_round(cluster.url, "GET", "/healthz", size, level)
+            health_cpu.requests += len(health)
             floor.add_run([ms for ms, _ in health])
-            made = await _timed_round(cluster.url, "POST", "/sessions", size, level)
+            with profiling.sampling(sampled, profile_dir or Path("."), f"claims-{level}-round{r + 1}",
+                                  enabled=profile_dir is not None and level == max(levels)):
+                with claim_cpu:
+                    made = await _timed_round(cluster.url, "POST", "/sessions", size, level)
+            claim_cpu.requests += len(made)
             ok = [(ms, resp) for ms, resp in made if resp.status == 201]
             results.failures[level] += len(made) - len(ok)
             claims.add_run([ms for ms, _ in ok])
             progress(f"claims: {level} concurrent, round {r + 1}/{rounds}: p50 {claims.runs[-1] and sorted(claims.runs[-1])[len(claims.runs[-1]) // 2]:.1f} ms "
                      f"(healthz {sorted(floor.runs[-1])[len(floor.runs[-1]) // 2]:.1f} ms), {len(made) - len(ok)} failed")
             await _end_sessions(cluster.url, [resp.json() for _, resp in ok])
+        results.cpu_per_claim[level] = claim_cpu.per_request()
+        results.cpu_per_healthz[level] = health_cpu.per_request()
     return results

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -369,6 +370,9 @@ class BenchCluster(Cluster):
         super().__init__(Path(self._tmp.name), {**base, **settings})
         self.label = label
         self.instance = instance
+        self.hung: list[str] = []
+        self.restarts: list[str] = []
+        self.kept_logs: Path | None = None
 
     @property
     def runtime(self) -> str:
@@ -380,11 +384,15 @@ class BenchCluster(Cluster):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    #: Seconds a spawner may take to exit once it has removed its sandboxes.
+    STOP_GRACE_S = 5.0
+
     def close(self) -> None:
         try:
-            self.stop(timeout=120)
+            self._stop()
         except AssertionError as err:
             progress(f"{self.label}: {str(err).splitlines()[0]}")
+        self._keep_logs()
         if self.runtime == "docker":
             client = docker_client()
             if client is not None:
@@ -396,6 +404,60 @@ class BenchCluster(Cluster):
             bridge = "nbp-" + hashlib.sha1(f"{self.instance}-sandboxes".encode()).hexdigest()[:10]
             subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"], capture_output=True)
         self._tmp.cleanup()
+
+    def _keep_logs(self) -> None:
+        """Copy the logs out of the state folder (removed next) when a process died or warned."""
+        try:
+            up = self.log_path.read_text(errors="replace")
+        except OSError:
+            return
+        self.restarts = [line for line in up.splitlines() if "exited with code" in line]
+        warned = [line for line in up.splitlines() if "level=warning" in line or "level=error" in line]
+        if self.restarts or warned:
+            keep = Path(tempfile.gettempdir()) / "nbpool-bench-logs" / f"{self.label}-{self.instance}"
+            shutil.copytree(self.state_dir / "logs", keep, dirs_exist_ok=True)
+            shutil.copy(self.log_path, keep / "up.log")
+            self.kept_logs = keep
+            progress(f"{self.label}: {len(self.restarts)} process exits, {len(warned)} warnings; logs kept in {keep}")
+
+    def _stop(self) -> None:
+        """Ctrl-C ``nbpool up``, as a user would, and wait for it to finish.
+
+        A spawner that has removed all its sandboxes but does not exit within ``STOP_GRACE_S`` is
+        killed (by its pid; ``nbpool up`` would wait 30 s, then kill it itself). That happens when a
+        bus mirror swallows its cancellation (see docs/benchmarks.md); ``hung`` lists such stops.
+        """
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            spawners = {name: pid for name, pid in self.children().items() if name.startswith("spawner")}
+        except (OSError, ValueError):
+            spawners = {}
+        self.proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 120
+        removed_at: dict[str, float] = {}
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            for name, pid in spawners.items():
+                if name in removed_at or not psutil.pid_exists(pid):
+                    continue
+                log = self.state_dir / "logs" / f"{name}.log"
+                with contextlib.suppress(OSError):
+                    if "removed all sandboxes" in log.read_text(errors="replace")[-4000:]:
+                        removed_at[name] = time.monotonic()
+            for name, at in removed_at.items():
+                pid = spawners[name]
+                if time.monotonic() - at > self.STOP_GRACE_S and psutil.pid_exists(pid) and name not in self.hung:
+                    with contextlib.suppress(psutil.Error):
+                        if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                            os.kill(pid, signal.SIGKILL)
+                            self.hung.append(name)
+                            progress(f"{self.label}: {name} removed its sandboxes but did not exit within "
+                                     f"{self.STOP_GRACE_S:g} s; killed it")
+            time.sleep(0.2)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"nbpool up did not stop within 120 s\n{self.logs()}")
 
     def stats(self) -> dict[str, Any]:
         import httpx

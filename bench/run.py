@@ -63,7 +63,7 @@ class Sizes:
     spawn_concurrency: int = 4
     proxy_blocks: int = 6
     proxy_per_block: int = 100
-    proxy_load_s: float = 3.0
+    proxy_load_s: float = 2.0
     proxy_load_reps: int = 3
     websockets_open: int = 10
     scale_records: int = 1000
@@ -96,6 +96,8 @@ class Bench:
         self.image = image
         self.only = set(args.only.split(",")) if args.only else set(GROUPS)
         self.began = time.monotonic()
+        self.clusters: list[BenchCluster] = []
+        self.profile_dir = DOCS / "profiles" if args.profile else None
         self.results = report.Results(
             command=" ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
             machine=machine("docker" if image else "process"),
@@ -126,6 +128,9 @@ class Bench:
         wrk = ensure_wrk() if self.wants("proxy") else None
         if self.wants("proxy") and wrk is None:
             r.notes.append("wrk could not be had (not root, or no apt-get): throughput comes from a Python load generator.")
+        if self.profile_dir is not None:
+            r.notes.append("Measured with --profile: py-spy sampled the services during some phases, which costs them "
+                           "CPU; profiles are in docs/profiles/.")
         load = os.getloadavg()[0]
         if load > 1.0:
             r.notes.append(f"The machine was busy when the run began (load average {load:.2f} on 2 cores): "
@@ -140,9 +145,9 @@ class Bench:
 
         if self.wants("claims"):
             async def do_claims() -> claims.ClaimResults:
-                with claims.stub_cluster(s.claims_pool) as cluster:
+                with self.track(claims.stub_cluster(s.claims_pool)) as cluster:
                     await asyncio.to_thread(cluster.start, 1, 300)
-                    return await claims.measure(cluster, s.claims_pool, s.claims_per_level, s.claim_levels)
+                    return await claims.measure(cluster, s.claims_pool, s.claims_per_level, s.claim_levels, self.profile_dir)
             r.claims = await self.phase("claims", do_claims)
 
         pools = list(s.first_output)
@@ -155,15 +160,33 @@ class Bench:
 
         if self.wants("burst"):
             async def do_burst() -> burst.BurstResults:
-                with first_output.cluster("burst", self.image, s.burst_pool, s.burst_max_sandboxes, s.spawn_concurrency) as cluster:
+                with self.track(first_output.cluster("burst", self.image, s.burst_pool, s.burst_max_sandboxes,
+                                                     s.spawn_concurrency)) as cluster:
                     warm = await asyncio.to_thread(self._start, cluster, s.burst_pool)
                     r.warm_s[f"pool {s.burst_pool} (burst)"] = warm
                     return await burst.measure(cluster, s.burst_pool, s.burst_visitors, s.burst_over_s)
             r.burst = await self.phase("burst", do_burst)
 
+        hung = [f"{c.label} ({', '.join(c.hung)})" for c in self.clusters if c.hung]
+        if hung:
+            r.notes.append(
+                f"On Ctrl-C, the spawner of {len(hung)} of {len(self.clusters)} clusters removed its sandboxes but did not "
+                f"exit ({', '.join(hung)}); the bench killed it after {BenchCluster.STOP_GRACE_S:g} s instead of "
+                "waiting the 30 s `nbpool up` would. Cause: a KV mirror task swallows its cancellation (Python 3.11's "
+                "`asyncio.wait_for` inside nats-py's `KeyWatcher.updates` returns the update instead of raising "
+                "`CancelledError` when both arrive together), so `Spawner.serve` waits forever for it.")
+        for c in self.clusters:
+            if c.restarts:
+                r.notes.append(f"In the {c.label} cluster, nbpool up reported: " + "; ".join(
+                    line.removeprefix("nbpool: ") for line in c.restarts[:5]))
         r.took_s = time.monotonic() - self.began
         written = report.write(r, DOCS)
         progress("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+
+    def track(self, cluster: BenchCluster) -> BenchCluster:
+        """Remember a cluster, so the report can say how its stop went."""
+        self.clusters.append(cluster)
+        return cluster
 
     def _start(self, cluster: BenchCluster, pool: int) -> float:
         began = time.monotonic()
@@ -177,7 +200,7 @@ class Bench:
     async def _main_cluster(self, pool: int, wrk: str | None) -> None:
         s, r = self.sizes, self.results
         assert r.ttfo is not None
-        with first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency) as cluster:
+        with self.track(first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency)) as cluster:
             warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
             if warm is None:
                 return
@@ -204,13 +227,13 @@ class Bench:
                 await self.phase("sockets", sockets)
             if self.wants("scale"):
                 r.scale = await self.phase("scale", lambda: scale.measure(
-                    cluster, s.scale_records, s.scale_base_slices, s.scale_load_slices, s.scale_propagation,
-                    self.args.scale_batch or s.scale_batch))
+                    cluster, pool, s.scale_records, s.scale_base_slices, s.scale_load_slices, s.scale_propagation,
+                    self.args.scale_batch or s.scale_batch, self.profile_dir))
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results
         assert r.ttfo is not None
-        with first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency) as cluster:
+        with self.track(first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency)) as cluster:
             warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
             if warm is None:
                 return
@@ -235,6 +258,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small versions of everything (a few minutes)")
     parser.add_argument("--only", help=f"comma-separated groups to run, of: {','.join(GROUPS)}")
     parser.add_argument("--scale-batch", type=int, help="synthetic records written at a time (default 100)")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the services with py-spy where targets can be missed (docs/profiles/); "
+                             "figures measured so are not the ones to publish")
     args = parser.parse_args(argv)
     if args.only and not set(args.only.split(",")) <= set(GROUPS):
         parser.error(f"--only takes groups of: {', '.join(GROUPS)}")

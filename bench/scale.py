@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nats.js.errors
 from nbpool.models import Activity, encode
 
+import profiling
 from common import (
     BenchCluster,
     Figure,
@@ -142,9 +144,13 @@ async def _count_routes(bus: object, ids: set[str]) -> int:
     return len(ids.intersection(keys))
 
 
-async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int = 3, load_slices: int = 9,
-                  propagation: int = 8, batch: int = 100) -> ScaleResults:
-    """The whole scale experiment (see the module docstring)."""
+async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_slices: int = 3, load_slices: int = 9,
+                  propagation: int = 8, batch: int = 100, profile_dir: Path | None = None) -> ScaleResults:
+    """The whole scale experiment on a cluster with a warm pool of ``pool`` (see the module docstring).
+
+    With ``profile_dir``, the router is sampled (py-spy) while the records are routed, and the
+    router, culler and spawner while the heartbeats run.
+    """
     results = ScaleResults(records=records, window_s=load_slices * SLICE_S, batch=batch)
     results.propagation_load.name = f"route propagation, {records} records"
     results.removal_load.name = f"route removal, {records} records"
@@ -155,7 +161,7 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
     activity_kv = await bus.kv(bus.names.activity)
     ids = [synthetic_id() for _ in range(records)]
     with Stub() as stub:
-        await asyncio.to_thread(cluster.wait_quiet, 1)
+        await asyncio.to_thread(cluster.wait_quiet, pool)  # the baseline is a full, idle pool
         results.timeouts += await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_base, None)
         await _cpu_slices(pids, base_slices, results.cpu_base)
         results.memory_base = {name: memory(pid) for name, pid in cluster.pids().items()}
@@ -163,6 +169,9 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
 
         began = time.perf_counter()
         wanted = set(ids)
+        routing = profiling.sampling({"router": pids["router"]}, profile_dir or Path("."), "scale-routing",
+                                     enabled=profile_dir is not None)
+        routing.__enter__()
         for i in range(0, records, batch):
             chunk = ids[i:i + batch]
             started = time.perf_counter()
@@ -175,6 +184,7 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
                     break
                 await asyncio.sleep(0.1)
             results.batch_s.append(time.perf_counter() - started)
+        routing.__exit__(None, None, None)
         results.routed = await _count_routes(bus, wanted)
         if results.routed >= records:
             results.all_routed_s = time.perf_counter() - began
@@ -200,7 +210,9 @@ async def measure(cluster: BenchCluster, records: int = 1000, base_slices: int =
         beating = asyncio.ensure_future(heartbeats())
         try:
             await asyncio.sleep(HEARTBEAT_S)  # one full heartbeat round before measuring
-            await _cpu_slices(pids, load_slices, results.cpu_load)
+            watched = {k: v for k, v in pids.items() if k in ("router", "culler", "spawner")}
+            with profiling.sampling(watched, profile_dir or Path("."), "scale-heartbeats", enabled=profile_dir is not None):
+                await _cpu_slices(pids, load_slices, results.cpu_load)
             results.timeouts += await _propagation(cluster, records_kv, stub.url, propagation,
                                                    results.propagation_load, results.removal_load)
             results.memory_load = {name: memory(pid) for name, pid in cluster.pids().items()}

@@ -226,16 +226,20 @@ class KVMirror(Generic[_M]):
         generation = self._bus.generation
         kv = await self._bus.kv(self._bucket)
         watcher = await kv.watchall()
+        pending: asyncio.Future[Any] | None = None
         try:
             snapshot: dict[str, tuple[_M, int]] = {}
             initial = True
             while True:
-                try:
-                    entry = await watcher.updates(timeout=1.0)
-                except nats.errors.TimeoutError:
+                # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
+                if pending is None:
+                    pending = asyncio.ensure_future(watcher.__anext__())
+                done, _ = await asyncio.wait({pending}, timeout=1.0)
+                if not done:
                     if self._bus.generation != generation:
                         return  # reconnected: the watcher may have missed changes, read afresh
                     continue
+                entry, pending = pending.result(), None
                 if entry is None:
                     if initial:
                         self._replace(snapshot)
@@ -256,6 +260,8 @@ class KVMirror(Generic[_M]):
                 else:
                     self._apply(entry.key, doc, entry.revision or 0)
         finally:
+            if pending is not None:
+                pending.cancel()
             try:
                 await watcher.stop()
             except Exception:  # the subscription may already be gone with the connection

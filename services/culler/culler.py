@@ -12,6 +12,7 @@ import time
 import nats.errors
 import nats.js.errors
 from nbpool import logs
+from nbpool.aio import wait_event
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, decide
 from nbpool.models import Activity, SandboxRecord, State, encode
@@ -41,10 +42,7 @@ class Culler:
                     await self.sweep(time.time())
                 except (TimeoutError, nats.errors.Error) as err:
                     log.warning("sweep failed", extra={"error": repr(err)})
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.cull_interval)
-                except TimeoutError:
-                    pass
+                await wait_event(stop, timeout=self.settings.cull_interval)
         finally:
             for task in mirrors:
                 task.cancel()

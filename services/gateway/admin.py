@@ -43,15 +43,22 @@ class EventTail:
             try:
                 sub = await self._bus.follow_events(since=time.time() - 600)
                 generation = self._bus.generation
-                while self._bus.generation == generation:
-                    try:
-                        msg = await sub.next_msg(timeout=1.0)
-                    except nats.errors.TimeoutError:
-                        continue
-                    try:
-                        self.events.append(decode(Event, msg.data))
-                    except BadMessage:
-                        continue
+                pending: asyncio.Future[Any] | None = None
+                try:
+                    while self._bus.generation == generation:
+                        # asyncio.wait, not next_msg's own timeout: that one can swallow a cancellation.
+                        pending = pending or asyncio.ensure_future(sub.next_msg(timeout=None))
+                        done, _ = await asyncio.wait({pending}, timeout=1.0)
+                        if not done:
+                            continue
+                        msg, pending = pending.result(), None
+                        try:
+                            self.events.append(decode(Event, msg.data))
+                        except BadMessage:
+                            continue
+                finally:
+                    if pending is not None:
+                        pending.cancel()
                 await sub.unsubscribe()
             except asyncio.CancelledError:
                 raise

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbpool import logs
+from nbpool.aio import wait_event
 from nbpool.gateway.claims import Claimer, NoCapacity
 from nbpool.models import SandboxRecord
 
@@ -66,11 +67,7 @@ class Ticket:
 
     async def changed(self, timeout: float) -> bool:
         """Wait until the ticket changes (True) or ``timeout`` passes (False)."""
-        try:
-            await asyncio.wait_for(self._changed.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
+        return await wait_event(self._changed, timeout)
 
 
 def _rounded(seconds: float | None) -> int | None:

@@ -17,6 +17,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
 from nbpool import logs
+from nbpool.aio import wait_event
 from nbpool.bus import Bus, KVMirror
 from nbpool.models import (
     BadMessage,
@@ -294,11 +295,8 @@ class Spawner:
                         self._spawn_task(self._start(sid, profile))
                 if plan:
                     self._beat_soon.set()
-            try:
-                # Woken by any change; the timeout re-checks backoffs and runtime health.
-                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
-            except TimeoutError:
-                pass
+            # Woken by any change; the timeout re-checks backoffs and runtime health.
+            await wait_event(self._wake, timeout=1.0)
 
     async def _start(self, sid: str, profile: str) -> None:
         """Start one sandbox and bring it to warm, or fail it and back off."""
@@ -568,11 +566,8 @@ class Spawner:
         while True:
             self._beat_soon.clear()
             await self._beat()
-            try:
-                await asyncio.wait_for(self._beat_soon.wait(), timeout=self.settings.heartbeat_interval)
+            if await wait_event(self._beat_soon, timeout=self.settings.heartbeat_interval):
                 await asyncio.sleep(0.05)  # gather a burst of changes into one beat
-            except TimeoutError:
-                pass
 
     async def _activity_loop(self) -> None:
         limit = asyncio.Semaphore(32)
