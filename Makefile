@@ -36,5 +36,8 @@ unit: install
 clean:
 	rm -rf $(VENV) .nbpool
 
+# The benchmark (docs/benchmarks.md); it needs the plotting and profiling extras.
 bench: install
+	deploy/docker-engine.sh ensure --soft
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
 	$(PY) bench/run.py

@@ -51,11 +51,11 @@ async def _sample_stats(url: str, began: float, into: list[tuple[float, int, int
             try:
                 s = (await conn.request("GET", "/api/stats")).json()
                 into.append((time.perf_counter() - began, s["available"], s["starting"], s["in_use"], s["waiting"]))
-            except (OSError, ValueError, KeyError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, ValueError, KeyError):
                 pass
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     finally:
         await conn.close()

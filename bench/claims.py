@@ -28,6 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import profiling
 from common import BenchCluster, Figure, HTTPConnection, Response, cpu_seconds, progress
@@ -112,7 +113,7 @@ class _CPU:
         self.requests = 0
         self._at: dict[str, float] = {}
 
-    def __enter__(self) -> _CPU:
+    def __enter__(self) -> Self:
         self._at = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         return self
 
@@ -133,7 +134,7 @@ async def measure(cluster: BenchCluster, pool: int, per_level: int, levels: list
     """
     results = ClaimResults(pool=pool)
     rounds = max(1, -(-per_level // pool))
-    pids = {name: pid for name, pid in cluster.pids().items() if name in ("traefik", "gateway", "spawner", "nats", "router")}
+    pids = dict(cluster.pids())
     pids["bench client"] = os.getpid()
     for level in levels:
         claims = results.claims.setdefault(level, Figure(f"claim, {level} concurrent"))
@@ -148,16 +149,16 @@ async def measure(cluster: BenchCluster, pool: int, per_level: int, levels: list
                 health = await _timed_round(cluster.url, "GET", "/healthz", size, level)
             health_cpu.requests += len(health)
             floor.add_run([ms for ms, _ in health])
-            with profiling.sampling(sampled, profile_dir or Path("."), f"claims-{level}-round{r + 1}",
-                                  enabled=profile_dir is not None and level == max(levels)):
-                with claim_cpu:
-                    made = await _timed_round(cluster.url, "POST", "/sessions", size, level)
+            profiler = profiling.sampling(sampled, profile_dir or Path("."), f"claims-{level}-concurrent",
+                                          enabled=profile_dir is not None and level == max(levels))
+            with profiler, claim_cpu:
+                made = await _timed_round(cluster.url, "POST", "/sessions", size, level)
             claim_cpu.requests += len(made)
             ok = [(ms, resp) for ms, resp in made if resp.status == 201]
             results.failures[level] += len(made) - len(ok)
             claims.add_run([ms for ms, _ in ok])
-            progress(f"claims: {level} concurrent, round {r + 1}/{rounds}: p50 {claims.runs[-1] and sorted(claims.runs[-1])[len(claims.runs[-1]) // 2]:.1f} ms "
-                     f"(healthz {sorted(floor.runs[-1])[len(floor.runs[-1]) // 2]:.1f} ms), {len(made) - len(ok)} failed")
+            progress(f"claims: {level} concurrent, round {r + 1}/{rounds}: p50 {claims.run_medians[-1]:.1f} ms "
+                     f"(healthz {floor.run_medians[-1]:.1f} ms), {len(made) - len(ok)} failed")
             await _end_sessions(cluster.url, [resp.json() for _, resp in ok])
         results.cpu_per_claim[level] = claim_cpu.per_request()
         results.cpu_per_healthz[level] = health_cpu.per_request()

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import psutil
 
@@ -35,17 +35,17 @@ DOCS = ROOT / "docs"
 # tests/cluster.py runs a real `nbpool up`; tests/kernel.py is a minimal kernel client.
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cluster import BIN, Cluster, free_ports  # noqa: E402
+from cluster import BIN, Cluster, free_ports
 
 __all__ = [
     "BIN",
+    "SYNTHETIC_HOST",
     "BenchCluster",
     "Figure",
     "HTTPConnection",
     "Response",
     "Stub",
     "Summary",
-    "SYNTHETIC_HOST",
     "connect_bus",
     "cpu_seconds",
     "docker_client",
@@ -266,9 +266,9 @@ def ensure_wrk() -> str | None:
     progress("installing wrk (apt-get install wrk) for the proxy throughput figure")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "timeout": 300}
-    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], **quiet).returncode != 0:  # type: ignore[call-overload]
-        subprocess.run(["apt-get", "update", "-q"], **quiet)  # type: ignore[call-overload]
-        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], **quiet)  # type: ignore[call-overload]
+    if subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, **quiet).returncode != 0:  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "update", "-q"], check=False, **quiet)  # type: ignore[call-overload]
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, **quiet)  # type: ignore[call-overload]
     return shutil.which("wrk")
 
 
@@ -280,7 +280,7 @@ def docker_client() -> Any:
         client = docker.from_env(timeout=60)
         client.ping()
         return client
-    except Exception:  # any failure means: no usable engine
+    except Exception:  # noqa: BLE001 - any failure means: no usable engine
         return None
 
 
@@ -301,10 +301,10 @@ def machine(runtime: str) -> str:
     if client is not None:
         parts.append(f"Docker engine {client.version().get('Version', '?')}")
     if shutil.which("traefik") or (BIN / "traefik").exists():
-        out = subprocess.run([str(BIN / "traefik"), "version"], capture_output=True, text=True).stdout
+        out = subprocess.run([str(BIN / "traefik"), "version"], capture_output=True, text=True, check=False).stdout
         version = next((ln.split()[-1] for ln in out.splitlines() if ln.lower().startswith("version")), "?")
         parts.append(f"Traefik {version}")
-    out = subprocess.run([str(BIN / "nats-server"), "--version"], capture_output=True, text=True).stdout.strip()
+    out = subprocess.run([str(BIN / "nats-server"), "--version"], capture_output=True, text=True, check=False).stdout.strip()
     if out:
         parts.append(out.replace("nats-server: ", "nats-server "))
     parts.append(f"sandbox runtime: {runtime}")
@@ -323,7 +323,7 @@ class Stub:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
-    def __enter__(self) -> Stub:
+    def __enter__(self) -> Self:
         self.proc = subprocess.Popen(
             [sys.executable, str(BENCH / "stub.py"), "--port", "0"],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
@@ -378,7 +378,7 @@ class BenchCluster(Cluster):
     def runtime(self) -> str:
         return self.env.get("NBPOOL_RUNTIME", "process")
 
-    def __enter__(self) -> BenchCluster:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -402,7 +402,8 @@ class BenchCluster(Cluster):
                 with contextlib.suppress(Exception):
                     client.networks.prune(filters={"label": f"nbpool.instance={self.instance}"})
             bridge = "nbp-" + hashlib.sha1(f"{self.instance}-sandboxes".encode()).hexdigest()[:10]
-            subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"], capture_output=True)
+            subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"],
+                           capture_output=True, check=False)
         self._tmp.cleanup()
 
     def _keep_logs(self) -> None:

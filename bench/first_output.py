@@ -22,15 +22,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import psutil
 import websockets
-
-from common import BenchCluster, Figure, HTTPConnection, progress, summarize
+from common import BenchCluster, Figure, HTTPConnection, cpu_seconds, docker_client, progress, summarize
 from kernel import execute_on
 
 __all__ = ["FloorResults", "TTFOResults", "Visit", "cluster", "docker_floor", "end_sessions", "measure",
@@ -52,6 +54,7 @@ class Visit:
     connect_ms: float = float("nan")
     execute_ms: float = float("nan")
     total_ms: float = float("nan")
+    again_ms: float = float("nan")  # a second 1+1 on the same websocket: not part of the total
     refused: int = 0  # 503/429 answers honoured before the claim succeeded
     error: str = ""
     session: dict[str, Any] | None = None
@@ -95,13 +98,15 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True) -
             connected = time.perf_counter()
             result = await execute_on(ws, "1+1", timeout=60)
             done = time.perf_counter()
+            await execute_on(ws, "1+1", timeout=60)
+            out.again_ms = (time.perf_counter() - done) * 1000
         if result != "2":
             out.error = f"1+1 gave {result!r}"
             return out
         out.connect_ms = (connected - claimed) * 1000
         out.execute_ms = (done - connected) * 1000
         out.total_ms = (done - began) * 1000
-    except Exception as err:  # a visitor's failure is a figure, not a crash of the bench
+    except Exception as err:  # noqa: BLE001 - a visitor's failure is a figure, not a crash of the bench
         out.error = f"{err.__class__.__name__}: {err}"
     finally:
         await conn.close()
@@ -138,7 +143,8 @@ class TTFOResults:
     failures: dict[tuple[int, int], int] = field(default_factory=dict)
     refused: dict[tuple[int, int], int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
-    warm_s: dict[int, float] = field(default_factory=dict)
+    #: CPU milliseconds per visitor, by where it was spent, summed over the rounds.
+    cpu: dict[tuple[int, int], dict[str, float]] = field(default_factory=dict)
 
 
 def cluster(label: str, image: str | None, pool: int, max_sandboxes: int, concurrency: int) -> BenchCluster:
@@ -152,21 +158,85 @@ def cluster(label: str, image: str | None, pool: int, max_sandboxes: int, concur
     })
 
 
+class _CPU:
+    """CPU milliseconds used so far: by the sandboxes (cgroups or process trees), the Docker engine,
+    each of nbpool's processes and the bench itself."""
+
+    def __init__(self, cluster: BenchCluster) -> None:
+        self.cluster = cluster
+        self.pids = {k: v for k, v in cluster.pids().items()}
+        self.pids["bench client"] = os.getpid()
+        self.engine = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("dockerd", "containerd")]
+
+    def read(self, starting: bool) -> dict[str, float]:
+        """A reading; ``starting`` says whether it opens a window or closes it.
+
+        Listing the containers costs the bench and the Docker engine CPU of their own, so it is
+        done outside the window: before the process readings when opening, after when closing.
+        """
+        used: dict[str, float] = {}
+        if starting:
+            used["sandboxes"] = self._sandboxes_ms()
+        if self.engine:
+            used["Docker engine"] = sum(_cpu_ms(pid) for pid in self.engine)
+        used.update({name: _cpu_ms(pid) for name, pid in self.pids.items()})
+        if not starting:
+            used["sandboxes"] = self._sandboxes_ms()
+        return used
+
+    def _sandboxes_ms(self) -> float:
+        if self.cluster.runtime == "docker":
+            total = 0.0
+            for container in docker_client().containers.list(filters={"label": f"nbpool.instance={self.cluster.instance}"}):
+                for path in (f"/sys/fs/cgroup/cpuacct/docker/{container.id}/cpuacct.usage",
+                             f"/sys/fs/cgroup/cpu,cpuacct/docker/{container.id}/cpuacct.usage"):
+                    with contextlib.suppress(OSError, ValueError):
+                        total += int(Path(path).read_text()) / 1e6
+                        break
+                else:
+                    with contextlib.suppress(OSError, ValueError):
+                        stat = Path(f"/sys/fs/cgroup/system.slice/docker-{container.id}.scope/cpu.stat").read_text()
+                        total += int(stat.split()[1]) / 1000
+            return total
+        return sum(_cpu_ms(p.pid) for p in self.cluster.sandbox_processes())
+
+
+def _cpu_ms(pid: int) -> float:
+    with contextlib.suppress(psutil.Error):
+        return cpu_seconds(pid) * 1000
+    return 0.0
+
+
 async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], results: TTFOResults) -> None:
-    """Rounds of visitors per concurrency: ``plan`` maps concurrency -> rounds (concurrency 1: visits)."""
+    """Rounds of visitors per concurrency: ``plan`` maps concurrency -> rounds (concurrency 1: visits).
+
+    Besides the times, the CPU each round used is recorded per visitor: in the sandboxes (from
+    their cgroups; sandboxes that started during the round included), the Docker engine, each of
+    nbpool's processes and the bench's own client. On 2 cores, their sum times the number of
+    visitors over 2000 ms/s is the least time the whole round can take.
+    """
     url = cluster.url
+    meter = await asyncio.to_thread(_CPU, cluster)
     for level, rounds in plan.items():
         key = (pool, level)
         total = results.total.setdefault(key, Figure(f"time to first output, pool {pool}, {level} concurrent"))
         parts = results.parts.setdefault(key, {
-            name: Figure(f"{name}, pool {pool}, {level} concurrent") for name in ("claim", "websocket open", "execute 1+1")
+            name: Figure(f"{name}, pool {pool}, {level} concurrent")
+            for name in ("claim", "websocket open", "execute 1+1", "a second 1+1 (not counted)")
         })
         results.failures.setdefault(key, 0)
         results.refused.setdefault(key, 0)
+        cpu = results.cpu.setdefault(key, {})
+        visitors = 0
         kept: list[Visit] = []
         for r in range(rounds):
             await asyncio.to_thread(cluster.wait_quiet, pool)
+            before = await asyncio.to_thread(meter.read, True)
             visits = await asyncio.gather(*(visit(url) for _ in range(level)))
+            after = await asyncio.to_thread(meter.read, False)
+            visitors += len(visits)
+            for name in after:
+                cpu[name] = cpu.get(name, 0.0) + after[name] - before.get(name, 0.0)
             good = [v for v in visits if v.ok]
             results.failures[key] += len(visits) - len(good)
             results.refused[key] += sum(v.refused for v in visits)
@@ -175,6 +245,7 @@ async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], result
             parts["claim"].add_run([v.claim_ms for v in good])
             parts["websocket open"].add_run([v.connect_ms for v in good])
             parts["execute 1+1"].add_run([v.execute_ms for v in good])
+            parts["a second 1+1 (not counted)"].add_run([v.again_ms for v in good])
             kept += visits
             if level > 1:
                 # Rounds of several visitors leave the pool empty-ish: end them before the next.
@@ -182,6 +253,7 @@ async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], result
                 kept = []
         if kept:
             await end_sessions(url, kept)
+        results.cpu[key] = {name: ms / max(1, visitors) for name, ms in cpu.items()}
         s = total.pooled
         progress(f"first output: pool {pool}, {level} concurrent: p50 {s.p50:.0f} ms, max {s.max:.0f} ms, "
                  f"{results.failures[key]} failed, {results.refused[key]} 503s honoured")
@@ -275,7 +347,7 @@ async def docker_floor(client: Any, image: str, runs: int, memory: str = "512m",
             try:
                 network.remove()
                 break
-            except Exception:
+            except Exception:  # noqa: BLE001 - still in use while auto-removal finishes
                 await asyncio.sleep(0.5)
     return _record(FloorResults(), samples)
 
@@ -288,7 +360,6 @@ async def process_floor(runs: int) -> FloorResults:
     import tempfile
 
     import httpx
-
     from common import free_ports
 
     results = FloorResults()
@@ -307,7 +378,7 @@ async def process_floor(runs: int) -> FloorResults:
                 if os.geteuid() == 0:
                     args.append("--allow-root")
                 began = time.perf_counter()
-                proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                proc = subprocess.Popen(args, env=env,  # noqa: ASYNC220 - returns at once stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                         start_new_session=True)
                 started = time.perf_counter()
                 try:

@@ -4,7 +4,8 @@
 concurrency, the route table growing) in :func:`sampling`, which runs ``py-spy record`` on the
 given service processes for as long as the phase lasts. Each profile is summarised as the
 functions with the most samples on top of the stack (*self*: where the CPU goes) and in the
-stack (*inclusive*: which call paths are expensive), written to ``docs/profiles/``.
+stack (*inclusive*: which call paths are expensive), written to ``docs/profiles/`` beside the
+collapsed stacks themselves (``*.collapsed``, for flame graph tools).
 
 Sampling costs the service a little CPU of its own (py-spy reads its memory from outside, at
 ``rate`` samples a second), so figures measured under ``--profile`` are not the published ones.
@@ -17,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +34,7 @@ def _py_spy() -> str | None:
 
 
 @contextlib.contextmanager
-def sampling(pids: dict[str, int], out_dir: Path, label: str, rate: int = 100, enabled: bool = True) -> Iterator[None]:
+def sampling(pids: dict[str, int], out_dir: Path, label: str, rate: int = 500, enabled: bool = True) -> Iterator[None]:
     """Sample each process in ``pids`` while the block runs; summaries go to ``out_dir/<label>-<name>.txt``."""
     spy = _py_spy() if enabled else None
     if spy is None:
@@ -45,10 +47,13 @@ def sampling(pids: dict[str, int], out_dir: Path, label: str, rate: int = 100, e
     for name, pid in pids.items():
         raw = out_dir / f".{label}-{name}.raw"
         proc = subprocess.Popen(
-            [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(raw), "--nonblocking"],
+            # --gil: only the thread holding the GIL, i.e. Python code running, not threads blocked in C.
+            [spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw", "--output", str(raw),
+             "--nonblocking", "--gil"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         running[name] = (proc, raw)
+    time.sleep(1.0)  # py-spy takes a moment to attach; what it misses would not be sampled
     try:
         yield
     finally:
@@ -60,9 +65,13 @@ def sampling(pids: dict[str, int], out_dir: Path, label: str, rate: int = 100, e
                 proc.kill()
                 proc.wait()
             if raw.exists():
-                text = summarize(raw.read_text(), f"{label}: {name} (pid {pids[name]}), {rate} samples/s")
-                (out_dir / f"{label}-{name}.txt").write_text(text)
+                # Several spans with one label add up (say, the rounds of one concurrency).
+                collapsed = out_dir / f"{label}-{name}.collapsed"
+                with open(collapsed, "a") as f:
+                    f.write(raw.read_text())
                 raw.unlink()
+                text = summarize(collapsed.read_text(), f"{label}: {name}, py-spy at {rate} samples/s; stacks in {collapsed.name}")
+                (out_dir / f"{label}-{name}.txt").write_text(text)
                 progress(f"profile written: {out_dir / f'{label}-{name}.txt'}")
 
 

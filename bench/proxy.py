@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import websockets
-from nbpool.models import encode
-
 from common import (
     BenchCluster,
     Figure,
@@ -43,6 +41,7 @@ from common import (
     synthetic_record,
 )
 from kernel import execute_on
+from nbpool.models import encode
 
 __all__ = ["ProxyResults", "measure"]
 
@@ -79,7 +78,7 @@ def _wrk(wrk: str, url: str, headers: dict[str, str], seconds: float, connection
     args = [wrk, "-t2", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "5s"]
     for k, v in headers.items():
         args += ["-H", f"{k}: {v}"]
-    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 30).stdout
+    out = subprocess.run([*args, url], capture_output=True, text=True, timeout=seconds + 30, check=False).stdout
     rate = re.search(r"Requests/sec:\s*([0-9.]+)", out)
     bad = re.search(r"Non-2xx or 3xx responses:\s*([0-9]+)", out)
     errors = re.search(r"Socket errors:.*?timeout ([0-9]+)", out)

@@ -1,4 +1,4 @@
-"""docs/benchmarks.md and its plots (docs/bench-*.png), from the results of one run.
+"""docs/benchmarks.md and docs/benchmarks.json, from the results of one run (plots: ``plots.py``).
 
 Everything here is presentation: no measuring. The markdown puts the targets first, each with
 the measured figure, its floor from the same run and the ratio, then one section per figure
@@ -19,6 +19,7 @@ from burst import to_json as burst_json
 from claims import ClaimResults
 from common import Figure, Summary
 from first_output import FloorResults, TTFOResults
+from plots import draw
 from proxy import ProxyResults
 from resources import ResourceResults
 from scale import ScaleResults
@@ -137,8 +138,8 @@ def _targets(r: Results) -> list[list[str]]:
                          f"direct {n(d.pooled.p50, 'req/s')}", ratio(p.pooled.p50, d.pooled.p50),
                          verdict(p.pooled.p50 >= 3000)])
     if r.resources and r.resources.sockets:
-        s = r.resources.sockets
-        per = s.get("client↔proxy (Traefik, entry point)", 0) + s.get("proxy↔sandbox (Traefik, upstream)", 0)
+        counts = r.resources.sockets
+        per = counts.get("client↔proxy (Traefik, entry point)", 0) + counts.get("proxy↔sandbox (Traefik, upstream)", 0)
         rows.append(["TCP connections per open kernel websocket", "2 (DESIGN.md)", n(per),
                      "tmpnb: about 5 sockets", "–", verdict(abs(per - 2) < 0.5)])
     if r.scale and r.scale.memory_load:
@@ -164,16 +165,16 @@ def _claims_section(r: Results, out: list[str]) -> None:
     c = r.claims
     assert c is not None
     out += ["## 1. Claim latency", "",
-            f"`POST /sessions` with a warm pool, through Traefik, {r.sizes.get('claims_per_level')} requests at each "
+            (f"`POST /sessions` with a warm pool, through Traefik, {r.sizes.get('claims_per_level')} requests at each "
             f"concurrency (rounds of at most {c.pool}; the pool refilled and the machine quiet before each round). "
             "Each client keeps one warm keep-alive connection. Floor: `GET /healthz` of the same gateway through the "
-            "same Traefik at the same concurrency, in rounds interleaved with the claims.",
+            "same Traefik at the same concurrency, in rounds interleaved with the claims."),
             "",
-            f"The sandboxes are `bench/stub.py` processes: every claim uses up a sandbox, {3 * int(r.sizes.get('claims_per_level', 0))} "
+            (f"The sandboxes are `bench/stub.py` processes: every claim uses up a sandbox, {3 * int(r.sizes.get('claims_per_level', 0))} "
             "containers would take about ten minutes to start here, and the claim path (gateway → NATS → spawner → "
             "compare-and-set on the KV record → reply) never touches the sandbox. The spawner's capacity equals its "
             "pool, so the claims of a round start no refill (starting sandboxes takes all of 2 cores; that cost is in "
-            "sections 2 and 3). The claim under Docker, with real containers around, is the *claim* part of section 2.",
+            "sections 2 and 3). The claim under Docker, with real containers around, is the *claim* part of section 2."),
             "",
             "Milliseconds; *runs* is the range of the per-round medians.", "",
             table(["concurrency", "n", "p50", "p95", "p99", "max", "runs", "floor p50", "floor p99", "p50 ratio", "failed"],
@@ -186,9 +187,9 @@ def _claims_section(r: Results, out: list[str]) -> None:
                 for level, v in c.cpu_per_claim.items()]
         rows += [[f"`GET /healthz`, {level} concurrent", *(n(v[k]) for k in names), n(sum(v.values()))]
                  for level, v in c.cpu_per_healthz.items()]
-        out += ["CPU time per request, milliseconds, by process (from `/proc`, over the timed rounds). With 2 cores, "
+        out += [("CPU time per request, milliseconds, by process (from `/proc`, over the timed rounds). With 2 cores, "
                 "the sum bounds the throughput: 2000 ms of CPU a second divided by it. By Little's law, *p50 ≤ 5 ms "
-                "at 50 concurrent* asks for about 10,000 claims a second.", "",
+                "at 50 concurrent* asks for about 10,000 claims a second."), "",
                 table(["request", *names, "sum"], rows), ""]
     out += ["![claim latency](bench-claims.png)", ""]
 
@@ -198,29 +199,41 @@ def _ttfo_section(r: Results, out: list[str]) -> None:
     assert t is not None
     floor = r.floor
     out += ["## 2. Time to first output", "",
-            "From sending `POST /sessions` to reading `2` from `1+1` run on the kernel the API returns (`kernel_id`, "
+            ("From sending `POST /sessions` to reading `2` from `1+1` run on the kernel the API returns (`kernel_id`, "
             "the pre-started Welcome notebook kernel), over a websocket opened through Traefik. Each visitor uses a new "
             "connection; visitors of a round arrive together; a `503` is retried after its `Retry-After` (bounded), "
-            "and that wait counts. Sessions are ended and the pool refilled between rounds.",
+            "and that wait counts. Sessions are ended and the pool refilled between rounds."),
             "",
-            f"Floor: raw {r.runtime} by hand, one at a time on a quiet machine: start the same image with the same "
+            (f"Floor: raw {r.runtime} by hand, one at a time on a quiet machine: start the same image with the same "
             "limits on a network made for the bench, poll `/api` every 10 ms, start a kernel, run `1+1` straight to "
-            "the container.", "",
+            "the container."), "",
             "Milliseconds; ratio = p50 / raw floor p50.", "",
             table(["pool", "visitors at once", "n", "p50", "p95", "p99", "max", "runs", "failed", "503s honoured", "ratio to raw"],
                   [[str(k[0]), str(k[1]), str(f.pooled.n), n(f.pooled.p50), n(f.pooled.p95), n(f.pooled.p99), n(f.pooled.max),
                     spread(f), str(t.failures[k]), str(t.refused[k]),
                     ratio(f.pooled.p50, floor.total.pooled.p50) if floor else "–"] for k, f in sorted(t.total.items())]),
-            "", "Where the time goes (p50 of each part, ms):", "",
-            table(["pool", "visitors at once", "claim", "websocket open", "execute `1+1`"],
+            "", ("Where the time goes (p50 of each part, ms). The last column is a second `1+1` on the same websocket, "
+            "after the first output: the difference is what a kernel's first execution and a new websocket cost."), "",
+            table(["pool", "visitors at once", "claim", "websocket open", "execute `1+1`", "a second `1+1`"],
                   [[str(k[0]), str(k[1]), *(n(p.pooled.p50) for p in parts.values())] for k, parts in sorted(t.parts.items())])]
+    if t.cpu:
+        names = sorted({name for v in t.cpu.values() for name in v}, key=lambda x: (x != "sandboxes", x))
+        rows = []
+        for k, v in sorted(t.cpu.items()):
+            whole = sum(v.values())
+            rows.append([str(k[0]), str(k[1]), *(n(v.get(name, float("nan"))) for name in names), n(whole),
+                         n(whole * k[1] / 2000 * 1000)])
+        out += ["", ("CPU per visitor, milliseconds, by where it was spent (sandboxes from their cgroups, including any "
+                "that started during the round; processes from `/proc`). On 2 cores, a round of *N* visitors needs at "
+                "least *N* × the sum / 2 of CPU time, the last column, before its last visitor sees output."), "",
+                table(["pool", "visitors at once", *names, "sum", "round needs at least, ms"], rows)]
     if floor and floor.total.samples:
         out += ["", f"The raw {r.runtime} floor, {floor.total.pooled.n} containers (ms):", "",
                 table(["step", "p50", "min", "max"],
-                      [[f.name.removeprefix(f"raw Docker: "), n(f.pooled.p50), n(f.pooled.min), n(f.pooled.max)]
+                      [[f.name.removeprefix("raw Docker: "), n(f.pooled.p50), n(f.pooled.min), n(f.pooled.max)]
                        for f in [*floor.parts.values(), floor.total]])]
     if t.errors:
-        out += ["", "Failures: " + "; ".join(sorted(set(e[:160] for e in t.errors)))]
+        out += ["", "Failures: " + "; ".join(sorted({e[:160] for e in t.errors}))]
     if r.warm_s:
         out += ["", "Warming the pools took: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.warm_s.items()) + "."]
     out += ["", "![time to first output](bench-first-output.png)", ""]
@@ -236,9 +249,9 @@ def _burst_section(r: Results, out: list[str]) -> None:
     first = [v.total_ms for v in ok[: b.pool]]
     later = [v.total_ms for v in ok[b.pool:]]
     out += ["## 3. Burst", "",
-            f"{b.visitors} visitors arrive evenly over {b.over_s:g} s at a warm pool of {b.pool} (room for all). Each "
+            (f"{b.visitors} visitors arrive evenly over {b.over_s:g} s at a warm pool of {b.pool} (room for all). Each "
             "claims (retrying on `503` as told by `Retry-After`, bounded), then runs `1+1` through the proxy; sessions "
-            "stay open until all are done. `/api/stats` is sampled twice a second.", "",
+            "stay open until all are done. `/api/stats` is sampled twice a second."), "",
             table(["", "value"], [
                 ["served", f"{len(ok)} of {b.visitors}"],
                 ["lost", str(b.lost)],
@@ -249,12 +262,19 @@ def _burst_section(r: Results, out: list[str]) -> None:
                 ["visitors told to come back (`503`) at least once", str(sum(1 for v in ok if v.refused))],
                 ["`503`s honoured in all", str(sum(v.refused for v in b.visits))],
                 ["visitors who waited more than 1 s", str(len(waited))],
+                ["visitors overtaken by a later arrival (by more than 1 s)", str(_overtaken(ok))],
                 ["the whole burst took", n(b.took_s, "s")],
             ])]
     errors = [v.error for v in b.visits if not v.ok]
     if errors:
-        out += ["", "Lost visitors: " + "; ".join(sorted(set(e[:160] for e in errors)))]
+        out += ["", "Lost visitors: " + "; ".join(sorted({e[:160] for e in errors}))]
     out += ["", "![burst](bench-burst.png)", ""]
+
+
+def _overtaken(visits: list[Any]) -> int:
+    """Visitors who got their sandbox more than a second after someone who arrived after them."""
+    got = [(v.arrived, v.arrived + v.claim_ms / 1000) for v in visits]
+    return sum(1 for i, (arrived, at) in enumerate(got) if any(a > arrived and g < at - 1 for a, g in got[i + 1:]))
 
 
 def _p(values: list[float], p: float) -> float:
@@ -282,10 +302,10 @@ def _proxy_section(r: Results, out: list[str]) -> None:
             trows.append([name, n(d2.pooled.p50), n(t2.pooled.p50), ratio(t2.pooled.p50, d2.pooled.p50),
                           f"{spread(d2)}; {spread(t2)}", str(p.errors.get(d2.name, 0) + p.errors.get(t2.name, 0))])
     out += ["## 4. The proxy", "",
-            "Each request straight to the server (the floor: no proxy at all) and through Traefik, in alternating blocks "
+            ("Each request straight to the server (the floor: no proxy at all) and through Traefik, in alternating blocks "
             "on one keep-alive connection. Two servers: a real sandbox (Jupyter in its container, limited to one CPU) and "
             "`bench/stub.py`, routed by a synthetic sandbox record exactly as sandboxes are, which answers faster than "
-            "the proxy can pass requests, so the proxy's own capacity shows.", "",
+            "the proxy can pass requests, so the proxy's own capacity shows."), "",
             "Latency, milliseconds:", "",
             table(["request", "direct p50", "Traefik p50", "added p50", "direct p99", "Traefik p99", "runs (direct; Traefik)"], rows),
             "", f"Throughput, requests per second ({p.tool}, alternating direct and proxied):", "",
@@ -297,20 +317,20 @@ def _resources_section(r: Results, out: list[str]) -> None:
     out += ["## 5. Sockets and memory", ""]
     if r.resources and r.resources.sockets:
         res = r.resources
-        out += [f"{res.websockets_open} visitors each hold one kernel websocket open through Traefik; established TCP "
+        out += [(f"{res.websockets_open} visitors each hold one kernel websocket open through Traefik; established TCP "
                 "connections counted from `/proc` before and after, per websocket (each connection is a socket at "
-                "each end):", "",
+                "each end):"), "",
                 table(["where", "per websocket"], [[k, n(v)] for k, v in res.sockets.items()]), ""]
     if r.memory_idle:
         rows = [[k, n(v["rss"]), n(v["pss"])] for k, v in r.memory_idle.items()]
         total = [sum(r.memory_idle[k][m] for k in CONTROL_PLANE if k in r.memory_idle) for m in ("rss", "pss")]
         rows.append(["**control plane** (NATS, Traefik, 4 services)", n(total[0]), n(total[1])])
-        out += [f"Memory of nbpool's processes with a warm pool, MiB (PSS splits shared pages among the processes "
-                "that share them):", "", table(["process", "RSS", "PSS"], rows), ""]
+        out += [("Memory of nbpool's processes with a warm pool, MiB (PSS splits shared pages among the processes "
+                "that share them):"), "", table(["process", "RSS", "PSS"], rows), ""]
     if r.resources and r.resources.sandbox_mib:
         m = r.resources.sandbox_mib
-        out += [f"Idle warm sandbox (Jupyter server and its pre-started kernel), as its cgroup counts it: median "
-                f"{n(statistics.median(m), 'MiB')} over {len(m)} sandboxes (range {n(min(m))}–{n(max(m))}).", ""]
+        out += [(f"Idle warm sandbox (Jupyter server and its pre-started kernel), as its cgroup counts it: median "
+                f"{n(statistics.median(m), 'MiB')} over {len(m)} sandboxes (range {n(min(m))}–{n(max(m))})."), ""]
 
 
 def _scale_section(r: Results, out: list[str]) -> None:
@@ -328,21 +348,21 @@ def _scale_section(r: Results, out: list[str]) -> None:
                     n(sum(s.memory_load[k][metric] for k in CONTROL_PLANE if k in s.memory_load)),
                     n(sum(s.memory_load[k]["pss"] for k in CONTROL_PLANE if k in s.memory_load))])
     out += ["## 6. The control plane at scale", "",
-            f"{s.records} synthetic sandbox records (claimed, owned by a spawner id no spawner has, pointing at "
+            (f"{s.records} synthetic sandbox records (claimed, owned by a spawner id no spawner has, pointing at "
             "`bench/stub.py`) are written to the instance's KV bucket in batches of "
             f"{s.batch}; the router routes and probes every one through Traefik. Then an activity heartbeat for each "
             f"every 5 s, and CPU per process over {n(s.window_s, 's')} in 5-second slices, against a baseline of the "
             "same cluster with its pool only. Route propagation: from writing one more record to the first request "
             "through Traefik that reaches its server (and from deleting it to the first that no longer does). The "
-            "synthetic records are deleted afterwards.", "",
+            "synthetic records are deleted afterwards."), "",
             "CPU, % of one core (median of the 5-second slices):", "",
             table(["process", "baseline", f"{s.records} records + heartbeats", "slices", "ratio"], rows), "",
             table(["", "value"], [
-                [f"{s.records} records routed and ready", f"{s.routed} in {n(sum(s.batch_s), 's')} "
-                 f"(batches of {s.batch}: first {n(s.batch_s[0], 's') if s.batch_s else '–'}, last {n(s.batch_s[-1], 's') if s.batch_s else '–'})"],
+                [f"{s.records} records routed and ready", (f"{s.routed} in {n(sum(s.batch_s), 's')} "
+                 f"(batches of {s.batch}: first {n(s.batch_s[0], 's') if s.batch_s else '–'}, last {n(s.batch_s[-1], 's') if s.batch_s else '–'})")],
                 ["route propagation p50 / max, pool only (floor)", f"{n(s.propagation_base.pooled.p50, 'ms')} / {n(s.propagation_base.pooled.max, 'ms')}"],
-                [f"route propagation p50 / max, {s.records} routes", f"{n(s.propagation_load.pooled.p50, 'ms')} / {n(s.propagation_load.pooled.max, 'ms')} "
-                 f"({ratio(s.propagation_load.pooled.p50, s.propagation_base.pooled.p50)} the floor)"],
+                [f"route propagation p50 / max, {s.records} routes", (f"{n(s.propagation_load.pooled.p50, 'ms')} / {n(s.propagation_load.pooled.max, 'ms')} "
+                 f"({ratio(s.propagation_load.pooled.p50, s.propagation_base.pooled.p50)} the floor)")],
                 [f"route removal p50 / max, {s.records} routes", f"{n(s.removal_load.pooled.p50, 'ms')} / {n(s.removal_load.pooled.max, 'ms')}"],
                 ["propagation probes that timed out (15 s)", str(s.timeouts)],
                 [f"writing {s.records} heartbeats, p50", n(s.heartbeat_burst.pooled.p50, "ms")],
@@ -352,160 +372,21 @@ def _scale_section(r: Results, out: list[str]) -> None:
             "", "![control plane at scale](bench-scale.png)", ""]
 
 
-# ---- plots -------------------------------------------------------------------------------------
-
-
-def _plots(r: Results, docs: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    plt.rcParams.update({"figure.dpi": 110, "font.size": 9})
-
-    if r.claims:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for (level, claims), color in zip(r.claims.claims.items(), ("tab:blue", "tab:orange", "tab:red")):
-            for series, style, label in ((claims, "-", "POST /sessions"), (r.claims.healthz[level], ":", "GET /healthz (floor)")):
-                xs = sorted(series.samples)
-                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], style, color=color, label=f"{label}, {level} concurrent")
-        ax.axvline(5, color="grey", lw=0.8, ls="--")
-        ax.axvline(50, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_xlabel("latency, ms (log)")
-        ax.set_ylabel("fraction of requests")
-        ax.set_title("Claim latency with a warm pool (dashed lines: 5 ms and 50 ms)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(docs / "bench-claims.png")
-        plt.close(fig)
-        written.append("bench-claims.png")
-
-    if r.ttfo:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        keys = sorted(r.ttfo.total)
-        data = [r.ttfo.total[k].samples or [float("nan")] for k in keys]
-        ax.boxplot(data, whis=(0, 100))
-        ax.set_xticks(range(1, len(keys) + 1), [f"pool {k[0]}\n{k[1]} at once" for k in keys])
-        if r.floor and r.floor.total.samples:
-            f = r.floor.total.pooled.p50
-            ax.axhline(f, color="tab:red", ls="--", lw=1, label=f"raw {r.runtime} floor p50 {f:.0f} ms")
-            ax.axhline(f / 10, color="tab:orange", ls=":", lw=1, label="1/10 of the floor")
-        ax.axhline(150, color="tab:green", ls=":", lw=1, label="150 ms")
-        ax.axhline(500, color="tab:purple", ls=":", lw=1, label="500 ms")
-        ax.set_yscale("log")
-        ax.set_ylabel("POST /sessions → 1+1 result, ms (log)")
-        ax.set_title("Time to first output (boxes: quartiles; whiskers: min–max)")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(docs / "bench-first-output.png")
-        plt.close(fig)
-        written.append("bench-first-output.png")
-
-    if r.burst:
-        b = r.burst
-        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
-        for i, v in enumerate(b.visits):
-            if v.ok:
-                ax1.plot([v.arrived, v.arrived + v.claim_ms / 1000], [i, i], color="tab:blue", lw=1.5)
-                ax1.plot([v.arrived + v.claim_ms / 1000, v.arrived + v.total_ms / 1000], [i, i], color="tab:green", lw=1.5)
-                if v.refused:
-                    ax1.plot([v.arrived + v.claim_ms / 1000], [i], "o", color="tab:orange", ms=2)
-            else:
-                ax1.plot([v.arrived], [i], "x", color="tab:red")
-        ax1.set_ylabel("visitor (order of arrival)")
-        ax1.set_title(f"Burst: {b.visitors} visitors over {b.over_s:g} s, pool {b.pool} "
-                      "(blue: waiting for a sandbox; green: 1+1; orange dot: had a 503; red x: lost)", fontsize=8)
-        if b.pool_over_time:
-            t = [p[0] for p in b.pool_over_time]
-            for idx, label in ((1, "warm"), (2, "starting"), (3, "in use"), (4, "waiting in line")):
-                ax2.plot(t, [p[idx] for p in b.pool_over_time], label=label)
-        ax2.set_xlabel("seconds since the first arrival")
-        ax2.set_ylabel("sandboxes / claims")
-        ax2.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(docs / "bench-burst.png")
-        plt.close(fig)
-        written.append("bench-burst.png")
-
-    if r.proxy:
-        p = r.proxy
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.5))
-        labels, direct, proxied = [], [], []
-        for name, d, t in [("Jupyter GET", p.latency.get("sandbox (Jupyter), direct"), p.latency.get("sandbox (Jupyter), through Traefik")),
-                           ("stub GET", p.latency.get("stub server, direct"), p.latency.get("stub server, through Traefik")),
-                           ("ws 1+1", p.websocket.get("direct"), p.websocket.get("through Traefik"))]:
-            if d and t:
-                labels.append(name)
-                direct.append(d.pooled.p50)
-                proxied.append(t.pooled.p50)
-        xs = range(len(labels))
-        ax1.bar([x - 0.2 for x in xs], direct, 0.4, label="direct")
-        ax1.bar([x + 0.2 for x in xs], proxied, 0.4, label="through Traefik")
-        ax1.set_xticks(list(xs), labels)
-        ax1.set_ylabel("p50, ms")
-        ax1.set_title("Latency")
-        ax1.legend(fontsize=7)
-        labels, direct, proxied = [], [], []
-        for name in ("sandbox (Jupyter)", "stub server"):
-            d, t = p.throughput.get(f"{name}, direct"), p.throughput.get(f"{name}, through Traefik")
-            if d and t:
-                labels.append(name)
-                direct.append(d.pooled.p50)
-                proxied.append(t.pooled.p50)
-        xs = range(len(labels))
-        ax2.bar([x - 0.2 for x in xs], direct, 0.4, label="direct")
-        ax2.bar([x + 0.2 for x in xs], proxied, 0.4, label="through Traefik")
-        ax2.axhline(3000, color="grey", ls="--", lw=0.8)
-        ax2.set_xticks(list(xs), labels)
-        ax2.set_yscale("log")
-        ax2.set_ylabel("requests/s (log)")
-        ax2.set_title("Throughput (dashed: 3000/s)")
-        fig.tight_layout()
-        fig.savefig(docs / "bench-proxy.png")
-        plt.close(fig)
-        written.append("bench-proxy.png")
-
-    if r.scale:
-        s = r.scale
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(8, 3.5))
-        names = list(s.cpu_load)
-        xs = range(len(names))
-        ax1.bar([x - 0.2 for x in xs], [s.cpu_base[k].pooled.p50 if k in s.cpu_base else 0 for k in names], 0.4, label="pool only")
-        ax1.bar([x + 0.2 for x in xs], [s.cpu_load[k].pooled.p50 for k in names], 0.4, label=f"{s.records} records + heartbeats")
-        ax1.set_xticks(list(xs), names, rotation=30)
-        ax1.set_ylabel("% of one core")
-        ax1.set_title("CPU per process")
-        ax1.legend(fontsize=7)
-        if s.batch_s:
-            ax2.plot([(i + 1) * s.batch for i in range(len(s.batch_s))], s.batch_s, "o-")
-            ax2.set_xlabel("synthetic routes after the batch")
-            ax2.set_ylabel(f"s until a batch of {s.batch} is routed")
-            ax2.set_title("Routing as the table grows")
-            ax2.set_ylim(bottom=0)
-        fig.tight_layout()
-        fig.savefig(docs / "bench-scale.png")
-        plt.close(fig)
-        written.append("bench-scale.png")
-    return written
-
-
 # ---- the document ---------------------------------------------------------------------------------
 
 
 def write(r: Results, docs: Path) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
-    plots = _plots(r, docs)
+    plots = draw(r, docs)
     out = ["# nbpool benchmarks", "",
            f"Made by `make bench`, which runs `{r.command}`, on {r.started}; the whole run took {n(r.took_s / 60, 'min')}.",
            "", f"**Machine**: {r.machine}", "",
-           "Every figure comes from this one run, next to a floor measured in the same run; *runs* columns give the "
+           ("Every figure comes from this one run, next to a floor measured in the same run; *runs* columns give the "
            "range of the per-run medians over repeated rounds. All traffic is between processes on this machine "
            "(loopback) and to containers on Docker networks nbpool (or the bench) created. "
            "The machine has 2 cores shared by the load generator, the proxy, the services and the sandboxes, so "
-           "absolute numbers are pessimistic; ratios to the floors travel better.", ""]
+           "absolute numbers are pessimistic; ratios to the floors travel better."), ""]
     out += [*(f"> {note}" for note in r.notes), ""] if r.notes else []
     out += ["## Targets", "", table(["target", "wanted", "measured", "floor (same run)", "ratio", ""], _targets(r)), ""]
     if r.claims:
@@ -522,8 +403,8 @@ def write(r: Results, docs: Path) -> list[Path]:
         _scale_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
-            "Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "
-            "group of figures; `bench/run.py` wires them).", ""]
+            ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "
+            "group of figures; `bench/run.py` wires them)."), ""]
     md = docs / "benchmarks.md"
     md.write_text("\n".join(out))
     raw = docs / "benchmarks.json"

@@ -32,7 +32,6 @@ from typing import Any
 
 import psutil
 import websockets
-
 from common import BenchCluster, docker_client, memory
 from first_output import end_sessions, visit
 

@@ -16,6 +16,10 @@ The groups, each in its own module:
 - ``scale``: the control plane with 1000 sandboxes' records and heartbeats;
 - ``burst``: 100 visitors in 10 s at a pool of 20.
 
+Shared by them: ``common`` (statistics, a lean HTTP client, clusters, processes), ``stub`` (a
+fast stand-in for a Jupyter server), ``profiling`` (py-spy, with ``--profile``); and for the
+output, ``report`` (the markdown and JSON) and ``plots``.
+
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst. Sized to finish
 within 15 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
@@ -32,6 +36,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import burst
@@ -97,7 +102,7 @@ class Bench:
         self.only = set(args.only.split(",")) if args.only else set(GROUPS)
         self.began = time.monotonic()
         self.clusters: list[BenchCluster] = []
-        self.profile_dir = DOCS / "profiles" if args.profile else None
+        self.profile_dir = args.out / "profiles" if args.profile else None
         self.results = report.Results(
             command=" ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
             machine=machine("docker" if image else "process"),
@@ -112,7 +117,7 @@ class Bench:
         progress(f"— {name}")
         try:
             return await work()
-        except Exception as err:
+        except Exception as err:  # noqa: BLE001 - one group failing must not lose the others
             progress(f"{name} FAILED: {err!r}")
             traceback.print_exc()
             self.results.notes.append(f"{name} failed: {err.__class__.__name__}: {str(err).splitlines()[0][:300]}")
@@ -180,8 +185,8 @@ class Bench:
                 r.notes.append(f"In the {c.label} cluster, nbpool up reported: " + "; ".join(
                     line.removeprefix("nbpool: ") for line in c.restarts[:5]))
         r.took_s = time.monotonic() - self.began
-        written = report.write(r, DOCS)
-        progress("wrote " + ", ".join(str(p.relative_to(ROOT)) for p in written))
+        written = report.write(r, self.args.out)
+        progress("wrote " + ", ".join(str(p) for p in written))
 
     def track(self, cluster: BenchCluster) -> BenchCluster:
         """Remember a cluster, so the report can say how its stop went."""
@@ -258,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small versions of everything (a few minutes)")
     parser.add_argument("--only", help=f"comma-separated groups to run, of: {','.join(GROUPS)}")
     parser.add_argument("--scale-batch", type=int, help="synthetic records written at a time (default 100)")
+    parser.add_argument("--out", type=Path, default=DOCS,
+                        help="where benchmarks.md, its plots and profiles go (default docs/; use another for trials)")
     parser.add_argument("--profile", action="store_true",
                         help="sample the services with py-spy where targets can be missed (docs/profiles/); "
                              "figures measured so are not the ones to publish")
@@ -269,7 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         progress("no Docker engine answers: sandboxes are processes, the floor is a jupyter server by hand")
     bench = Bench(args, quick() if args.quick else Sizes(), _image(runtime))
     asyncio.run(bench.run())
-    progress(f"done in {(time.monotonic() - bench.began) / 60:.1f} min; see docs/benchmarks.md")
+    progress(f"done in {(time.monotonic() - bench.began) / 60:.1f} min; see {args.out / 'benchmarks.md'}")
 
 
 if __name__ == "__main__":

@@ -32,8 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats.js.errors
-from nbpool.models import Activity, encode
-
 import profiling
 from common import (
     BenchCluster,
@@ -47,6 +45,7 @@ from common import (
     synthetic_id,
     synthetic_record,
 )
+from nbpool.models import Activity, encode
 
 __all__ = ["ScaleResults", "measure"]
 
@@ -204,7 +203,7 @@ async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_sl
                 results.heartbeat_burst.add_run([(time.perf_counter() - tick) * 1000])
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, HEARTBEAT_S - (time.perf_counter() - tick)))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
 
         beating = asyncio.ensure_future(heartbeats())
