@@ -50,6 +50,15 @@ async def page(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 
 async def _run_welcome_cell(page: Any) -> None:
     """In an open Welcome.ipynb: run its code cell, see its output."""
+    # On a loaded machine JupyterLab may open the notebook before it has the kernel list, and then
+    # asks which kernel to use (seen under CI load; the pre-started kernel is attached anyway).
+    # A visitor would press Select; so does the test.
+    from playwright.async_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        await page.locator(".jp-Dialog", has_text="Select Kernel").get_by_role("button", name="Select").click(timeout=3000)
+    except PlaywrightTimeout:
+        pass
     cell = page.locator(".jp-Notebook .jp-CodeCell").first
     await cell.locator(".cm-content").click()
     await page.keyboard.press("Shift+Enter")

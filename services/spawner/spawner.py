@@ -640,7 +640,8 @@ class Spawner:
                 self._unanswered.pop(rec.id, None)
                 continue
             self._unanswered[rec.id] = self._unanswered.get(rec.id, 0) + 1
-            if self._unanswered[rec.id] >= 2:
+            # Only if it is still in the pool: it may have been claimed while we asked.
+            if self._unanswered[rec.id] >= 2 and self.pool.discard(rec.id):
                 self._unanswered.pop(rec.id, None)
                 log.warning("pooled sandbox stopped answering", **self._log(rec.id))
                 await self._remove(rec, "unresponsive")
