@@ -168,7 +168,7 @@ class Cluster:
 
         client = docker.from_env(timeout=30)
         label = f"nbpool.instance={self.env.get('NBPOOL_INSTANCE', 'nbpool')}"
-        return list(client.containers.list(all=True, filters={"label": label}))
+        return list(client.containers.list(all=True, filters={"label": label}, ignore_removed=True))
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
