@@ -371,6 +371,8 @@ class BenchCluster(Cluster):
         self.label = label
         self.instance = instance
         self.hung: list[str] = []
+        #: Sandbox processes or containers still there after nbpool up stopped (the bench ends them).
+        self.leaked = 0
         self.restarts: list[str] = []
         self.kept_logs: Path | None = None
 
@@ -393,10 +395,16 @@ class BenchCluster(Cluster):
         except AssertionError as err:
             progress(f"{self.label}: {str(err).splitlines()[0]}")
         self._keep_logs()
+        # What a clean stop should have ended: counted (the report says so), then ended by pid or id.
+        for proc in self.sandbox_processes():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+                self.leaked += 1
         if self.runtime == "docker":
             client = docker_client()
             if client is not None:
                 for container in client.containers.list(all=True, filters={"label": f"nbpool.instance={self.instance}"}):
+                    self.leaked += 1
                     with contextlib.suppress(Exception):
                         container.remove(force=True)
                 with contextlib.suppress(Exception):

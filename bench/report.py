@@ -375,10 +375,10 @@ def _scale_section(r: Results, out: list[str]) -> None:
 # ---- the document ---------------------------------------------------------------------------------
 
 
-def write(r: Results, docs: Path) -> list[Path]:
+def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
-    plots = draw(r, docs)
+    plots = draw(r, docs) if with_plots else []
     out = ["# nbpool benchmarks", "",
            f"Made by `make bench`, which runs `{r.command}`, on {r.started}; the whole run took {n(r.took_s / 60, 'min')}.",
            "", f"**Machine**: {r.machine}", "",

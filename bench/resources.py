@@ -125,26 +125,29 @@ async def sockets_per_websocket(cluster: BenchCluster, count: int = 10) -> Resou
     servers = _jupyter_servers(client, cluster, {s["id"] for s in sessions})
     ports = {port for _, port in addresses}
 
-    def held() -> dict[str, int]:
+    def held(client_ports: set[int]) -> dict[str, int]:
         conns = _established(traefik.pid)
         inbound = [c for p in servers for c in _established(p.pid) if c.lport in ports]
         return {
-            "client↔proxy (Traefik, entry point)": sum(1 for c in conns if c.lport == cluster.proxy_port),
+            # Only the websockets' own connections: other clients (the bench polling /api/stats,
+            # say) come and go on the same entry point.
+            "client↔proxy (Traefik, entry point)": sum(
+                1 for c in conns if c.lport == cluster.proxy_port and c.rport in client_ports),
             "proxy↔sandbox (Traefik, upstream)": sum(1 for c in conns if (c.rip, c.rport) in addresses),
             # Under the process runtime the proxy's connections come from loopback too.
             "proxy↔sandbox (sandbox servers, inbound)": len(inbound),
         }
 
     await asyncio.sleep(1.0)
-    before = held()
-    sockets = []
+    before = held(set())
+    sockets: list[Any] = []
     try:
         for s in sessions:
             url = (cluster.url.replace("http://", "ws://", 1)
                    + f"/user/{s['id']}/api/kernels/{s['kernel_id']}/channels?token={s['token']}")
             sockets.append(await websockets.connect(url, open_timeout=30, close_timeout=2, proxy=None))
         await asyncio.sleep(1.0)
-        after = held()
+        after = held({ws.local_address[1] for ws in sockets})
     finally:
         for ws in sockets:
             with contextlib.suppress(Exception):

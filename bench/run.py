@@ -124,6 +124,20 @@ class Bench:
             return None
         finally:
             self.results.phases[name] = time.monotonic() - began
+            self._checkpoint(name)
+
+    def _checkpoint(self, phase: str) -> None:
+        """Write the report so far, so a run stopped half-way still leaves what it measured."""
+        r = self.results
+        r.took_s = time.monotonic() - self.began
+        note = f"Written after the phase “{phase}”: the run had not finished."
+        r.notes.append(note)
+        try:
+            report.write(r, self.args.out, with_plots=False)  # plots take seconds of CPU: at the end only
+        except Exception as err:  # noqa: BLE001 - a partial report is a convenience, not a result
+            progress(f"partial report not written: {err!r}")
+        finally:
+            r.notes.remove(note)
 
     def wants(self, *groups: str) -> bool:
         return bool(self.only.intersection(groups))
@@ -157,7 +171,7 @@ class Bench:
 
         pools = list(s.first_output)
         if self.wants("first-output", "proxy", "resources", "scale") and pools:
-            r.ttfo = first_output.TTFOResults()
+            r.ttfo = first_output.TTFOResults() if self.wants("first-output") else None
             await self._main_cluster(pools[0], wrk)
             if self.wants("first-output"):
                 for pool in pools[1:]:
@@ -181,6 +195,9 @@ class Bench:
                 "`asyncio.wait_for` inside nats-py's `KeyWatcher.updates` returns the update instead of raising "
                 "`CancelledError` when both arrive together), so `Spawner.serve` waits forever for it.")
         for c in self.clusters:
+            if c.leaked:
+                r.notes.append(f"After Ctrl-C, `nbpool up` of the {c.label} cluster left {c.leaked} sandboxes running; "
+                               "the bench ended them.")
             if c.restarts:
                 r.notes.append(f"In the {c.label} cluster, nbpool up reported: " + "; ".join(
                     line.removeprefix("nbpool: ") for line in c.restarts[:5]))
@@ -204,7 +221,7 @@ class Bench:
 
     async def _main_cluster(self, pool: int, wrk: str | None) -> None:
         s, r = self.sizes, self.results
-        assert r.ttfo is not None
+        ttfo = r.ttfo
         with self.track(first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency)) as cluster:
             warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
             if warm is None:
@@ -216,9 +233,9 @@ class Bench:
                     r.resources = resources.ResourceResults(sandbox_mib=await asyncio.to_thread(resources.idle_sandbox_memory, cluster))
                     r.memory_idle = resources.control_plane_memory(cluster)
                 await self.phase("idle memory", idle)
-            if self.wants("first-output"):
+            if ttfo is not None:
                 await self.phase(f"first output, pool {pool}",
-                                 lambda: first_output.measure(cluster, pool, s.first_output[pool], r.ttfo))  # type: ignore[arg-type]
+                                 lambda: first_output.measure(cluster, pool, s.first_output[pool], ttfo))
             if self.wants("proxy"):
                 r.proxy = await self.phase("proxy", lambda: proxy.measure(
                     cluster, wrk, s.proxy_blocks, s.proxy_per_block, s.proxy_load_s, s.proxy_load_reps))
@@ -237,14 +254,15 @@ class Bench:
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results
-        assert r.ttfo is not None
+        ttfo = r.ttfo
+        assert ttfo is not None
         with self.track(first_output.cluster(f"pool{pool}", self.image, pool, self._max(pool), s.spawn_concurrency)) as cluster:
             warm = await self.phase(f"warm pool {pool}", lambda: asyncio.to_thread(self._start, cluster, pool))
             if warm is None:
                 return
             r.warm_s[f"pool {pool}"] = warm
             await self.phase(f"first output, pool {pool}",
-                             lambda: first_output.measure(cluster, pool, s.first_output[pool], r.ttfo))  # type: ignore[arg-type]
+                             lambda: first_output.measure(cluster, pool, s.first_output[pool], ttfo))
 
 
 def _image(runtime: str) -> str | None:
