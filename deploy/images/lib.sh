@@ -110,3 +110,17 @@ tag_latest() {
     log "$2:latest -> $1 ($("$DOCKER" image inspect -f '{{.Size}}' "$1") bytes)"
     echo "$1"
 }
+
+# hashed_pins WHEEL_DIR: one "name==version \\ --hash=sha256:..." entry per wheel, sorted, for a
+# requirements file that pip installs with --require-hashes. Wheel file names are
+# "<name>-<version>-<tags>.whl" with '-' escaped in name and version, so the first two fields are exact.
+hashed_pins() {
+    local whl f name rest version
+    for whl in "$1"/*.whl; do
+        f="${whl##*/}"
+        name="${f%%-*}"; rest="${f#*-}"; version="${rest%%-*}"
+        printf '%s==%s %s\n' "$name" "$version" "$(sha256sum "$whl" | cut -d' ' -f1)"
+    done | sort -f | while read -r pin digest; do
+        printf '%s \\\n    --hash=sha256:%s\n' "$pin" "$digest"
+    done
+}

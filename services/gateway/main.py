@@ -25,6 +25,9 @@ def main() -> None:
         access_log=False,
         proxy_headers=False,  # the client address is taken from X-Real-Ip set by Traefik (see app.client_of)
         timeout_graceful_shutdown=5,
+        # Longer than Traefik's idle time for backend connections (90 s): with uvicorn's 5 s
+        # default, Traefik reused connections uvicorn was closing and answered 502 (make bench).
+        timeout_keep_alive=120,
     )
 
 

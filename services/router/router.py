@@ -40,6 +40,8 @@ class Router:
         self.applied: dict[str, RouteSpec] | None = None
         self._dirty = asyncio.Event()
         self._probing: dict[str, asyncio.Task[None]] = {}
+        # Probes at once: a thousand new routes must not swamp the HTTP client's connection pool.
+        self._probe_slots = asyncio.Semaphore(32)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0))
 
     def _changed(self, key: str, rec: SandboxRecord | None) -> None:
@@ -130,7 +132,8 @@ class Router:
 
     async def _answers(self, url: str) -> bool:
         try:
-            resp = await self._http.get(url)
+            async with self._probe_slots:
+                resp = await self._http.get(url)
         except httpx.HTTPError:
             return False
         if resp.status_code != 200:

@@ -115,13 +115,7 @@ others=("$tmp"/wheels/*.tar.gz "$tmp"/wheels/*.zip)
         done
         echo "# constraints.txt pins $pin, which needs a newer Python than $NBPOOL_TARGET_PY: ${got:-?} here"
     done
-    for whl in "$tmp"/wheels/*.whl; do
-        f="${whl##*/}"
-        name="${f%%-*}"; rest="${f#*-}"; version="${rest%%-*}"
-        printf '%s==%s %s\n' "$name" "$version" "$(sha256sum "$whl" | cut -d' ' -f1)"
-    done | sort -f | while read -r pin digest; do
-        printf '%s \\\n    --hash=sha256:%s\n' "$pin" "$digest"
-    done
+    hashed_pins "$tmp/wheels"
 } >"$here/requirements.txt.new"
 mv "$here/requirements.txt.new" "$here/requirements.txt"
 log "wrote requirements.txt ($(grep -c '^[^#].*==' "$here/requirements.txt") packages, $(du -sh "$tmp/wheels" | cut -f1) of wheels)"
