@@ -280,12 +280,27 @@ class Supervisor:
         for child in reversed(self.children):
             # Spawners end their sandboxes on the way out, which can take a few seconds.
             await child.stop(timeout=30.0 if child.name.startswith("spawner") else 10.0)
+            if child.name.startswith("spawner") and not self.keep_sandboxes:
+                await self._sweep(child)
         for task in watchers:
             task.cancel()
         await asyncio.gather(*watchers, ready, return_exceptions=True)
         (self.state / "run" / "children.json").unlink(missing_ok=True)
         self._say("stopped")
         return 0
+
+    async def _sweep(self, spawner: Child) -> None:
+        """Remove the sandboxes of a spawner that did not stop cleanly (say, stopped mid-start)."""
+        if spawner.proc is None or spawner.proc.returncode == 0:
+            return  # it ended its sandboxes itself
+        sweep = await asyncio.create_subprocess_exec(
+            *spawner.argv, "--sweep", env=spawner.env, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await sweep.communicate()
+        text = out.decode(errors="replace").strip()
+        self._say(f"{spawner.name} did not stop cleanly (code {spawner.proc.returncode}); "
+                  + (text.splitlines()[-1] if sweep.returncode == 0 and text else f"sweeping its sandboxes failed: {text}"))
 
     def _write_pids(self) -> None:
         run = self.state / "run"

@@ -55,3 +55,17 @@ async def test_kill_each_service(make_cluster: Any, victims: tuple[str, ...]) ->
             await asyncio.sleep(0.3)
         assert state[0], f"after killing {victim}: {state[1]}"
     assert "restarting spawner" in cluster.log_path.read_text()
+
+
+def test_stop_while_the_spawner_restarts_leaves_no_sandbox(make_cluster: Any) -> None:
+    """Ctrl-C right after a spawner died: the restarted one is still starting and cannot end the
+    sandboxes itself, so ``nbpool up`` sweeps them."""
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "2", "NBPOOL_SPAWN_CONCURRENCY": "2"}, warm=2)
+    session = cluster.new_session()
+    assert cluster.sandbox_processes()
+    cluster.kill9("spawner")
+    assert cluster.stop() == 0
+    deadline = time.monotonic() + 10
+    while cluster.sandbox_processes() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not cluster.sandbox_processes(), f"session {session['id']} outlived nbpool\n{cluster.logs()}"

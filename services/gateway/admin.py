@@ -14,7 +14,6 @@ import hmac
 import time
 from typing import Any
 
-import nats.errors
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from nbpool import logs

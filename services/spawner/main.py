@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
+from nbpool import logs
 from nbpool.bus import Bus
 from nbpool.runtime import Runtime
 from nbpool.runtime.process import ProcessRuntime
 from nbpool.service import run
-from nbpool.settings import SpawnerSettings
+from nbpool.settings import SettingsError, SpawnerSettings, load
 from nbpool.spawner.spawner import Spawner
 
 
@@ -36,7 +38,31 @@ async def _body(settings: SpawnerSettings, bus: Bus, stop: asyncio.Event) -> Non
     await Spawner(settings, bus, make_runtime(settings)).serve(stop)
 
 
+async def sweep(settings: SpawnerSettings) -> int:
+    """Remove every sandbox of this spawner from the runtime; how many there were.
+
+    ``nbpool up`` runs this (``nbpool-spawner --sweep``) when a spawner did not stop cleanly,
+    e.g. when the stop came while it was still starting: its sandboxes must not outlive nbpool.
+    Records on the bus are left to the next start's reconcile.
+    """
+    runtime = make_runtime(settings)
+    try:
+        found = await runtime.list()
+        await asyncio.gather(*(runtime.remove(sb.id) for sb in found))
+        return len(found)
+    finally:
+        await runtime.close()
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--sweep"]:
+        try:
+            settings = load(SpawnerSettings)
+        except SettingsError as err:
+            raise SystemExit(f"nbpool-spawner: {err}") from None
+        logs.setup("spawner", settings.log_level, settings.log_format)
+        print(f"removed {asyncio.run(sweep(settings))} sandboxes of spawner {settings.spawner_id}")
+        return
     run("spawner", SpawnerSettings, _body)
 
 
