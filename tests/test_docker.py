@@ -16,9 +16,12 @@ from typing import Any
 
 import docker
 import httpx
+import psutil
 import pytest
+import websockets
 from cluster import Cluster
-from kernel import execute, start_kernel
+from kernel import execute, execute_on, start_kernel
+from sockets import nodelay_of_peer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,6 +68,14 @@ async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     (container,) = [c for c in cluster.containers() if c.labels["nbpool.sandbox"] == session["id"]]
     assert not container.attrs["HostConfig"]["PortBindings"]
     assert await _run(cluster, session, "1+1") == "2"
+    # Its kernel websockets are sent without Nagle's delay (see shared/sandbox_ws.py).
+    init = psutil.Process(container.attrs["State"]["Pid"])
+    (server,) = [p for p in [init, *init.children(recursive=True)] if "jupyter-server" in " ".join(p.cmdline())
+                 or "jupyter server" in " ".join(p.cmdline())]
+    url = f"{target}{_record(cluster, session['id'])['path']}".replace("http://", "ws://", 1)
+    async with websockets.connect(f"{url}api/kernels/{session['kernel_id']}/channels?token={session['token']}") as ws:
+        assert await execute_on(ws, "1+1") == "2"
+        assert nodelay_of_peer(server.pid, ws.local_address[1]) is True
 
 
 async def test_sandbox_is_isolated(docker_cluster: Any) -> None:

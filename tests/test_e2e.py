@@ -10,8 +10,10 @@ from typing import Any
 
 import httpx
 import psutil
+import websockets
 from cluster import BIN, Cluster
-from kernel import execute, start_kernel
+from kernel import execute, execute_on, start_kernel
+from sockets import nodelay_of_peer
 
 
 async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
@@ -37,6 +39,20 @@ async def test_session_comes_with_a_running_kernel(cluster: Cluster) -> None:
     async with httpx.AsyncClient(timeout=30) as client:
         sessions = (await client.get(f"{cluster.base(session)}api/sessions", params={"token": session["token"]})).json()
     assert [(s["path"], s["kernel"]["id"]) for s in sessions] == [("Welcome.ipynb", kernel)]
+
+
+async def test_kernel_websocket_is_not_held_back_by_nagle(cluster: Cluster) -> None:
+    """The sandbox sets TCP_NODELAY on kernel websockets: an execute's several small replies
+    would otherwise wait up to 40 ms each for the client's delayed ACKs."""
+    session = cluster.new_session()
+    rec = next(r for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
+    url = f"{rec['target']}{rec['path']}".replace("http://", "ws://", 1)
+    url += f"api/kernels/{session['kernel_id']}/channels?token={session['token']}"
+    (server,) = [p for p in cluster.sandbox_processes()
+                 if f"/user/{session['id']}/" in " ".join(p.cmdline()) and "jupyter_server" in " ".join(p.cmdline())]
+    async with websockets.connect(url) as ws:
+        assert await execute_on(ws, "1+1") == "2"
+        assert nodelay_of_peer(server.pid, ws.local_address[1]) is True
 
 
 def test_session_info_and_delete(cluster: Cluster) -> None:

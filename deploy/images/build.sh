@@ -59,6 +59,7 @@ install -m 0644 "$here/notebook/Dockerfile" "$here/notebook/requirements.txt" "$
 install -m 0755 "$here/notebook/entrypoint.sh" "$here/notebook/start-notebook.sh" "$ctx/"
 install -m 0644 "$welcome" "$ctx/Welcome.ipynb"
 install -m 0644 "$here/notebook/page_config.json" "$ctx/page_config.json"
+install -m 0644 "$repo/shared/sandbox_ws.py" "$ctx/nbpool_sandbox_ws.py"
 if [[ -n $ca_bundle ]]; then
     install -m 0644 "$ca_bundle" "$ctx/extra-ca.pem"
 else

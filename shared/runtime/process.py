@@ -21,6 +21,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -103,6 +104,10 @@ class ProcessRuntime:
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.extension_manager=readonly",
         ]
+        if self._command[0] == sys.executable:
+            # Kernel websockets with TCP_NODELAY: without it each execute waits up to 40 ms for
+            # ACKs. Only a Jupyter in nbpool's own environment can import the class.
+            args.append("--ServerApp.kernel_websocket_connection_class=nbpool.sandbox_ws.NoDelayKernelConnection")
         if os.geteuid() == 0:
             args.append("--allow-root")
         logfile = open(folder / "server.log", "ab")
