@@ -35,7 +35,7 @@ DOCS = ROOT / "docs"
 # tests/cluster.py runs a real `nbpool up`; tests/kernel.py is a minimal kernel client.
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cluster import BIN, Cluster, free_ports
+from cluster import BIN, Cluster, free_ports  # noqa: E402 - after the path is set
 
 __all__ = [
     "BIN",

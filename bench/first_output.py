@@ -64,11 +64,44 @@ class Visit:
         return not self.error
 
 
-async def visit(url: str, arrived: float | None = None, run_code: bool = True) -> Visit:
-    """One visitor: claim (retrying on 503/429 as told, bounded), then ``1+1`` on the pre-started kernel."""
+class Round:
+    """The visitors of one round, between their first output and a second ``1+1``.
+
+    The second ``1+1`` (a diagnostic: what a kernel's first execution costs) waits until every
+    visitor of the round has seen the first output and the round's CPU has been read, so that it
+    neither slows the others' first output nor counts in the round's CPU.
+    """
+
+    def __init__(self, visitors: int) -> None:
+        self.pending = visitors
+        self.all_first_outputs = asyncio.Event()
+        self.measured = asyncio.Event()
+        if visitors == 0:
+            self.all_first_outputs.set()
+
+    def first_output_over(self) -> None:
+        """One visitor is done with its first output, or failed before it."""
+        self.pending -= 1
+        if self.pending == 0:
+            self.all_first_outputs.set()
+
+
+async def visit(url: str, arrived: float | None = None, run_code: bool = True, round_: Round | None = None) -> Visit:
+    """One visitor: claim (retrying on 503/429 as told, bounded), then ``1+1`` on the pre-started kernel.
+
+    With ``round_``, a second ``1+1`` follows once the round says so (see :class:`Round`).
+    """
     began = time.perf_counter() if arrived is None else arrived
     out = Visit(arrived=began)
     conn = HTTPConnection.to(url, timeout=PATIENCE_S)
+    reported = False
+
+    def first_output_over() -> None:
+        nonlocal reported
+        if round_ is not None and not reported:
+            reported = True
+            round_.first_output_over()
+
     try:
         while True:
             resp = await conn.request("POST", "/sessions", {"Content-Type": "application/json"}, b"{}")
@@ -98,8 +131,12 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True) -
             connected = time.perf_counter()
             result = await execute_on(ws, "1+1", timeout=60)
             done = time.perf_counter()
-            await execute_on(ws, "1+1", timeout=60)
-            out.again_ms = (time.perf_counter() - done) * 1000
+            first_output_over()
+            if round_ is not None:
+                await round_.measured.wait()
+                again = time.perf_counter()
+                await execute_on(ws, "1+1", timeout=60)
+                out.again_ms = (time.perf_counter() - again) * 1000
         if result != "2":
             out.error = f"1+1 gave {result!r}"
             return out
@@ -109,6 +146,7 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True) -
     except Exception as err:  # noqa: BLE001 - a visitor's failure is a figure, not a crash of the bench
         out.error = f"{err.__class__.__name__}: {err}"
     finally:
+        first_output_over()
         await conn.close()
     return out
 
@@ -158,6 +196,10 @@ def cluster(label: str, image: str | None, pool: int, max_sandboxes: int, concur
     })
 
 
+VISITORS_SANDBOXES = "visitors' sandboxes"
+OTHER_SANDBOXES = "other sandboxes (pool, starting)"
+
+
 class _CPU:
     """CPU milliseconds used so far: by the sandboxes (cgroups or process trees), the Docker engine,
     each of nbpool's processes and the bench itself."""
@@ -168,37 +210,43 @@ class _CPU:
         self.pids["bench client"] = os.getpid()
         self.engine = [p.pid for p in psutil.process_iter(["name"]) if p.info["name"] in ("dockerd", "containerd")]
 
-    def read(self, starting: bool) -> dict[str, float]:
-        """A reading; ``starting`` says whether it opens a window or closes it.
+    def read(self, starting: bool) -> tuple[dict[str, float], dict[str, float]]:
+        """A reading: CPU ms by process, and by sandbox id; ``starting`` says whether it opens a
+        window or closes it.
 
         Listing the containers costs the bench and the Docker engine CPU of their own, so it is
         done outside the window: before the process readings when opening, after when closing.
         """
         used: dict[str, float] = {}
-        if starting:
-            used["sandboxes"] = self._sandboxes_ms()
+        sandboxes = self._sandboxes_ms() if starting else {}
         if self.engine:
             used["Docker engine"] = sum(_cpu_ms(pid) for pid in self.engine)
         used.update({name: _cpu_ms(pid) for name, pid in self.pids.items()})
         if not starting:
-            used["sandboxes"] = self._sandboxes_ms()
-        return used
+            sandboxes = self._sandboxes_ms()
+        return used, sandboxes
 
-    def _sandboxes_ms(self) -> float:
+    def _sandboxes_ms(self) -> dict[str, float]:
+        used: dict[str, float] = {}
         if self.cluster.runtime == "docker":
-            total = 0.0
             for container in docker_client().containers.list(filters={"label": f"nbpool.instance={self.cluster.instance}"}):
+                sid = container.labels.get("nbpool.sandbox", container.id)
                 for path in (f"/sys/fs/cgroup/cpuacct/docker/{container.id}/cpuacct.usage",
                              f"/sys/fs/cgroup/cpu,cpuacct/docker/{container.id}/cpuacct.usage"):
                     with contextlib.suppress(OSError, ValueError):
-                        total += int(Path(path).read_text()) / 1e6
+                        used[sid] = int(Path(path).read_text()) / 1e6
                         break
                 else:
                     with contextlib.suppress(OSError, ValueError):
                         stat = Path(f"/sys/fs/cgroup/system.slice/docker-{container.id}.scope/cpu.stat").read_text()
-                        total += int(stat.split()[1]) / 1000
-            return total
-        return sum(_cpu_ms(p.pid) for p in self.cluster.sandbox_processes())
+                        used[sid] = int(stat.split()[1]) / 1000
+            return used
+        root = self.cluster.state_dir / "sandboxes"
+        for proc in self.cluster.sandbox_processes():
+            with contextlib.suppress(psutil.Error, ValueError, IndexError):
+                sid = Path(proc.cwd()).relative_to(root).parts[0]
+                used[sid] = used.get(sid, 0.0) + _cpu_ms(proc.pid)
+        return used
 
 
 def _cpu_ms(pid: int) -> float:
@@ -229,14 +277,24 @@ async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], result
         cpu = results.cpu.setdefault(key, {})
         visitors = 0
         kept: list[Visit] = []
-        for r in range(rounds):
+        for _ in range(rounds):
             await asyncio.to_thread(cluster.wait_quiet, pool)
-            before = await asyncio.to_thread(meter.read, True)
-            visits = await asyncio.gather(*(visit(url) for _ in range(level)))
-            after = await asyncio.to_thread(meter.read, False)
+            before, sandboxes_before = await asyncio.to_thread(meter.read, True)
+            round_ = Round(level)
+            running = asyncio.gather(*(visit(url, round_=round_) for _ in range(level)))
+            await round_.all_first_outputs.wait()
+            after, sandboxes_after = await asyncio.to_thread(meter.read, False)
+            round_.measured.set()
+            visits = await running
             visitors += len(visits)
             for name in after:
                 cpu[name] = cpu.get(name, 0.0) + after[name] - before.get(name, 0.0)
+            # The visitors' own sandboxes apart from the rest: the pool's idle ones and the ones
+            # that started (refills) during the round.
+            theirs = {v.session["id"] for v in visits if v.session}
+            for sid, ms in sandboxes_after.items():
+                name = VISITORS_SANDBOXES if sid in theirs else OTHER_SANDBOXES
+                cpu[name] = cpu.get(name, 0.0) + ms - sandboxes_before.get(sid, 0.0)
             good = [v for v in visits if v.ok]
             results.failures[key] += len(visits) - len(good)
             results.refused[key] += sum(v.refused for v in visits)

@@ -213,18 +213,19 @@ def _ttfo_section(r: Results, out: list[str]) -> None:
                     spread(f), str(t.failures[k]), str(t.refused[k]),
                     ratio(f.pooled.p50, floor.total.pooled.p50) if floor else "–"] for k, f in sorted(t.total.items())]),
             "", ("Where the time goes (p50 of each part, ms). The last column is a second `1+1` on the same websocket, "
-            "after the first output: the difference is what a kernel's first execution and a new websocket cost."), "",
+            "once every visitor of the round has seen the first output (so it slows none of them and is not in the CPU "
+            "below): the difference is what a kernel's first execution and a new websocket cost."), "",
             table(["pool", "visitors at once", "claim", "websocket open", "execute `1+1`", "a second `1+1`"],
                   [[str(k[0]), str(k[1]), *(n(p.pooled.p50) for p in parts.values())] for k, parts in sorted(t.parts.items())])]
     if t.cpu:
-        names = sorted({name for v in t.cpu.values() for name in v}, key=lambda x: (x != "sandboxes", x))
+        names = sorted({name for v in t.cpu.values() for name in v}, key=lambda x: ("sandboxes" not in x, x))
         rows = []
         for k, v in sorted(t.cpu.items()):
             whole = sum(v.values())
             rows.append([str(k[0]), str(k[1]), *(n(v.get(name, float("nan"))) for name in names), n(whole),
                          n(whole * k[1] / 2000 * 1000)])
-        out += ["", ("CPU per visitor, milliseconds, by where it was spent (sandboxes from their cgroups, including any "
-                "that started during the round; processes from `/proc`). On 2 cores, a round of *N* visitors needs at "
+        out += ["", ("CPU per visitor, milliseconds, by where it was spent (sandboxes from their cgroups: the visitors' own, "
+                "and the others, that is the idle pool and any that started during the round; processes from `/proc`). On 2 cores, a round of *N* visitors needs at "
                 "least *N* × the sum / 2 of CPU time, the last column, before its last visitor sees output."), "",
                 table(["pool", "visitors at once", *names, "sum", "round needs at least, ms"], rows)]
     if floor and floor.total.samples:

@@ -122,6 +122,10 @@ class SpawnerSettings(CommonSettings):
     docker_memory: str = Field(default="512m", pattern=r"^[0-9]+[bkmg]?$", description="docker runtime: memory limit")
     docker_cpus: float = Field(default=1.0, gt=0, description="docker runtime: CPU limit")
     docker_pids: int = Field(default=256, ge=16, description="docker runtime: process limit")
+    docker_start_cpu_shares: int = Field(
+        default=128, ge=2, le=1024,
+        description="docker runtime: CPU shares of a starting sandbox, against 1024 once ready (1024: no difference)",
+    )
     docker_workers: int = Field(default=8, ge=1, description="docker runtime: Docker API calls at a time")
     docker_timeout: float = Field(default=30.0, gt=0, description="docker runtime: seconds per Docker API call")
 

@@ -67,6 +67,11 @@ async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     assert target.removeprefix("http://").split(":")[0] in ips
     (container,) = [c for c in cluster.containers() if c.labels["nbpool.sandbox"] == session["id"]]
     assert not container.attrs["HostConfig"]["PortBindings"]
+    # It started at a low CPU priority and was given the normal one once ready.
+    assert container.attrs["HostConfig"]["CpuShares"] == 1024
+    events = docker.from_env().events(since=int(time.time()) - 120, until=int(time.time()) + 1, decode=True,
+                                      filters={"type": "container", "event": "update", "container": container.id})
+    assert [e["Action"] for e in events] == ["update"]
     assert await _run(cluster, session, "1+1") == "2"
     # Its kernel websockets are sent without Nagle's delay (see shared/sandbox_ws.py).
     init = psutil.Process(container.attrs["State"]["Pid"])

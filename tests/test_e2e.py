@@ -34,6 +34,19 @@ async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
 async def test_session_comes_with_a_running_kernel(cluster: Cluster) -> None:
     session = cluster.new_session()
     kernel = session["kernel_id"]
+    # The kernel ran a warm-up while pooled, but the visitor's first cell is still number 1 and
+    # nothing is in its history.
+    url = cluster.base(session).replace("http://", "ws://", 1) + f"api/kernels/{kernel}/channels?token={session['token']}"
+    async with websockets.connect(url) as ws:
+        request = {"header": {"msg_id": "first", "session": "visitor", "username": "", "msg_type": "execute_request",
+                              "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
+                   "content": {"code": "1+1", "silent": False, "store_history": True, "user_expressions": {},
+                               "allow_stdin": False}}
+        await ws.send(json.dumps(request))
+        while (reply := json.loads(await ws.recv()))["msg_type"] != "execute_reply":
+            pass
+        assert reply["content"]["execution_count"] == 1
+        assert await execute_on(ws, "len(In)") == "2"  # "" and the visitor's "1+1"
     assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
     # It is the Welcome notebook's kernel: JupyterLab opening the notebook attaches to it.
     async with httpx.AsyncClient(timeout=30) as client:

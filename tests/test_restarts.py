@@ -33,15 +33,15 @@ async def test_kill_each_service(make_cluster: Any, victims: tuple[str, ...]) ->
     for n, victim in enumerate(victims):
         cluster.kill9(victim)
         # Live sessions still work, through the proxy, with their kernels.
-        for session, kernel in zip(sessions, kernels):
+        for session, kernel in zip(sessions, kernels, strict=True):
             deadline = time.monotonic() + 20
             while True:
                 try:
                     result = await execute(cluster.base(session), session["token"], kernel, f"{n}+40", timeout=10)
                     break
-                except Exception:
+                except Exception as err:
                     if time.monotonic() > deadline:
-                        raise AssertionError(f"session {session['id']} broken after killing {victim}\n{cluster.logs()}")
+                        raise AssertionError(f"session {session['id']} broken after killing {victim}\n{cluster.logs()}") from err
                     await asyncio.sleep(0.3)
             assert result == str(n + 40)
         # And the service is back: launches work again.

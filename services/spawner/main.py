@@ -28,6 +28,7 @@ def make_runtime(settings: SpawnerSettings) -> Runtime:
             memory=settings.docker_memory,
             cpus=settings.docker_cpus,
             pids=settings.docker_pids,
+            start_cpu_shares=settings.docker_start_cpu_shares,
             workers=settings.docker_workers,
             timeout=settings.docker_timeout,
         )

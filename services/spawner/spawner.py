@@ -33,7 +33,7 @@ from nbpool.models import (
     encode,
 )
 from nbpool.runtime import Runtime, RuntimeUnavailable, SandboxSpec, SpawnFailed
-from nbpool.runtime.base import ReportsEvents
+from nbpool.runtime.base import ReportsEvents, StartsInBackground
 from nbpool.settings import SpawnerSettings
 from nbpool.spawner.activity import read_activity
 from nbpool.spawner.kernel import prestart_kernel
@@ -338,6 +338,8 @@ class Spawner:
                 )
                 rec = rec.model_copy(update={"kernel_id": kernel_id})
             await asyncio.wait_for(self._routed[sid].wait(), timeout=max(0.1, deadline - time.monotonic()))
+            if isinstance(self.runtime, StartsInBackground):
+                await self.runtime.promote(sid)  # started at a low CPU priority; from now on it serves
             warm = rec.moved(State.WARM, warm_at=time.time())
             await kv.update(sid, encode(warm), last=rev)
             self._backoff[profile].succeeded()
@@ -585,7 +587,7 @@ class Spawner:
         while True:
             claimed = [rec for rec, _ in self._mine() if rec.state == State.CLAIMED and rec.id not in self.removing]
             results = await asyncio.gather(*(poll(rec) for rec in claimed), return_exceptions=True)
-            for rec, result in zip(claimed, results):
+            for rec, result in zip(claimed, results, strict=True):
                 if isinstance(result, Exception):
                     log.debug("activity not published", **self._log(rec.id, error=repr(result)))
             await asyncio.sleep(self.settings.activity_interval)
@@ -635,7 +637,7 @@ class Spawner:
 
         warm = [rec for rec, _ in self._mine() if rec.state == State.WARM and rec.id in self.pool.ids()]
         results = await asyncio.gather(*(answers(rec) for rec in warm))
-        for rec, ok in zip(warm, results):
+        for rec, ok in zip(warm, results, strict=True):
             if ok:
                 self._unanswered.pop(rec.id, None)
                 continue

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ReportsEvents", "Runtime", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
+__all__ = ["ReportsEvents", "Runtime", "StartsInBackground", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
 
 
 class SpawnFailed(Exception):
@@ -96,3 +96,16 @@ class ReportsEvents(Protocol):
     """
 
     async def watch_events(self, report: Callable[[str, str], None]) -> None: ...
+
+
+@runtime_checkable
+class StartsInBackground(Protocol):
+    """A runtime that starts sandboxes at a low CPU priority (the docker runtime does).
+
+    Starting a Jupyter server costs about a second of CPU; refilling the pool after a burst of
+    claims would take that from the visitors who were just served. A starting sandbox therefore
+    gets CPU only when the others leave some. :meth:`promote` gives it the normal priority; the
+    spawner calls it once the sandbox is ready, before it joins the pool.
+    """
+
+    async def promote(self, sandbox_id: str) -> None: ...

@@ -42,6 +42,7 @@ log = logs.get("nbpool.runtime.docker")
 LABEL = "nbpool"
 _CHAIN = "NBPOOL-SANDBOX-IN"
 _PORT = 8888
+_NORMAL_CPU_SHARES = 1024  # what Docker gives a container that sets none
 _T = TypeVar("_T")
 
 
@@ -60,6 +61,7 @@ class DockerRuntime:
         memory: str = "512m",
         cpus: float = 1.0,
         pids: int = 256,
+        start_cpu_shares: int = 128,
         workers: int = 8,
         timeout: float = 30.0,
         base_url: str | None = None,
@@ -72,6 +74,7 @@ class DockerRuntime:
         self.memory = memory
         self.cpus = cpus
         self.pids = pids
+        self.start_cpu_shares = start_cpu_shares
         self.timeout = timeout
         self._base_url = base_url
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
@@ -219,6 +222,7 @@ class DockerRuntime:
             memswap_limit=self.memory,  # no swap: past the limit the kernel is killed, the host is spared
             nano_cpus=int(self.cpus * 1e9),
             pids_limit=self.pids,
+            cpu_shares=self.start_cpu_shares,  # see promote()
             auto_remove=True,
         )
         try:
@@ -246,6 +250,18 @@ class DockerRuntime:
             created_at=created,
             details={"container": container.short_id, "oom_killed": str(state.get("OOMKilled", False))},
         )
+
+    async def promote(self, sandbox_id: str) -> None:
+        """The started sandbox gets the normal CPU share (1024); it started at ``start_cpu_shares``."""
+        if self.start_cpu_shares == _NORMAL_CPU_SHARES:
+            return
+        try:
+            await self._call(self._promote, sandbox_id)
+        except docker.errors.NotFound:
+            raise SpawnFailed("the container is gone") from None
+
+    def _promote(self, sandbox_id: str) -> None:
+        self._docker().api.update_container(self._name(sandbox_id), cpu_shares=_NORMAL_CPU_SHARES)
 
     async def list(self) -> list[RuntimeSandbox]:
         def listing() -> list[RuntimeSandbox]:
