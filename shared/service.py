@@ -12,6 +12,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+import uvloop
 from nbpool import logs
 from nbpool.bus import Bus
 from nbpool.names import Names
@@ -32,7 +33,7 @@ def run(name: str, settings_cls: type[_S], body: Callable[[_S, Bus, asyncio.Even
         print(f"nbpool-{name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(name, settings.log_level, settings.log_format)
-    asyncio.run(_main(name, settings, body))
+    uvloop.run(_main(name, settings, body))
 
 
 async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:

@@ -23,6 +23,8 @@ def main() -> None:
         port=settings.gateway_port,
         log_config=None,
         access_log=False,
+        loop="uvloop",
+        http="httptools",
         proxy_headers=False,  # the client address is taken from X-Real-Ip set by Traefik (see app.client_of)
         timeout_graceful_shutdown=5,
         # Longer than Traefik's idle time for backend connections (90 s): with uvicorn's 5 s
