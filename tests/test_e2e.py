@@ -158,3 +158,10 @@ def test_static_offload_serves_lab_files_from_the_gateway(make_cluster: Any) -> 
     own = httpx.get(f"{target}{path}")  # the same file from the sandbox's own server
     assert offloaded.status_code == 200 and offloaded.content == own.content
     assert "uvicorn" in offloaded.headers.get("server", "")  # the gateway's, not the sandbox's Tornado
+
+
+def test_go_processes_run_with_a_smaller_heap(cluster: Cluster) -> None:
+    """nats-server and Traefik get GOGC=50 (NBPOOL_GOGC): docs/benchmarks.md measures the memory it saves."""
+    for name in ("nats", "traefik"):
+        environ = psutil.Process(cluster.children()[name]).environ()
+        assert environ.get("GOGC") == cluster.env.get("GOGC", "50"), name
