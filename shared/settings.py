@@ -109,6 +109,7 @@ class SpawnerSettings(CommonSettings):
     pool_size: int = Field(default=3, ge=0)
     max_sandboxes: int = Field(default=20, ge=1)
     spawn_concurrency: int = Field(default=2, ge=1)
+    refill_delay: float = Field(default=1.0, ge=0, description="seconds refills wait after a burst of claims")
     start_timeout: float = Field(default=60.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     activity_interval: float = Field(default=3.0, gt=0)

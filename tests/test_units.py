@@ -11,7 +11,7 @@ from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
 from nbpool.router.routes import desired_routes, dynamic_config
 from nbpool.settings import GatewaySettings, SettingsError, SpawnerSettings, load
-from nbpool.spawner.pool import WarmPool, spawn_plan
+from nbpool.spawner.pool import RefillGate, WarmPool, spawn_plan
 
 POLICY = CullPolicy(idle_timeout=600, max_age=7200, pool_max_age=3600)
 
@@ -56,6 +56,37 @@ class TestCullPolicy:
         assert expires_at(record(), None, POLICY) == 2600.0
         act = Activity(id="abc123", last_activity=9000.0)
         assert expires_at(record(), act, POLICY) == 2000.0 + 7200
+
+
+class TestRefillGate:
+    def test_without_claims_everything_starts(self) -> None:
+        gate = RefillGate(1.0)
+        assert gate.split({"default": 2}, {"default": PoolCounts(target=5, warm=3)}, {}, now=10.0) == ({"default": 2}, None)
+
+    def test_after_a_claim_refills_wait_unless_urgent(self) -> None:
+        gate = RefillGate(1.0)
+        gate.claimed(10.0)
+        counts = {"a": PoolCounts(target=5, warm=3), "b": PoolCounts(target=5, warm=0), "c": PoolCounts(target=5, warm=2)}
+        plan = {"a": 2, "b": 1, "c": 1}
+        now, again = gate.split(plan, counts, {"c": 1}, now=10.25)
+        assert now == {"b": 1, "c": 1}  # b has none warm, c has a claim waiting
+        assert again == pytest.approx(0.75)
+
+    def test_later_claims_do_not_extend_the_wait(self) -> None:
+        gate = RefillGate(1.0)
+        gate.claimed(10.0)
+        gate.claimed(10.9)
+        counts = {"default": PoolCounts(target=5, warm=3)}
+        assert gate.split({"default": 2}, counts, {}, now=10.95)[0] == {}
+        assert gate.split({"default": 2}, counts, {}, now=11.0) == ({"default": 2}, None)
+        # The next burst opens a new wait.
+        gate.claimed(12.0)
+        assert gate.split({"default": 2}, counts, {}, now=12.1)[0] == {}
+
+    def test_no_delay_holds_nothing(self) -> None:
+        gate = RefillGate(0.0)
+        gate.claimed(10.0)
+        assert gate.split({"default": 2}, {"default": PoolCounts(target=5, warm=3)}, {}, now=10.0) == ({"default": 2}, None)
 
 
 class TestSpawnPlan:

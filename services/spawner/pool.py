@@ -39,6 +39,35 @@ def spawn_plan(
     return {name: n for name, n in plan.items() if n}
 
 
+class RefillGate:
+    """Holds refills back for a moment after a burst of claims.
+
+    Thirty visitors who claim at once then open their notebooks, and starting the pool's
+    replacements at that moment would take CPU from exactly them (make bench: time to first
+    output). The first claim of a burst opens a window of ``delay`` seconds in which only urgent
+    refills start: those of a profile with no warm sandbox left or with claims waiting. Later
+    claims do not extend the window, so refills wait at most ``delay``.
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._until: float | None = None
+
+    def claimed(self, now: float) -> None:
+        if self._until is None and self.delay > 0:
+            self._until = now + self.delay
+
+    def split(
+        self, plan: dict[str, int], counts: dict[str, PoolCounts], waiting: dict[str, int], now: float
+    ) -> tuple[dict[str, int], float | None]:
+        """The part of ``plan`` to start now, and in how many seconds to look again (None: no need)."""
+        if self._until is None or now >= self._until:
+            self._until = None
+            return plan, None
+        urgent = {name: n for name, n in plan.items() if counts[name].warm == 0 or waiting.get(name, 0) > 0}
+        return urgent, self._until - now
+
+
 class WarmPool:
     """Warm sandbox ids per profile, handed out first come, first served.
 

@@ -37,7 +37,7 @@ from nbpool.runtime.base import ReportsEvents, StartsInBackground
 from nbpool.settings import SpawnerSettings
 from nbpool.spawner.activity import read_activity
 from nbpool.spawner.kernel import prestart_kernel
-from nbpool.spawner.pool import WarmPool, spawn_plan
+from nbpool.spawner.pool import RefillGate, WarmPool, spawn_plan
 
 __all__ = ["Spawner"]
 
@@ -95,6 +95,7 @@ class Spawner:
         self._routed: dict[str, asyncio.Event] = {}
         self._unanswered: dict[str, int] = {}
         self._wake = asyncio.Event()
+        self._refills = RefillGate(settings.refill_delay)
         self._beat_soon = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
@@ -278,16 +279,21 @@ class Spawner:
     async def _pool_loop(self) -> None:
         while True:
             self._wake.clear()
+            look_again = 1.0  # and when woken by any change; re-checks backoffs and runtime health
             if self.healthy and not self.draining:
                 counts = {n: c for n, c in self.counts().items() if not self._backoff[n].blocked()}
+                waiting = self._waiting()
                 plan = spawn_plan(
                     counts,
-                    self._waiting(),
+                    waiting,
                     capacity=self.settings.max_sandboxes,
                     total=len(self.known | set(self.starting)),
                     starting=len(self.starting),
                     concurrency=self.settings.spawn_concurrency,
                 )
+                plan, held = self._refills.split(plan, counts, waiting, time.monotonic())
+                if held is not None:
+                    look_again = min(look_again, held)
                 for profile, n in plan.items():
                     for _ in range(n):
                         sid = _new_id()
@@ -295,8 +301,7 @@ class Spawner:
                         self._spawn_task(self._start(sid, profile))
                 if plan:
                     self._beat_soon.set()
-            # Woken by any change; the timeout re-checks backoffs and runtime health.
-            await wait_event(self._wake, timeout=1.0)
+            await wait_event(self._wake, timeout=look_again)
 
     async def _start(self, sid: str, profile: str) -> None:
         """Start one sandbox and bring it to warm, or fail it and back off."""
@@ -495,6 +500,7 @@ class Spawner:
                 return ClaimReply(ok=False, reason=self.reason or "full")
             claimed = await self._cas_claim(kv, sid, req.owner)
             if claimed is not None:
+                self._refills.claimed(time.monotonic())
                 self._changed()
                 self._spawn_task(self.bus.event("sandbox.claimed", sid, host=self.id, data={"profile": req.profile}))
                 return ClaimReply(ok=True, record=claimed)
