@@ -91,6 +91,8 @@ class Spawner:
         self.removing: set[str] = set()
         self.healthy = True
         self.reason = ""
+        #: Set once the spawner is on its way out: the runtime's reports of sandboxes ending are ours.
+        self.stopping = False
         self._backoff = {name: _Backoff() for name in settings.profiles}
         self._routed: dict[str, asyncio.Event] = {}
         self._unanswered: dict[str, int] = {}
@@ -175,6 +177,7 @@ class Spawner:
             try:
                 await stop.wait()
             finally:
+                self.stopping = True
                 await sub.unsubscribe()
                 for task in loops:
                     task.cancel()
@@ -528,6 +531,8 @@ class Spawner:
         return None
 
     def _runtime_event(self, sandbox_id: str, kind: str) -> None:
+        if self.stopping:
+            return  # the spawner is ending its sandboxes itself (remove_all)
         if kind == "oom":
             # The OOM killer hit a process in the sandbox (usually the kernel, which Jupyter
             # restarts): say so; if the server itself died, the "died" event follows.
@@ -604,6 +609,8 @@ class Spawner:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             rounds += 1
+            # The listing can take a while under load; what changed meanwhile is not judged by it.
+            listed_at = time.time()
             try:
                 found = {sb.id: sb for sb in await self.runtime.list()}
             except RuntimeUnavailable as err:
@@ -615,6 +622,8 @@ class Spawner:
             for rec, _ in self._mine():
                 if rec.id in self.starting or rec.id in self.removing:
                     continue
+                if (rec.warm_at or 0) >= listed_at:
+                    continue  # turned warm after the listing began: it may not be in it
                 sandbox = found.get(rec.id)
                 if rec.state in (State.WARM, State.CLAIMED) and (sandbox is None or not sandbox.alive):
                     log.warning("sandbox died", **self._log(rec.id, state=rec.state))
@@ -622,6 +631,10 @@ class Spawner:
             recorded = {rec.id for rec, _ in self._mine()}
             for sid in found:
                 if sid not in recorded and sid not in self.starting and sid not in self.removing:
+                    if await self.runtime.inspect(sid) is None:
+                        continue  # removed (with its record) after the listing: nothing to do
+                    if sid in {rec.id for rec, _ in self._mine()} or sid in self.starting or sid in self.removing:
+                        continue
                     # A server with no record (its record was deleted behind our back).
                     log.warning("removing sandbox without record", **self._log(sid))
                     await self.runtime.remove(sid)
