@@ -230,21 +230,35 @@ class KVMirror(Generic[_M]):
         try:
             snapshot: dict[str, tuple[_M, int]] = {}
             initial = True
+            received = 0
+            # nats-py can signal "no more initial values" before any arrived: when the server has
+            # already pushed them all but none was handled yet. Trusted as is, a restarted spawner
+            # would see no records and remove every sandbox as an orphan. So the first read ends
+            # with the entry that says nothing more is pending (delta 0), or on the signal only
+            # when the bucket holds nothing; the deadline covers entries expiring meanwhile.
+            premature_until: float | None = None
             while True:
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
                     pending = asyncio.ensure_future(watcher.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=1.0)
+                done, _ = await asyncio.wait({pending}, timeout=0.5 if premature_until else 1.0)
                 if not done:
                     if self._bus.generation != generation:
                         return  # reconnected: the watcher may have missed changes, read afresh
+                    if initial and premature_until is not None and time.monotonic() > premature_until:
+                        self._replace(snapshot)
+                        initial = False
                     continue
                 entry, pending = pending.result(), None
                 if entry is None:
                     if initial:
+                        if received == 0 and await self._holds_messages():
+                            premature_until = time.monotonic() + 5.0
+                            continue
                         self._replace(snapshot)
                         initial = False
                     continue
+                received += 1
                 doc = None
                 if entry.operation not in (KV_DEL, KV_PURGE):
                     try:
@@ -257,6 +271,9 @@ class KVMirror(Generic[_M]):
                         snapshot.pop(entry.key, None)
                     else:
                         snapshot[entry.key] = (doc, entry.revision or 0)
+                    if premature_until is not None and not entry.delta:
+                        self._replace(snapshot)  # the last of the initial values
+                        initial = False
                 else:
                     self._apply(entry.key, doc, entry.revision or 0)
         finally:
@@ -266,6 +283,10 @@ class KVMirror(Generic[_M]):
                 await watcher.stop()
             except Exception:  # the subscription may already be gone with the connection
                 pass
+
+    async def _holds_messages(self) -> bool:
+        info = await self._bus.js.stream_info(f"KV_{self._bucket}")
+        return bool(info.state.messages)
 
     def _replace(self, snapshot: dict[str, tuple[_M, int]]) -> None:
         old = self.items
