@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Self
 
 import profiling
-from common import BenchCluster, Figure, HTTPConnection, Response, cpu_seconds, progress
+from common import BenchCluster, Figure, HTTPConnection, Response, cpu_seconds, end_sessions, progress
 
 __all__ = ["ClaimResults", "measure", "stub_cluster"]
 
@@ -89,21 +89,6 @@ async def _timed_round(url: str, method: str, path: str, count: int, concurrency
     return out
 
 
-async def _end_sessions(url: str, sessions: list[dict[str, str]], concurrency: int = 8) -> None:
-    queue = list(sessions)
-
-    async def worker() -> None:
-        conn = HTTPConnection.to(url, timeout=60)
-        try:
-            while queue:
-                s = queue.pop()
-                await conn.request("DELETE", f"/sessions/{s['id']}", {"Authorization": f"token {s['token']}"})
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-
 class _CPU:
     """CPU milliseconds used by each process between two readings, summed over several spans."""
 
@@ -159,7 +144,7 @@ async def measure(cluster: BenchCluster, pool: int, per_level: int, levels: list
             claims.add_run([ms for ms, _ in ok])
             progress(f"claims: {level} concurrent, round {r + 1}/{rounds}: p50 {claims.run_medians[-1]:.1f} ms "
                      f"(healthz {floor.run_medians[-1]:.1f} ms), {len(made) - len(ok)} failed")
-            await _end_sessions(cluster.url, [resp.json() for _, resp in ok])
+            await end_sessions(cluster.url, [resp.json() for _, resp in ok])
         results.cpu_per_claim[level] = claim_cpu.per_request()
         results.cpu_per_healthz[level] = health_cpu.per_request()
     return results

@@ -48,6 +48,7 @@ __all__ = [
     "Summary",
     "connect_bus",
     "cpu_seconds",
+    "end_sessions",
     "docker_client",
     "ensure_wrk",
     "free_ports",
@@ -239,6 +240,23 @@ class HTTPConnection:
 
 
 # ---- processes ---------------------------------------------------------------------------------
+
+
+async def end_sessions(url: str, sessions: list[dict[str, Any]], concurrency: int = 6) -> None:
+    """End sessions with ``DELETE /sessions/<id>`` (which returns once the sandbox is gone), a few at once."""
+    queue = list(sessions)
+
+    async def worker() -> None:
+        conn = HTTPConnection.to(url, timeout=60)
+        try:
+            while queue:
+                s = queue.pop()
+                with contextlib.suppress(Exception):
+                    await conn.request("DELETE", f"/sessions/{s['id']}", {"Authorization": f"token {s['token']}"})
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 def cpu_seconds(pid: int) -> float:

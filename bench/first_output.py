@@ -32,10 +32,19 @@ from typing import Any
 
 import psutil
 import websockets
-from common import BenchCluster, Figure, HTTPConnection, cpu_seconds, docker_client, progress, summarize
+from common import (
+    BenchCluster,
+    Figure,
+    HTTPConnection,
+    cpu_seconds,
+    docker_client,
+    end_sessions,
+    progress,
+    summarize,
+)
 from kernel import execute_on
 
-__all__ = ["FloorResults", "TTFOResults", "Visit", "cluster", "docker_floor", "end_sessions", "measure",
+__all__ = ["FloorResults", "TTFOResults", "Visit", "cluster", "docker_floor", "measure",
            "process_floor", "visit"]
 
 #: A visitor gives up after this long, or this many 503/429 answers.
@@ -149,24 +158,6 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True, r
         first_output_over()
         await conn.close()
     return out
-
-
-async def end_sessions(url: str, visits: list[Visit], concurrency: int = 6) -> None:
-    """End the visitors' sessions (``DELETE``, which returns once the sandbox is gone)."""
-    queue = [v.session for v in visits if v.session]
-
-    async def worker() -> None:
-        conn = HTTPConnection.to(url, timeout=60)
-        try:
-            while queue:
-                s = queue.pop()
-                assert s is not None
-                with contextlib.suppress(Exception):
-                    await conn.request("DELETE", f"/sessions/{s['id']}", {"Authorization": f"token {s['token']}"})
-        finally:
-            await conn.close()
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
 # ---- nbpool ---------------------------------------------------------------------------------------
@@ -307,10 +298,10 @@ async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], result
             kept += visits
             if level > 1:
                 # Rounds of several visitors leave the pool empty-ish: end them before the next.
-                await end_sessions(url, kept)
+                await end_sessions(url, [v.session for v in kept if v.session])
                 kept = []
         if kept:
-            await end_sessions(url, kept)
+            await end_sessions(url, [v.session for v in kept if v.session])
         results.cpu[key] = {name: ms / max(1, visitors) for name, ms in cpu.items()}
         s = total.pooled
         progress(f"first output: pool {pool}, {level} concurrent: p50 {s.p50:.0f} ms, max {s.max:.0f} ms, "

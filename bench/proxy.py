@@ -27,7 +27,6 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import websockets
 from common import (
@@ -36,6 +35,7 @@ from common import (
     HTTPConnection,
     Stub,
     connect_bus,
+    end_sessions,
     progress,
     synthetic_id,
     synthetic_record,
@@ -181,7 +181,7 @@ async def measure(
         finally:
             await kv.delete(stub_id)
             await bus.close()
-            await _end(cluster, session)
+            await end_sessions(cluster.url, [session])
     return results
 
 
@@ -198,11 +198,3 @@ async def _wait_routed(url: str, path: str, timeout: float = 30.0) -> float:
     finally:
         await conn.close()
     raise TimeoutError(f"{path} not routed through Traefik within {timeout:g} s")
-
-
-async def _end(cluster: BenchCluster, session: dict[str, Any]) -> None:
-    conn = HTTPConnection.to(cluster.url)
-    try:
-        await conn.request("DELETE", f"/sessions/{session['id']}", {"Authorization": f"token {session['token']}"})
-    finally:
-        await conn.close()

@@ -32,8 +32,8 @@ from typing import Any
 
 import psutil
 import websockets
-from common import BenchCluster, docker_client, memory
-from first_output import end_sessions, visit
+from common import BenchCluster, docker_client, end_sessions, memory
+from first_output import visit
 
 __all__ = ["ResourceResults", "control_plane_memory", "idle_sandbox_memory", "sockets_per_websocket"]
 
@@ -158,7 +158,7 @@ async def sockets_per_websocket(cluster: BenchCluster, count: int = 10) -> Resou
     results.sockets["docker-proxy processes on the host"] = float(
         sum(1 for p in psutil.process_iter(["name"]) if p.info["name"] == "docker-proxy")
     )
-    await end_sessions(cluster.url, visits)
+    await end_sessions(cluster.url, [v.session for v in visits if v.session])
     return results
 
 

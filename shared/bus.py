@@ -230,52 +230,53 @@ class KVMirror(Generic[_M]):
         try:
             snapshot: dict[str, tuple[_M, int]] = {}
             initial = True
-            received = 0
-            # nats-py can signal "no more initial values" before any arrived: when the server has
-            # already pushed them all but none was handled yet. Trusted as is, a restarted spawner
-            # would see no records and remove every sandbox as an orphan. So the first read ends
-            # with the entry that says nothing more is pending (delta 0), or on the signal only
-            # when the bucket holds nothing; the deadline covers entries expiring meanwhile.
-            premature_until: float | None = None
+            # The first read ends with the entry after which nothing is pending (delta 0).
+            # nats-py also signals the end (None), but can do so before handing anything over,
+            # when the server pushed every value before answering its consumer-info request;
+            # trusted, a restarting spawner would see no records and remove every sandbox as an
+            # orphan. So its signal ends the first read only if the bucket holds nothing, and
+            # otherwise after a deadline (for values expiring meanwhile).
+            give_up_at: float | None = None
             while True:
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
                     pending = asyncio.ensure_future(watcher.__anext__())
-                done, _ = await asyncio.wait({pending}, timeout=0.5 if premature_until else 1.0)
+                done, _ = await asyncio.wait({pending}, timeout=1.0)
                 if not done:
                     if self._bus.generation != generation:
                         return  # reconnected: the watcher may have missed changes, read afresh
-                    if initial and premature_until is not None and time.monotonic() > premature_until:
+                    if initial and give_up_at is not None and time.monotonic() > give_up_at:
                         self._replace(snapshot)
                         initial = False
                     continue
                 entry, pending = pending.result(), None
                 if entry is None:
                     if initial:
-                        if received == 0 and await self._holds_messages():
-                            premature_until = time.monotonic() + 5.0
-                            continue
-                        self._replace(snapshot)
-                        initial = False
+                        if await self._holds_messages():
+                            give_up_at = time.monotonic() + 5.0
+                        else:
+                            self._replace(snapshot)
+                            initial = False
                     continue
-                received += 1
-                doc = None
+                doc, bad = None, False
                 if entry.operation not in (KV_DEL, KV_PURGE):
                     try:
                         doc = decode(self._model, entry.value or b"")
                     except BadMessage as err:
                         log.warning("bad message skipped", extra={"bucket": self._bucket, "key": entry.key, "error": str(err)})
-                        continue
-                if initial:
+                        bad = True
+                if not initial:
+                    if not bad:
+                        self._apply(entry.key, doc, entry.revision or 0)
+                    continue
+                if not bad:
                     if doc is None:
                         snapshot.pop(entry.key, None)
                     else:
                         snapshot[entry.key] = (doc, entry.revision or 0)
-                    if premature_until is not None and not entry.delta:
-                        self._replace(snapshot)  # the last of the initial values
-                        initial = False
-                else:
-                    self._apply(entry.key, doc, entry.revision or 0)
+                if not entry.delta:
+                    self._replace(snapshot)
+                    initial = False
         finally:
             if pending is not None:
                 pending.cancel()

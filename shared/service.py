@@ -18,22 +18,27 @@ from nbpool.bus import Bus
 from nbpool.names import Names
 from nbpool.settings import CommonSettings, SettingsError, load
 
-__all__ = ["run", "supervise_tasks"]
+__all__ = ["configure", "run", "supervise_tasks"]
 
 _S = TypeVar("_S", bound=CommonSettings)
 
 log = logs.get("nbpool.service")
 
 
-def run(name: str, settings_cls: type[_S], body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:
-    """Run a service until SIGINT/SIGTERM; exit 0 on a clean stop, 2 on bad settings."""
+def configure(name: str, settings_cls: type[_S]) -> _S:
+    """The service's settings from the environment, with logging set up; exit 2 on bad settings."""
     try:
         settings = load(settings_cls)
     except SettingsError as err:
         print(f"nbpool-{name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(name, settings.log_level, settings.log_format)
-    uvloop.run(_main(name, settings, body))
+    return settings
+
+
+def run(name: str, settings_cls: type[_S], body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:
+    """Run a service until SIGINT/SIGTERM; exit 0 on a clean stop, 2 on bad settings."""
+    uvloop.run(_main(name, configure(name, settings_cls), body))
 
 
 async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event], Awaitable[None]]) -> None:

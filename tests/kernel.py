@@ -17,7 +17,7 @@ async def start_kernel(client: httpx.AsyncClient, base: str, token: str) -> str:
     return str(resp.json()["id"])
 
 
-def _request(code: str, session: str) -> dict[str, Any]:
+def _request(code: str, session: str, store_history: bool = False) -> dict[str, Any]:
     return {
         "header": {
             "msg_id": uuid.uuid4().hex,
@@ -28,7 +28,8 @@ def _request(code: str, session: str) -> dict[str, Any]:
         },
         "parent_header": {},
         "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": False, "user_expressions": {}, "allow_stdin": False},
+        "content": {"code": code, "silent": False, "store_history": store_history, "user_expressions": {},
+                    "allow_stdin": False},
         "channel": "shell",
     }
 
@@ -65,3 +66,13 @@ async def execute_on(ws: Any, code: str, timeout: float = 30.0) -> str:
                 return "".join(output)
 
     return await asyncio.wait_for(collect(), timeout)
+
+
+async def execute_reply(ws: Any, code: str, store_history: bool = True) -> dict[str, Any]:
+    """Run ``code`` as a notebook cell does (in the history by default); the ``execute_reply``."""
+    request = _request(code, uuid.uuid4().hex, store_history=store_history)
+    await ws.send(json.dumps(request))
+    while True:
+        msg = json.loads(await ws.recv())
+        if msg["msg_type"] == "execute_reply" and msg["parent_header"].get("msg_id") == request["header"]["msg_id"]:
+            return msg  # type: ignore[no-any-return]

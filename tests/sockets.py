@@ -5,6 +5,10 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+from typing import Any
+
+import websockets
+from kernel import execute_on
 
 _SYS_PIDFD_GETFD = 438  # the same number on every Linux architecture
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -39,3 +43,12 @@ def nodelay_of_peer(pid: int, peer_port: int) -> bool:
     finally:
         os.close(pidfd)
     raise LookupError(f"process {pid} has no TCP connection from port {peer_port}")
+
+
+async def kernel_websocket_nodelay(server_pid: int, base: str, session: dict[str, Any]) -> bool:
+    """Open the session's kernel websocket straight to its server at ``base`` (no proxy), run
+    ``1+1``, and return TCP_NODELAY of the server's end of that connection."""
+    url = base.replace("http://", "ws://", 1) + f"api/kernels/{session['kernel_id']}/channels?token={session['token']}"
+    async with websockets.connect(url) as ws:
+        assert await execute_on(ws, "1+1") == "2"
+        return nodelay_of_peer(server_pid, ws.local_address[1])

@@ -18,10 +18,9 @@ import docker
 import httpx
 import psutil
 import pytest
-import websockets
 from cluster import Cluster
-from kernel import execute, execute_on, start_kernel
-from sockets import nodelay_of_peer
+from kernel import execute, start_kernel
+from sockets import kernel_websocket_nodelay
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -77,10 +76,7 @@ async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     init = psutil.Process(container.attrs["State"]["Pid"])
     (server,) = [p for p in [init, *init.children(recursive=True)] if "jupyter-server" in " ".join(p.cmdline())
                  or "jupyter server" in " ".join(p.cmdline())]
-    url = f"{target}{_record(cluster, session['id'])['path']}".replace("http://", "ws://", 1)
-    async with websockets.connect(f"{url}api/kernels/{session['kernel_id']}/channels?token={session['token']}") as ws:
-        assert await execute_on(ws, "1+1") == "2"
-        assert nodelay_of_peer(server.pid, ws.local_address[1]) is True
+    assert await kernel_websocket_nodelay(server.pid, f"{target}{_record(cluster, session['id'])['path']}", session) is True
 
 
 async def test_sandbox_is_isolated(docker_cluster: Any) -> None:

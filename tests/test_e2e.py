@@ -12,8 +12,8 @@ import httpx
 import psutil
 import websockets
 from cluster import BIN, Cluster
-from kernel import execute, execute_on, start_kernel
-from sockets import nodelay_of_peer
+from kernel import execute, execute_on, execute_reply, start_kernel
+from sockets import kernel_websocket_nodelay
 
 
 async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
@@ -38,13 +38,7 @@ async def test_session_comes_with_a_running_kernel(cluster: Cluster) -> None:
     # nothing is in its history.
     url = cluster.base(session).replace("http://", "ws://", 1) + f"api/kernels/{kernel}/channels?token={session['token']}"
     async with websockets.connect(url) as ws:
-        request = {"header": {"msg_id": "first", "session": "visitor", "username": "", "msg_type": "execute_request",
-                              "version": "5.3"}, "parent_header": {}, "metadata": {}, "channel": "shell",
-                   "content": {"code": "1+1", "silent": False, "store_history": True, "user_expressions": {},
-                               "allow_stdin": False}}
-        await ws.send(json.dumps(request))
-        while (reply := json.loads(await ws.recv()))["msg_type"] != "execute_reply":
-            pass
+        reply = await execute_reply(ws, "1+1")
         assert reply["content"]["execution_count"] == 1
         assert await execute_on(ws, "len(In)") == "2"  # "" and the visitor's "1+1"
     assert await execute(cluster.base(session), session["token"], kernel, "1+1") == "2"
@@ -59,13 +53,9 @@ async def test_kernel_websocket_is_not_held_back_by_nagle(cluster: Cluster) -> N
     would otherwise wait up to 40 ms each for the client's delayed ACKs."""
     session = cluster.new_session()
     rec = next(r for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
-    url = f"{rec['target']}{rec['path']}".replace("http://", "ws://", 1)
-    url += f"api/kernels/{session['kernel_id']}/channels?token={session['token']}"
     (server,) = [p for p in cluster.sandbox_processes()
                  if f"/user/{session['id']}/" in " ".join(p.cmdline()) and "jupyter_server" in " ".join(p.cmdline())]
-    async with websockets.connect(url) as ws:
-        assert await execute_on(ws, "1+1") == "2"
-        assert nodelay_of_peer(server.pid, ws.local_address[1]) is True
+    assert await kernel_websocket_nodelay(server.pid, f"{rec['target']}{rec['path']}", session) is True
 
 
 def test_session_info_and_delete(cluster: Cluster) -> None:

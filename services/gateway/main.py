@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-
 import uvicorn
-from nbpool import logs
 from nbpool.gateway.app import create_app
-from nbpool.settings import GatewaySettings, SettingsError, load
+from nbpool.service import configure
+from nbpool.settings import GatewaySettings
 
 
 def main() -> None:
-    try:
-        settings = load(GatewaySettings)
-    except SettingsError as err:
-        print(f"nbpool-gateway: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    logs.setup("gateway", settings.log_level, settings.log_format)
+    settings = configure("gateway", GatewaySettings)
     uvicorn.run(
         create_app(settings),
         host=settings.gateway_host,

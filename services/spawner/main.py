@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from nbpool import logs
 from nbpool.bus import Bus
 from nbpool.runtime import Runtime
 from nbpool.runtime.process import ProcessRuntime
-from nbpool.service import run
-from nbpool.settings import SettingsError, SpawnerSettings, load
+from nbpool.service import configure, run
+from nbpool.settings import SpawnerSettings
 from nbpool.spawner.spawner import Spawner
 
 
@@ -57,11 +56,7 @@ async def sweep(settings: SpawnerSettings) -> int:
 
 def main() -> None:
     if sys.argv[1:] == ["--sweep"]:
-        try:
-            settings = load(SpawnerSettings)
-        except SettingsError as err:
-            raise SystemExit(f"nbpool-spawner: {err}") from None
-        logs.setup("spawner", settings.log_level, settings.log_format)
+        settings = configure("spawner", SpawnerSettings)
         print(f"removed {asyncio.run(sweep(settings))} sandboxes of spawner {settings.spawner_id}")
         return
     run("spawner", SpawnerSettings, _body)

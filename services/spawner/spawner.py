@@ -109,6 +109,10 @@ class Spawner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _ours(self) -> set[str]:
+        """Ids this spawner accounts for: its records, and sandboxes starting or being removed."""
+        return {rec.id for rec, _ in self._mine()} | set(self.starting) | self.removing
+
     def _mine(self) -> list[tuple[SandboxRecord, int]]:
         return [(rec, rev) for rec, rev in self.records.items.values() if rec.host == self.id]
 
@@ -609,8 +613,10 @@ class Spawner:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             rounds += 1
-            # The listing can take a while under load; what changed meanwhile is not judged by it.
-            listed_at = time.time()
+            # The listing can take a while under load: it is judged against what this spawner
+            # knew when it began, so nothing that changed meanwhile looks dead or orphaned.
+            serving_before = {rec.id for rec, _ in self._mine() if rec.state in (State.WARM, State.CLAIMED)}
+            ours_before = self._ours()
             try:
                 found = {sb.id: sb for sb in await self.runtime.list()}
             except RuntimeUnavailable as err:
@@ -620,26 +626,18 @@ class Spawner:
                 self._set_health(True, "")
                 self._changed()
             for rec, _ in self._mine():
-                if rec.id in self.starting or rec.id in self.removing:
+                if rec.id not in serving_before or rec.id in self.starting or rec.id in self.removing:
                     continue
-                if (rec.warm_at or 0) >= listed_at:
-                    continue  # turned warm after the listing began: it may not be in it
                 sandbox = found.get(rec.id)
                 if rec.state in (State.WARM, State.CLAIMED) and (sandbox is None or not sandbox.alive):
                     log.warning("sandbox died", **self._log(rec.id, state=rec.state))
                     await self._remove(rec, "died")
-            recorded = {rec.id for rec, _ in self._mine()}
-            for sid in found:
-                if sid not in recorded and sid not in self.starting and sid not in self.removing:
-                    if await self.runtime.inspect(sid) is None:
-                        continue  # removed (with its record) after the listing: nothing to do
-                    if sid in {rec.id for rec, _ in self._mine()} or sid in self.starting or sid in self.removing:
-                        continue
-                    # A server with no record (its record was deleted behind our back).
-                    log.warning("removing sandbox without record", **self._log(sid))
-                    await self.runtime.remove(sid)
-                    self.known.discard(sid)
-                    self._changed()
+            for sid in found.keys() - ours_before - self._ours():
+                # A server with no record (its record was deleted behind our back).
+                log.warning("removing sandbox without record", **self._log(sid))
+                await self.runtime.remove(sid)
+                self.known.discard(sid)
+                self._changed()
             if rounds % 5 == 0:
                 await self._check_pool()
 
