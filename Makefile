@@ -23,11 +23,13 @@ image:
 	deploy/images/build.sh
 
 up: install
+	deploy/localhost-names.sh ensure --soft
 	$(VENV)/bin/nbpool up
 
 test: install
 	deploy/docker-engine.sh ensure --soft
 	deploy/chromium.sh ensure --soft
+	deploy/localhost-names.sh ensure --soft
 	$(PY) -m pytest
 
 unit: install
@@ -39,5 +41,6 @@ clean:
 # The benchmark (docs/benchmarks.md); it needs the plotting and profiling extras.
 bench: install
 	deploy/docker-engine.sh ensure --soft
+	deploy/localhost-names.sh ensure --soft
 	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
 	$(PY) bench/run.py

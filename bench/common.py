@@ -1,4 +1,4 @@
-"""What every benchmark module shares: statistics, a lean HTTP client, clusters, processes, progress.
+"""What every benchmark module shares: statistics, a lean HTTP client, clusters, sandbox URLs, processes, progress.
 
 Statistics: every figure is kept as *runs* (repeated rounds of the same measurement), each a
 list of samples. A figure is reported with the percentiles of all samples pooled, and the
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -25,9 +26,11 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, cast
+from urllib.parse import urlsplit
 
 import psutil
+from nbpool.origins import Origins, Routing
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -52,9 +55,11 @@ __all__ = [
     "docker_client",
     "ensure_wrk",
     "free_ports",
+    "kernel_channels",
     "machine",
     "memory",
     "progress",
+    "sandbox_base",
     "summarize",
     "synthetic_id",
     "synthetic_record",
@@ -167,6 +172,11 @@ class HTTPConnection:
 
     At 50 concurrent requests on 2 cores, a heavier client's own overhead would show up as
     latency of the server under test; this one reads and writes bytes and little else.
+
+    It sends ``Host: host:port`` of the address it connects to, so a connection made
+    :meth:`to` a sandbox's URL (``http://<id>.sb.localhost:<port>``) resolves that name and
+    names that sandbox; a request's own ``Host`` header replaces it (one connection to the
+    proxy's address can then ask for any sandbox, as the router's probe does).
     """
 
     def __init__(self, host: str, port: int, timeout: float = 30.0) -> None:
@@ -179,9 +189,10 @@ class HTTPConnection:
     @classmethod
     def to(cls, url: str, timeout: float = 30.0) -> HTTPConnection:
         """A connection to ``http://host:port`` (the path of ``url`` is ignored)."""
-        rest = url.removeprefix("http://").split("/", 1)[0]
-        host, _, port = rest.partition(":")
-        return cls(host, int(port or 80), timeout)
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"{url!r}: the bench's client speaks plain http://host:port only")
+        return cls(parts.hostname, parts.port or 80, timeout)
 
     async def connect(self) -> None:
         self._reader, self._writer = await asyncio.wait_for(
@@ -210,8 +221,8 @@ class HTTPConnection:
 
     async def _exchange(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response:
         assert self._reader is not None and self._writer is not None
-        lines = [f"{method} {path} HTTP/1.1", f"Host: {self.host}:{self.port}", f"Content-Length: {len(body)}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
+        fixed = {"Host": f"{self.host}:{self.port}", "Content-Length": str(len(body))}
+        lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in (fixed | headers).items())]
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")
@@ -398,6 +409,17 @@ class BenchCluster(Cluster):
     def runtime(self) -> str:
         return self.env.get("NBPOOL_RUNTIME", "process")
 
+    @functools.cached_property
+    def origins(self) -> Origins:
+        """Where this cluster serves each sandbox, from the settings its services read.
+
+        With host routing (the default) ``origins.sandbox_url(id)`` is
+        ``http://<id>.sb.localhost:<proxy port>/`` and ``origins.base_path(id)`` is ``/``.
+        """
+        env = self.env
+        routing = cast(Routing, env.get("NBPOOL_ROUTING", "host"))
+        return Origins.from_settings(routing, self.url, env.get("NBPOOL_SANDBOX_URL", ""), env.get("NBPOOL_ADMIN_URL", ""))
+
     def __enter__(self) -> Self:
         return self
 
@@ -520,6 +542,26 @@ class BenchCluster(Cluster):
         raise KeyError(session_id)
 
 
+# ---- sandbox URLs ----------------------------------------------------------------------------------
+
+
+def sandbox_base(session: dict[str, Any]) -> str:
+    """A sandbox's base URL as its visitor got it: ``http://<id>.sb.localhost:<port>/``.
+
+    That is the ``url`` a plain ``POST /sessions`` answers (``<base>lab?token=…``) without its
+    page and token, so the bench reaches the sandbox exactly where a visitor's browser does.
+    """
+    page = session["url"].split("?", 1)[0]
+    if not page.endswith("/lab"):
+        raise ValueError(f"session url {session['url']!r} is not <base>lab?token=…; claim with a plain POST /sessions")
+    return str(page.removesuffix("lab"))
+
+
+def kernel_channels(base: str, kernel_id: str, token: str) -> str:
+    """The websocket URL of a kernel of the Jupyter server at ``base`` (``http://…/``, ending in ``/``)."""
+    return "ws" + base.removeprefix("http") + f"api/kernels/{kernel_id}/channels?token={token}"
+
+
 # ---- synthetic sandboxes on the bus ------------------------------------------------------------------
 
 #: The ``host`` of synthetic records: no spawner has this id, so none acts on them.
@@ -533,8 +575,12 @@ def synthetic_id() -> str:
     return "syn" + secrets.token_hex(6)
 
 
-def synthetic_record(sandbox_id: str, target: str) -> Any:
-    """A claimed sandbox record whose server is ``target`` (a stub), owned by no spawner."""
+def synthetic_record(origins: Origins, sandbox_id: str, target: str) -> Any:
+    """A claimed sandbox record whose server is ``target`` (a stub), owned by no spawner.
+
+    Its ``path`` is the base path ``origins`` gives the sandbox (``/`` with host routing): the
+    router routes only records whose path is that.
+    """
     import secrets
 
     from nbpool.models import SandboxRecord, State
@@ -542,7 +588,7 @@ def synthetic_record(sandbox_id: str, target: str) -> Any:
     now = time.time()
     return SandboxRecord(
         id=sandbox_id, host=SYNTHETIC_HOST, pool="default", state=State.CLAIMED, target=target,
-        path=f"/user/{sandbox_id}/", token=secrets.token_urlsafe(24), created_at=now, warm_at=now,
+        path=origins.base_path(sandbox_id), token=secrets.token_urlsafe(24), created_at=now, warm_at=now,
         claimed_at=now, owner="bench",
     )
 

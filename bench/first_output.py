@@ -3,7 +3,8 @@
 What it measures: a visitor (or a program) asks for a server and runs code at once. The clock
 starts when ``POST /sessions`` is sent and stops when the kernel's ``execute_result`` ("2")
 arrives over the websocket, which is opened through Traefik to the kernel the API hands out
-(``kernel_id``, the pre-started Welcome notebook kernel). Each visitor uses its own new TCP
+(``kernel_id``, the pre-started Welcome notebook kernel), at the sandbox's own origin as the
+answer gives it (``ws://<id>.sb.localhost:<port>/api/kernels/…``). Each visitor uses its own new TCP
 connection, as a browser would. When nbpool answers 503 with ``Retry-After`` (nothing free
 within ``NBPOOL_CLAIM_TIMEOUT``), the visitor waits that long and asks again, up to a bound;
 the time spent waiting is part of its time to first output, and a visitor that runs out of
@@ -39,7 +40,9 @@ from common import (
     cpu_seconds,
     docker_client,
     end_sessions,
+    kernel_channels,
     progress,
+    sandbox_base,
     summarize,
 )
 from kernel import execute_on
@@ -134,8 +137,7 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True, r
         if not kernel:
             out.error = "no kernel_id in the answer"
             return out
-        ws_url = (url.replace("http://", "ws://", 1)
-                  + f"/user/{session['id']}/api/kernels/{kernel}/channels?token={session['token']}")
+        ws_url = kernel_channels(sandbox_base(session), kernel, session["token"])
         async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
             connected = time.perf_counter()
             result = await execute_on(ws, "1+1", timeout=60)
@@ -340,7 +342,7 @@ async def _until_output(http: Any, base: str, token: str) -> tuple[float, float,
     resp.raise_for_status()
     kernel = resp.json()["id"]
     kernel_started = time.perf_counter()
-    ws_url = base.replace("http://", "ws://", 1) + f"/api/kernels/{kernel}/channels?token={token}"
+    ws_url = kernel_channels(base + "/", kernel, token)
     async with websockets.connect(ws_url, open_timeout=60, close_timeout=2, proxy=None) as ws:
         result = await execute_on(ws, "1+1", timeout=60)
     if result != "2":

@@ -2,9 +2,9 @@
 
 What it measures, each through Traefik and straight to the server, on the same machine:
 
-- **small request latency**: ``GET /user/<id>/api`` with the token, one at a time over one
-  keep-alive connection, in alternating blocks (direct, proxied, direct, …) so drift in the
-  machine's load hits both alike. *Added* is the difference of the medians.
+- **small request latency**: ``GET /api`` with the token, one at a time over one keep-alive
+  connection, in alternating blocks (direct, proxied, direct, …) so drift in the machine's
+  load hits both alike. *Added* is the difference of the medians.
 - **throughput**: ``wrk`` (Debian's package; a Python load generator when it cannot be had)
   with many connections for a few seconds, alternating direct and proxied.
 - **kernel websocket round trip**: ``1+1`` executed again and again over one open websocket,
@@ -16,8 +16,11 @@ so it caps the throughput either way. A stub server (``bench/stub.py``), routed 
 synthetic sandbox record on the bus exactly as the router routes sandboxes, answers faster
 than the proxy: through it, the proxy's own capacity shows.
 
-Floor: the same request straight to the same server, measured in the same blocks. It is the
-least any proxy could cost: zero hops.
+Through Traefik, every request goes where a visitor's would: the sandbox's own origin,
+``http://<id>.sb.localhost:<port>/api`` (the name resolves to loopback), routed by ``Host``.
+
+Floor: the same request straight to the same server (``http://<its address>/api``), measured
+in the same blocks. It is the least any proxy could cost: zero hops.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import re
 import subprocess
 import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import websockets
 from common import (
@@ -36,7 +40,9 @@ from common import (
     Stub,
     connect_bus,
     end_sessions,
+    kernel_channels,
     progress,
+    sandbox_base,
     synthetic_id,
     synthetic_record,
 )
@@ -57,8 +63,9 @@ class ProxyResults:
     tool: str = ""
 
 
-async def _latency(url: str, path: str, headers: dict[str, str], count: int) -> list[float]:
+async def _latency(url: str, headers: dict[str, str], count: int) -> list[float]:
     conn = HTTPConnection.to(url)
+    path = urlsplit(url).path
     try:
         await conn.request("GET", path, headers)
         out = []
@@ -67,7 +74,7 @@ async def _latency(url: str, path: str, headers: dict[str, str], count: int) -> 
             resp = await conn.request("GET", path, headers)
             out.append((time.perf_counter() - began) * 1000)
             if resp.status != 200:
-                raise RuntimeError(f"GET {url}{path}: {resp.status}")
+                raise RuntimeError(f"GET {url}: {resp.status}")
         return out
     finally:
         await conn.close()
@@ -87,8 +94,9 @@ def _wrk(wrk: str, url: str, headers: dict[str, str], seconds: float, connection
     return float(rate.group(1)), int(bad.group(1) if bad else 0) + int(errors.group(1) if errors else 0)
 
 
-async def _python_load(url: str, path: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, int]:
+async def _python_load(url: str, headers: dict[str, str], seconds: float, connections: int) -> tuple[float, int]:
     """Requests/s from ``connections`` keep-alive clients for ``seconds`` (when wrk is missing)."""
+    path = urlsplit(url).path
     deadline = time.perf_counter() + seconds
     done = bad = 0
 
@@ -142,36 +150,37 @@ async def measure(
     with Stub() as stub:
         stub_id = synthetic_id()
         kv = await bus.kv(bus.names.sandboxes)
-        await kv.create(stub_id, encode(synthetic_record(stub_id, stub.url)))
+        await kv.create(stub_id, encode(synthetic_record(cluster.origins, stub_id, stub.url)))
         try:
-            await _wait_routed(cluster.url, f"/user/{stub_id}/api")
-            servers: dict[str, tuple[str, str, str, dict[str, str]]] = {
-                # name: (direct base URL, proxied base URL, path, headers)
-                "sandbox (Jupyter)": (direct, cluster.url, f"/user/{sid}/api", auth),
-                "stub server": (stub.url, cluster.url, f"/user/{stub_id}/api", {}),
+            stub_base = cluster.origins.sandbox_url(stub_id)
+            await _wait_routed(stub_base)
+            # Each server's base path is / (host routing): the same request, straight or at its origin.
+            servers: dict[str, tuple[str, str, dict[str, str]]] = {
+                # name: (URL straight to the server, URL through Traefik, headers)
+                "sandbox (Jupyter)": (f"{direct}/api", f"{sandbox_base(session)}api", auth),
+                "stub server": (f"{stub.url}/api", f"{stub_base}api", {}),
             }
-            for name, (straight, proxied, path, headers) in servers.items():
+            for name, (straight, proxied, headers) in servers.items():
                 d = results.latency.setdefault(f"{name}, direct", Figure(f"{name}, direct"))
                 p = results.latency.setdefault(f"{name}, through Traefik", Figure(f"{name}, through Traefik"))
                 for _ in range(blocks):
-                    d.add_run(await _latency(straight, path, headers, per_block))
-                    p.add_run(await _latency(proxied, path, headers, per_block))
+                    d.add_run(await _latency(straight, headers, per_block))
+                    p.add_run(await _latency(proxied, headers, per_block))
                 progress(f"proxy latency, {name}: direct p50 {d.pooled.p50:.2f} ms, through Traefik {p.pooled.p50:.2f} ms")
                 d_rate = results.throughput.setdefault(f"{name}, direct", Figure(f"{name}, direct", unit="req/s"))
                 p_rate = results.throughput.setdefault(f"{name}, through Traefik", Figure(f"{name}, through Traefik", unit="req/s"))
                 for _ in range(load_reps):
-                    for fig, base in ((d_rate, straight), (p_rate, proxied)):
+                    for fig, url in ((d_rate, straight), (p_rate, proxied)):
                         if wrk:
-                            rate, bad = await asyncio.to_thread(_wrk, wrk, base + path, headers, load_seconds, connections)
+                            rate, bad = await asyncio.to_thread(_wrk, wrk, url, headers, load_seconds, connections)
                         else:
-                            rate, bad = await _python_load(base, path, headers, load_seconds, connections)
+                            rate, bad = await _python_load(url, headers, load_seconds, connections)
                         fig.add_run([rate])
                         results.errors[fig.name] = results.errors.get(fig.name, 0) + bad
                 progress(f"proxy throughput, {name}: direct {d_rate.pooled.p50:.0f}/s, through Traefik {p_rate.pooled.p50:.0f}/s")
             kernel = session["kernel_id"]
-            query = f"/user/{sid}/api/kernels/{kernel}/channels?token={token}"
-            ws_direct = direct.replace("http://", "ws://", 1) + query
-            ws_proxied = cluster.url.replace("http://", "ws://", 1) + query
+            ws_direct = kernel_channels(direct + "/", kernel, token)
+            ws_proxied = kernel_channels(sandbox_base(session), kernel, token)
             wd = results.websocket.setdefault("direct", Figure("kernel websocket 1+1, direct"))
             wp = results.websocket.setdefault("through Traefik", Figure("kernel websocket 1+1, through Traefik"))
             for _ in range(ws_blocks):
@@ -185,16 +194,16 @@ async def measure(
     return results
 
 
-async def _wait_routed(url: str, path: str, timeout: float = 30.0) -> float:
-    """Seconds until ``GET url+path`` reaches the stub (the gateway answers 404 until then)."""
-    conn = HTTPConnection.to(url)
+async def _wait_routed(base: str, timeout: float = 30.0) -> float:
+    """Seconds until ``GET <base>api`` reaches the stub (the gateway answers 404 until then)."""
+    conn = HTTPConnection.to(base)
     began = time.perf_counter()
     try:
         while time.perf_counter() - began < timeout:
-            resp = await conn.request("GET", path)
+            resp = await conn.request("GET", "/api")
             if resp.status == 200 and b'"stub"' in resp.body:
                 return time.perf_counter() - began
             await asyncio.sleep(0.005)
     finally:
         await conn.close()
-    raise TimeoutError(f"{path} not routed through Traefik within {timeout:g} s")
+    raise TimeoutError(f"{base}api not routed through Traefik within {timeout:g} s")

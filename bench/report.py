@@ -307,7 +307,7 @@ def _proxy_section(r: Results, out: list[str]) -> None:
     for name in ("sandbox (Jupyter)", "stub server"):
         d, t = p.latency.get(f"{name}, direct"), p.latency.get(f"{name}, through Traefik")
         if d and t:
-            rows.append([f"`GET /user/<id>/api`, {name}", n(d.pooled.p50), n(t.pooled.p50), n(t.pooled.p50 - d.pooled.p50),
+            rows.append([f"`GET /api`, {name}", n(d.pooled.p50), n(t.pooled.p50), n(t.pooled.p50 - d.pooled.p50),
                          n(d.pooled.p99), n(t.pooled.p99), f"{spread(d)}; {spread(t)}"])
     d, t = p.websocket.get("direct"), p.websocket.get("through Traefik")
     if d and t:
@@ -320,7 +320,8 @@ def _proxy_section(r: Results, out: list[str]) -> None:
             trows.append([name, n(d2.pooled.p50), n(t2.pooled.p50), ratio(t2.pooled.p50, d2.pooled.p50),
                           f"{spread(d2)}; {spread(t2)}", str(p.errors.get(d2.name, 0) + p.errors.get(t2.name, 0))])
     out += ["## 4. The proxy", "",
-            ("Each request straight to the server (the floor: no proxy at all) and through Traefik, in alternating blocks "
+            ("Each request straight to the server (the floor: no proxy at all) and through Traefik at the sandbox's own "
+            "origin (`http://<id>.sb.localhost:<port>/api`, as visitors reach it), in alternating blocks "
             "on one keep-alive connection. Two servers: a real sandbox (Jupyter in its container, limited to one CPU) and "
             "`bench/stub.py`, routed by a synthetic sandbox record exactly as sandboxes are, which answers faster than "
             "the proxy can pass requests, so the proxy's own capacity shows."), "",

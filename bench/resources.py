@@ -32,7 +32,7 @@ from typing import Any
 
 import psutil
 import websockets
-from common import BenchCluster, docker_client, end_sessions, memory
+from common import BenchCluster, docker_client, end_sessions, kernel_channels, memory, sandbox_base
 from first_output import visit
 
 __all__ = ["ResourceResults", "control_plane_memory", "idle_sandbox_memory", "sockets_per_websocket"]
@@ -91,6 +91,11 @@ def _established(pid: int) -> list[_Conn]:
     return found
 
 
+def _serves(cmdline: str, sandbox_id: str) -> bool:
+    """Whether a process runtime's command line is that sandbox's: its root dir is ``…/servers/<id>/home``."""
+    return f"/servers/{sandbox_id}/" in cmdline
+
+
 def _jupyter_servers(client: Any, cluster: BenchCluster, ids: set[str]) -> list[psutil.Process]:
     """The Jupyter server processes of the given sandboxes (containers: the child of tini)."""
     found = []
@@ -106,7 +111,7 @@ def _jupyter_servers(client: Any, cluster: BenchCluster, ids: set[str]) -> list[
     else:
         for proc in cluster.sandbox_processes():
             cmd = " ".join(proc.cmdline())
-            if "jupyter" in cmd and "ipykernel" not in cmd and any(f"/user/{i}/" in cmd for i in ids):
+            if "jupyter" in cmd and "ipykernel" not in cmd and any(_serves(cmd, i) for i in ids):
                 found.append(proc)
     return found
 
@@ -143,8 +148,7 @@ async def sockets_per_websocket(cluster: BenchCluster, count: int = 10) -> Resou
     sockets: list[Any] = []
     try:
         for s in sessions:
-            url = (cluster.url.replace("http://", "ws://", 1)
-                   + f"/user/{s['id']}/api/kernels/{s['kernel_id']}/channels?token={s['token']}")
+            url = kernel_channels(sandbox_base(s), s["kernel_id"], s["token"])
             sockets.append(await websockets.connect(url, open_timeout=30, close_timeout=2, proxy=None))
         await asyncio.sleep(1.0)
         after = held({ws.local_address[1] for ws in sockets})
@@ -201,7 +205,7 @@ def idle_sandbox_memory(cluster: BenchCluster) -> list[float]:
         return values
     for proc in cluster.sandbox_processes():
         cmd = " ".join(proc.cmdline())
-        if "ipykernel" not in cmd and any(f"/user/{i}/" in cmd for i in warm):
+        if "ipykernel" not in cmd and any(_serves(cmd, i) for i in warm):
             with contextlib.suppress(psutil.Error):
                 values.append(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20)
     return values

@@ -92,10 +92,11 @@ async def _cpu_slices(pids: dict[str, int], slices: int, into: dict[str, Figure]
         at = now
 
 
-async def _until(conn: HTTPConnection, path: str, routed: bool, timeout: float, began: float) -> float | None:
-    """Milliseconds from ``began`` until ``GET path`` through Traefik reaches the stub (``routed``), or no longer does."""
+async def _until(conn: HTTPConnection, host: str, routed: bool, timeout: float, began: float) -> float | None:
+    """Milliseconds from ``began`` until ``GET /api`` for the sandbox at ``host`` (its ``Host`` header)
+    through Traefik reaches the stub (``routed``), or no longer does."""
     while time.perf_counter() - began < timeout:
-        resp = await conn.request("GET", path)
+        resp = await conn.request("GET", "/api", {"Host": host})
         if (resp.status == 200 and b'"stub"' in resp.body) == routed:
             return (time.perf_counter() - began) * 1000
         await asyncio.sleep(0.005)
@@ -107,23 +108,26 @@ async def _propagation(cluster: BenchCluster, kv: object, stub_url: str, count: 
     """``count`` times: write one record, time until Traefik routes it; delete it, time until it is gone.
 
     Each sample is a run of its own, so the spread shows; the number of timeouts is returned.
+    The requests name the sandbox's origin (``Host: <id>.sb.localhost:<port>``) on one open
+    connection to the proxy's address, as the router's own probe does: no name lookup or new
+    connection lands in the figure.
     """
     conn = HTTPConnection.to(cluster.url, timeout=10)
     timeouts = 0
     try:
         for _ in range(count):
             sid = synthetic_id()
-            path = f"/user/{sid}/api"
+            host = cluster.origins.sandbox_netloc(sid)
             began = time.perf_counter()
-            await kv.create(sid, encode(synthetic_record(sid, stub_url)))  # type: ignore[attr-defined]
-            ms = await _until(conn, path, True, timeout, began)
+            await kv.create(sid, encode(synthetic_record(cluster.origins, sid, stub_url)))  # type: ignore[attr-defined]
+            ms = await _until(conn, host, True, timeout, began)
             if ms is None:
                 timeouts += 1
             else:
                 added.add_run([ms])
             began = time.perf_counter()
             await kv.delete(sid)  # type: ignore[attr-defined]
-            ms = await _until(conn, path, False, timeout, began)
+            ms = await _until(conn, host, False, timeout, began)
             if ms is None:
                 timeouts += 1
             elif removed is not None:
@@ -175,7 +179,7 @@ async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_sl
             chunk = ids[i:i + batch]
             started = time.perf_counter()
             for j in range(0, len(chunk), 100):
-                await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(sid, stub.url)))
+                await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(cluster.origins, sid, stub.url)))
                                        for sid in chunk[j:j + 100]))
             # Bounded: a batch that is not routed within the limit is reported as such.
             while time.perf_counter() - started < 90:

@@ -26,12 +26,14 @@ from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
 from nbpool.names import Names
 from pydantic import BaseModel
 
-__all__ = ["SPAWNER_TTL", "Bus", "KVMirror"]
+__all__ = ["ADMIN_SESSION_MAX_TTL", "SPAWNER_TTL", "Bus", "KVMirror"]
 
 log = logs.get("nbpool.bus")
 
 #: A spawner whose heartbeat is older than this is gone (the bucket's TTL).
 SPAWNER_TTL = 10.0
+# Admin sessions end by themselves after a day at the most (NBPOOL_ADMIN_SESSION_TTL is shorter).
+ADMIN_SESSION_MAX_TTL = 24 * 3600.0
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -93,7 +95,8 @@ class Bus:
     async def ensure(self) -> None:
         """Create the instance's buckets and stream if they are missing (idempotent)."""
         n = self.names
-        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL), (n.control, None)]
+        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL), (n.control, None),
+                   (n.admin_sessions, ADMIN_SESSION_MAX_TTL)]
         for bucket, ttl in buckets:
             await self._ensure_bucket(bucket, ttl)
         config = StreamConfig(

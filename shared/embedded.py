@@ -50,15 +50,22 @@ def _binary(name: str) -> str:
     return found
 
 
-def traefik_static_config(address: str, ping_address: str, dynamic_dir: Path, log_level: str = "WARN") -> dict[str, Any]:
-    """Traefik's static configuration: one entry point, the file provider, nothing reaching out."""
+def traefik_static_config(
+    addresses: list[str], ping_address: str, dynamic_dir: Path, log_level: str = "WARN"
+) -> dict[str, Any]:
+    """Traefik's static configuration: the public entry points, the file provider, nothing reaching out.
+
+    Each of ``addresses`` is an entry point (``web``, ``web2`` ...) that serves every route;
+    the health check has its own, which serves none.
+    """
+    # readTimeout 0: notebook websockets stay open for hours.
+    public = {"asDefault": True, "transport": {"respondingTimeouts": {"readTimeout": "0s"}}}
+    entry_points: dict[str, Any] = {
+        ("web" if i == 0 else f"web{i + 1}"): {"address": address, **public} for i, address in enumerate(addresses)
+    }
     return {
         "global": {"checkNewVersion": False, "sendAnonymousUsage": False},
-        "entryPoints": {
-            # readTimeout 0: notebook websockets stay open for hours.
-            "web": {"address": address, "transport": {"respondingTimeouts": {"readTimeout": "0s"}}},
-            "ping": {"address": ping_address},
-        },
+        "entryPoints": {**entry_points, "ping": {"address": ping_address}},
         "ping": {"entryPoint": "ping"},
         "providers": {
             # Route changes apply within 100 ms instead of Traefik's default 2 s.
@@ -67,6 +74,16 @@ def traefik_static_config(address: str, ping_address: str, dynamic_dir: Path, lo
         },
         "log": {"level": log_level},
     }
+
+
+def _ipv6_loopback() -> bool:
+    """True when this machine has ::1 (a container or kernel may have IPv6 off)."""
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
 
 
 def _docker_reachable() -> str | None:
@@ -213,6 +230,9 @@ class Supervisor:
             "NBPOOL_STATE_DIR": str(self.state),
             "NBPOOL_INSTANCE": s.instance,
             "NBPOOL_PUBLIC_URL": s.public_url,
+            "NBPOOL_ROUTING": s.routing,
+            "NBPOOL_SANDBOX_URL": s.sandbox_url,
+            "NBPOOL_ADMIN_URL": s.admin_url,
             "PYTHONUNBUFFERED": "1",
         }
         env.update(extra)
@@ -232,7 +252,7 @@ class Supervisor:
         dynamic = self.state / "traefik" / "dynamic"
         dynamic.mkdir(parents=True, exist_ok=True)
         static = self.state / "traefik" / "traefik.yml"
-        config = traefik_static_config(f"{s.proxy_host}:{s.proxy_port}", f"127.0.0.1:{s.proxy_ping_port}", dynamic)
+        config = traefik_static_config(self._proxy_addresses(), f"127.0.0.1:{s.proxy_ping_port}", dynamic)
         static.write_text(json.dumps(config, indent=1))  # JSON is valid YAML
         children.append(Child("traefik", [_binary("traefik"), f"--configFile={static}"], _go_env(s.gogc), logs / "traefik.log"))
         gateway_ports = [s.gateway_port + i for i in range(self.n_gateways)]
@@ -252,14 +272,24 @@ class Supervisor:
             children.append(Child(name, [py, "-m", "nbpool.gateway.main"], self._env(NBPOOL_GATEWAY_PORT=str(port)), logs / f"{name}.log"))
         return children
 
+    def _proxy_addresses(self) -> list[str]:
+        """Where Traefik listens. On 127.0.0.1 also on [::1]: ``*.localhost`` names (the sandboxes'
+        and the admin's origins on one machine) resolve to ``::1`` first for many programs."""
+        s = self.settings
+        if s.proxy_host == "127.0.0.1" and socket.has_ipv6 and _ipv6_loopback():
+            return [f"127.0.0.1:{s.proxy_port}", f"[::1]:{s.proxy_port}"]
+        host = f"[{s.proxy_host}]" if ":" in s.proxy_host else s.proxy_host
+        return [f"{host}:{s.proxy_port}"]
+
     def _check_ports(self) -> None:
         s = self.settings
-        wanted = [(s.proxy_host, s.proxy_port, "NBPOOL_PROXY_PORT"), ("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
+        wanted = [(a.rsplit(":", 1)[0].strip("[]"), s.proxy_port, "NBPOOL_PROXY_PORT") for a in self._proxy_addresses()]
+        wanted += [("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
         wanted += [("127.0.0.1", s.gateway_port + i, "NBPOOL_GATEWAY_PORT") for i in range(self.n_gateways)]
         if self.external_nats is None:
             wanted.append(("127.0.0.1", s.nats_port, "NBPOOL_NATS_PORT"))
         for host, port, var in wanted:
-            with socket.socket() as sock:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 try:
                     sock.bind((host, port))
@@ -278,6 +308,12 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        if not self.settings.origins.by_host:
+            self._say("!" * 78)
+            self._say("WARNING: NBPOOL_ROUTING=path: every sandbox is served from the gateway's own origin.")
+            self._say("A page in any sandbox can then read and drive every other sandbox, and the admin,")
+            self._say("in a visitor's browser. Only for people who trust each other.")
+            self._say("!" * 78)
         self.children = self._plan()
         watchers = []
         for child in self.children:
@@ -347,7 +383,10 @@ class Supervisor:
                     if shown is None:
                         self._say(f"up in {time.monotonic() - began:.1f} s: open {self.settings.public_url}/spawn "
                                   f"or POST {self.settings.public_url}/sessions  (Ctrl-C stops)")
-                        self._say(f"API docs {self.settings.public_url}/docs, logs in {self.state / 'logs'}")
+                        self._say(f"API docs {self.settings.public_url}/docs, admin {self.settings.admin_url}/admin, "
+                                  f"logs in {self.state / 'logs'}")
+                        if self.settings.origins.by_host:
+                            self._say(f"each server has an origin of its own: {self.settings.sandbox_url}")
                     if line != shown:
                         self._say(line)
                         shown = line

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "Activity",
+    "AdminSession",
     "BadMessage",
     "ClaimReply",
     "ClaimRequest",
@@ -148,6 +149,18 @@ class Drain(_Doc):
     draining: bool
     by: str = ""
     at: float = Field(default_factory=time.time)
+
+
+class AdminSession(_Doc):
+    """A signed-in admin (KV ``<instance>_admin_sessions``, key: SHA-256 of the session id).
+
+    The session id lives only in the admin's cookie; the bus holds its hash, so reading the
+    bucket does not sign anyone in. ``csrf`` is what the admin page sends with every change.
+    """
+
+    csrf: str
+    created_at: float
+    expires_at: float
 
 
 class ClaimRequest(_Doc):

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from nbpool.origins import Origins, OriginsError, Routing
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
@@ -47,7 +48,10 @@ class CommonSettings(BaseSettings):
 
     instance: str = Field(default="nbpool", pattern=r"^[a-z][a-z0-9_]{0,30}$")
     nats_url: str = "nats://127.0.0.1:4222"
-    public_url: str = "http://127.0.0.1:8000"
+    public_url: str = Field(default="http://127.0.0.1:8000", description="the gateway's origin, as visitors reach it")
+    routing: Routing = Field(default="host", description="host: each sandbox on its own origin; path: one origin (trusted users only)")
+    sandbox_url: str = Field(default="", description="each sandbox's origin, with {id}; default http://{id}.sb.localhost:<port>")
+    admin_url: str = Field(default="", description="the admin's origin; default http://admin.localhost:<port>")
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -59,6 +63,7 @@ class CommonSettings(BaseSettings):
     )
     idle_timeout: float = Field(default=600.0, gt=0)
     max_age: float = Field(default=7200.0, gt=0)
+    _origins: Origins = PrivateAttr()
 
     @field_validator("profiles")
     @classmethod
@@ -78,8 +83,19 @@ class CommonSettings(BaseSettings):
                 f"({', '.join(sorted(self.profiles))})"
             )
         self.state_dir = self.state_dir.expanduser().resolve()
-        self.public_url = self.public_url.rstrip("/")
+        try:
+            self._origins = Origins.from_settings(self.routing, self.public_url.rstrip("/"), self.sandbox_url, self.admin_url)
+        except OriginsError as err:
+            raise ValueError(str(err)) from None
+        self.public_url = self._origins.public_url
+        self.admin_url = self._origins.admin_url
+        self.sandbox_url = self._origins.sandbox_template
         return self
+
+    @property
+    def origins(self) -> Origins:
+        """Where the gateway, the admin and each sandbox are served (checked at start-up)."""
+        return self._origins
 
 
 class GatewaySettings(CommonSettings):
@@ -93,6 +109,7 @@ class GatewaySettings(CommonSettings):
     rate_burst: int = Field(default=20, ge=1)
     max_body_bytes: int = Field(default=16_384, ge=256)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
+    admin_session_ttl: float = Field(default=8 * 3600.0, gt=0, le=24 * 3600.0, description="seconds an admin sign-in lasts")
 
     @model_validator(mode="after")
     def _admin_token_outside_development(self) -> GatewaySettings:

@@ -21,8 +21,17 @@ import psutil
 BIN = Path(sys.executable).parent
 
 
+def _free_on_ipv6_loopback(port: int) -> bool:
+    with socket.socket(socket.AF_INET6) as sock:
+        try:
+            sock.bind(("::1", port))
+            return True
+        except OSError:
+            return False
+
+
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive free loopback ports."""
+    """The first of ``count`` consecutive loopback ports free on 127.0.0.1 and on ::1."""
     for _ in range(200):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -37,6 +46,9 @@ def free_ports(count: int) -> int:
                 except OSError:
                     ok = False
                     break
+            if not _free_on_ipv6_loopback(port):
+                ok = False
+                break
         if ok:
             return int(base)
     raise RuntimeError("no free ports")
@@ -62,6 +74,8 @@ class Cluster:
         self.nats_port = free_ports(1)
         self.ping_port = free_ports(1)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
+        # The admin and every sandbox have origins of their own (NBPOOL_ROUTING=host, the default).
+        self.admin_url = f"http://admin.localhost:{self.proxy_port}"
         self.nats_url = nats_url or f"nats://127.0.0.1:{self.nats_port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
         env.update(
@@ -76,6 +90,8 @@ class Cluster:
         )
         env.update(settings or {})
         self.env = env
+        if env.get("NBPOOL_ROUTING") == "path":
+            self.admin_url = self.url
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = state_dir / "up.log"
 
@@ -197,4 +213,11 @@ class Cluster:
         return resp.json()  # type: ignore[no-any-return]
 
     def base(self, session: dict[str, Any]) -> str:
-        return f"{self.url}/user/{session['id']}/"
+        """The sandbox's base URL, as its ``url`` from ``POST /sessions`` has it."""
+        if self.env.get("NBPOOL_ROUTING") == "path":
+            return f"{self.url}/user/{session['id']}/"
+        return f"http://{session['id']}.sb.localhost:{self.proxy_port}/"
+
+    def origin(self, sandbox_id: str) -> str:
+        """A sandbox's origin (host routing)."""
+        return f"http://{sandbox_id}.sb.localhost:{self.proxy_port}"

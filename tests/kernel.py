@@ -11,7 +11,7 @@ import websockets
 
 
 async def start_kernel(client: httpx.AsyncClient, base: str, token: str) -> str:
-    """Start a kernel on the server at ``base`` (``http://host/user/<id>/``); its id."""
+    """Start a kernel on the server at ``base`` (``http://<id>.sb.localhost:<port>/``); its id."""
     resp = await client.post(f"{base}api/kernels", headers={"Authorization": f"token {token}"}, json={"name": "python3"})
     resp.raise_for_status()
     return str(resp.json()["id"])

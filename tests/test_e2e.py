@@ -19,7 +19,7 @@ from sockets import kernel_websocket_nodelay
 async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
     session = cluster.new_session()
     assert set(session) >= {"id", "url", "token", "expires_at"}
-    assert session["url"] == f"{cluster.url}/user/{session['id']}/lab?token={session['token']}"
+    assert session["url"] == f"http://{session['id']}.sb.localhost:{cluster.proxy_port}/lab?token={session['token']}"
     async with httpx.AsyncClient(timeout=30) as client:
         lab = await client.get(session["url"])
         assert lab.status_code == 200 and "JupyterLab" in lab.text
@@ -54,7 +54,7 @@ async def test_kernel_websocket_is_not_held_back_by_nagle(cluster: Cluster) -> N
     session = cluster.new_session()
     rec = next(r for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
     (server,) = [p for p in cluster.sandbox_processes()
-                 if f"/user/{session['id']}/" in " ".join(p.cmdline()) and "jupyter_server" in " ".join(p.cmdline())]
+                 if f"/servers/{session['id']}/" in " ".join(p.cmdline()) and "jupyter_server" in " ".join(p.cmdline())]
     assert await kernel_websocket_nodelay(server.pid, f"{rec['target']}{rec['path']}", session) is True
 
 
@@ -105,9 +105,12 @@ def test_stats_health_and_docs(cluster: Cluster) -> None:
 
 
 def test_ended_link_offers_a_fresh_server(cluster: Cluster) -> None:
-    resp = httpx.get(f"{cluster.url}/user/deadbeef0000/lab/tree/x.ipynb", headers={"Accept": "text/html"})
-    assert resp.status_code == 404
-    assert "has ended" in resp.text and 'href="/spawn/lab/tree/x.ipynb"' in resp.text
+    again = f'href="{cluster.url}/spawn/lab/tree/x.ipynb"'
+    # An old link on the gateway's origin, and the sandbox's own origin once it is gone.
+    for url in (f"{cluster.url}/user/deadbeef0000/lab/tree/x.ipynb", f"{cluster.origin('deadbeef0000')}/lab/tree/x.ipynb"):
+        resp = httpx.get(url, headers={"Accept": "text/html"})
+        assert resp.status_code == 404
+        assert "has ended" in resp.text and again in resp.text
 
 
 def test_events_and_status_commands(cluster: Cluster) -> None:
@@ -143,7 +146,7 @@ def test_static_offload_serves_lab_files_from_the_gateway(make_cluster: Any) -> 
     scripts = re.findall(r'src="([^"]*/static/lab/[^"]+)"', lab.text)
     assert scripts, "JupyterLab's page names no static script"
     path = scripts[0].split("?")[0]
-    offloaded = httpx.get(f"{cluster.url}{path}")
+    offloaded = httpx.get(f"{cluster.origin(session['id'])}{path}")
     target = next(r["target"] for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
     own = httpx.get(f"{target}{path}")  # the same file from the sandbox's own server
     assert offloaded.status_code == 200 and offloaded.content == own.content

@@ -17,7 +17,7 @@ def _consistent(cluster: Cluster) -> tuple[bool, str]:
     records = {r["id"]: r["state"] for r in cluster.status()["sandboxes"]}
     commands = [" ".join(p.cmdline()) for p in cluster.sandbox_processes()]
     server_commands = [cmd for cmd in commands if "jupyter_server" in cmd]
-    servers = {sid for sid in records if any(f"/user/{sid}/" in cmd for cmd in server_commands)}
+    servers = {sid for sid in records if any(f"/servers/{sid}/" in cmd for cmd in server_commands)}
     all_servers = len(server_commands)
     routes = cluster.routes()
     ok = servers == set(records) and all_servers == len(records) and routes == set(records)

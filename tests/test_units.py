@@ -9,16 +9,19 @@ from nbpool.culler.policy import CullPolicy, decide, expires_at
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
+from nbpool.origins import Origins, OriginsError
 from nbpool.router.routes import desired_routes, dynamic_config
 from nbpool.settings import GatewaySettings, SettingsError, SpawnerSettings, load
 from nbpool.spawner.pool import RefillGate, WarmPool, spawn_plan
 
 POLICY = CullPolicy(idle_timeout=600, max_age=7200, pool_max_age=3600)
+HOST = Origins.from_settings("host", "http://127.0.0.1:8000")
+PATH = Origins.from_settings("path", "http://127.0.0.1:8000")
 
 
 def record(state: State = State.CLAIMED, sid: str = "abc123", **kw: object) -> SandboxRecord:
     base: dict[str, object] = dict(
-        id=sid, host="h", pool="default", state=state, target="http://127.0.0.1:9000", path=f"/user/{sid}/",
+        id=sid, host="h", pool="default", state=state, target="http://127.0.0.1:9000", path="/",
         token="t", created_at=1000.0, warm_at=1010.0, claimed_at=2000.0,
     )
     base.update(kw)
@@ -141,19 +144,35 @@ class TestWarmPool:
 class TestRoutes:
     def test_routable_states_only(self) -> None:
         recs = [record(State.WARM, "aaaa11"), record(State.ENDING, "bbbb22"), record(State.STARTING, "cccc33")]
-        assert set(desired_routes(recs)) == {"aaaa11", "cccc33"}
+        assert set(desired_routes(recs, HOST)) == {"aaaa11", "cccc33"}
 
     def test_records_that_could_inject_rules_are_refused(self) -> None:
         bad = [
             record(sid="abcd12", path="/user/abcd12/`) || PathPrefix(`/"),
+            record(sid="abcd12`) || Host(`x", path="/"),
             record(sid="abcd13", path="/user/other1/"),
             record(sid="abcd14", target="http://127.0.0.1:9000/x?y"),
             record(sid="abcd15", target="file:///etc/passwd"),
         ]
-        assert desired_routes(bad) == {}
+        assert desired_routes(bad, HOST) == {}
+        assert desired_routes(bad, PATH) == {}
+
+    def test_a_sandbox_of_the_other_routing_is_not_routed(self) -> None:
+        # With host routing, a server at /user/<id>/ would be served on the gateway's origin.
+        assert desired_routes([record(sid="abcd16", path="/user/abcd16/")], HOST) == {}
+        assert desired_routes([record(sid="abcd17", path="/")], PATH) == {}
+        assert set(desired_routes([record(sid="abcd18", path="/user/abcd18/")], PATH)) == {"abcd18"}
+
+    def test_each_sandbox_is_routed_by_its_own_host(self) -> None:
+        cfg = dynamic_config({"abcd12": ("/", "http://10.0.0.2:8888")}, ["http://a:1"], HOST)
+        assert cfg["http"]["routers"]["sandbox-abcd12"]["rule"] == "Host(`abcd12.sb.localhost`)"
+        path = dynamic_config({"abcd12": ("/user/abcd12/", "http://10.0.0.2:8888")}, ["http://a:1"], PATH)
+        assert path["http"]["routers"]["sandbox-abcd12"]["rule"] == "PathPrefix(`/user/abcd12/`)"
+        # Routes serve Traefik's default entry points, never the health check's.
+        assert all("entryPoints" not in r for r in cfg["http"]["routers"].values())
 
     def test_config_has_catch_all_to_every_gateway(self) -> None:
-        cfg = dynamic_config({"abcd12": ("/user/abcd12/", "http://10.0.0.2:8888")}, ["http://a:1", "http://b:2"])
+        cfg = dynamic_config({"abcd12": ("/", "http://10.0.0.2:8888")}, ["http://a:1", "http://b:2"], HOST)
         routers, services = cfg["http"]["routers"], cfg["http"]["services"]
         assert routers["nbpool-gateway"]["priority"] < routers["sandbox-abcd12"]["priority"]
         assert [s["url"] for s in services["nbpool-gateway"]["loadBalancer"]["servers"]] == ["http://a:1", "http://b:2"]
@@ -221,9 +240,61 @@ class TestLinks:
 
 
 def test_static_offload_route() -> None:
-    cfg = dynamic_config({}, ["http://g:1"], static_offload=True)
+    cfg = dynamic_config({}, ["http://g:1"], PATH, static_offload=True)
     router = cfg["http"]["routers"]["nbpool-static"]
     assert router["service"] == "nbpool-gateway" and router["priority"] > 100
     rewrite = cfg["http"]["middlewares"]["nbpool-static-path"]["replacePathRegex"]
     assert rewrite["replacement"] == "/static/lab/$1"
-    assert "nbpool-static" not in dynamic_config({}, ["http://g:1"])["http"]["routers"]
+    assert "nbpool-static" not in dynamic_config({}, ["http://g:1"], PATH)["http"]["routers"]
+    by_host = dynamic_config({}, ["http://g:1"], HOST, static_offload=True)["http"]["routers"]["nbpool-static"]
+    assert by_host["rule"] == "HostRegexp(`^[a-z0-9]+\\.sb\\.localhost$`) && PathPrefix(`/static/lab/`)"
+
+
+class TestOrigins:
+    def test_defaults_on_one_machine(self) -> None:
+        assert HOST.sandbox_url("abcd12") == "http://abcd12.sb.localhost:8000/"
+        assert HOST.admin_url == "http://admin.localhost:8000"
+        assert HOST.base_path("abcd12") == "/" and PATH.base_path("abcd12") == "/user/abcd12/"
+        assert PATH.sandbox_url("abcd12") == "http://127.0.0.1:8000/user/abcd12/"
+
+    def test_requests_are_told_apart_by_host(self) -> None:
+        assert HOST.kind("127.0.0.1:8000") == "public"
+        assert HOST.kind("admin.localhost:8000") == "admin"
+        assert HOST.kind("abcd12.sb.localhost:8000") == "sandbox"
+        assert HOST.kind("sb.localhost") == "public"
+        assert HOST.sandbox_id_of("abcd12.SB.localhost:8000") == "abcd12"
+        assert PATH.kind("admin.localhost:8000") == "public"
+
+    def test_production(self) -> None:
+        o = Origins.from_settings("host", "https://nb.example.net", "https://{id}.nb-user.example.net",
+                                  "https://admin.nb.example.net")
+        assert o.sandbox_url("abcd12") == "https://abcd12.nb-user.example.net/"
+        assert o.sandbox_source() == "https://*.nb-user.example.net"
+
+    @pytest.mark.parametrize(
+        ("public", "sandbox", "admin", "variable"),
+        [
+            ("https://nb.example.net", "", "https://admin.example.net", "NBPOOL_SANDBOX_URL"),
+            ("https://nb.example.net", "https://{id}.u.example.net", "", "NBPOOL_ADMIN_URL"),
+            ("http://127.0.0.1:8000", "http://sb.localhost:8000", "", "NBPOOL_SANDBOX_URL"),
+            ("http://127.0.0.1:8000", "http://x{id}.sb.localhost:8000", "", "NBPOOL_SANDBOX_URL"),
+            ("http://127.0.0.1:8000", "http://{id}.sb.localhost:8000/path", "", "NBPOOL_SANDBOX_URL"),
+            ("https://nb.example.net", "https://{id}.nb.example.net", "https://admin.example.net", "NBPOOL_PUBLIC_URL"),
+            ("https://u.example.net", "https://{id}.example.net", "https://admin.x.net", "NBPOOL_PUBLIC_URL"),
+            ("http://127.0.0.1:8000", "", "http://a.sb.localhost:8000", "NBPOOL_ADMIN_URL"),
+            ("http://127.0.0.1:8000", "", "http://127.0.0.1:8000", "NBPOOL_ADMIN_URL"),
+            ("ftp://127.0.0.1", "", "", "NBPOOL_PUBLIC_URL"),
+        ],
+    )
+    def test_bad_settings_name_the_variable(self, public: str, sandbox: str, admin: str, variable: str) -> None:
+        with pytest.raises(OriginsError, match=variable):
+            Origins.from_settings("host", public, sandbox, admin)
+
+    def test_settings_stop_start_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("NBPOOL_SANDBOX_URL", "http://sandboxes.localhost:8000")
+        with pytest.raises(SettingsError, match="NBPOOL_SANDBOX_URL.*{id}"):
+            load(GatewaySettings)
+        monkeypatch.setenv("NBPOOL_SANDBOX_URL", "http://{id}.localhost:8000")
+        monkeypatch.setenv("NBPOOL_PUBLIC_URL", "http://localhost:8000")
+        with pytest.raises(SettingsError, match="NBPOOL_PUBLIC_URL"):
+            load(GatewaySettings)

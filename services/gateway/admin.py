@@ -1,8 +1,12 @@
-"""The admin page and its API, behind the admin token (``NBPOOL_ADMIN_TOKEN``).
+"""The admin page and its API, on the admin's own origin (``NBPOOL_ADMIN_URL``).
 
-Sign-in sets a cookie holding an HMAC of the token (never the token itself), HttpOnly and
-SameSite=Strict; API calls may instead send ``Authorization: token <admin token>``. State
-changes are POSTs with a JSON body, which a cross-site form cannot send.
+Signing in with the admin token (``NBPOOL_ADMIN_TOKEN``) starts a server-side admin session: a
+random id in a host-only, HttpOnly, SameSite=Strict cookie, its SHA-256 and a CSRF token on the
+bus, so every gateway knows it. It ends after ``NBPOOL_ADMIN_SESSION_TTL`` or at sign-out.
+Every change a session asks for carries the CSRF token (header ``X-CSRF-Token``, or the form
+field ``csrf``), which only the admin page itself can read. Programs send
+``Authorization: token <admin token>`` instead, a header no other page can send without a
+CORS grant, and the admin sends none.
 """
 
 from __future__ import annotations
@@ -11,23 +15,86 @@ import asyncio
 import collections
 import hashlib
 import hmac
+import secrets
 import time
 from typing import Any
 
+import nats.errors
+import nats.js.errors
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.gateway.pages import admin_page, login_page
-from nbpool.models import Activity, BadMessage, Drain, Event, SandboxRecord, State, decode, encode
+from nbpool.models import (
+    Activity,
+    AdminSession,
+    BadMessage,
+    Drain,
+    Event,
+    SandboxRecord,
+    State,
+    decode,
+    encode,
+)
 from nbpool.settings import GatewaySettings
 from pydantic import BaseModel
 
-__all__ = ["EventTail", "admin_router"]
+__all__ = ["AdminSessions", "EventTail", "admin_router"]
 
 log = logs.get("nbpool.gateway.admin")
 
 COOKIE = "nbpool_admin"
+CSRF_HEADER = "x-csrf-token"
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings (``hmac.compare_digest`` refuses non-ASCII str)."""
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+class AdminSessions:
+    """Signed-in admins, on the bus (see the module docstring)."""
+
+    def __init__(self, bus: Bus, ttl: float) -> None:
+        self._bus = bus
+        self.ttl = ttl
+
+    @staticmethod
+    def _key(session_id: str) -> str:
+        return hashlib.sha256(session_id.encode()).hexdigest()
+
+    async def start(self) -> tuple[str, AdminSession]:
+        """A new session: its id (for the cookie) and its record."""
+        session_id = secrets.token_urlsafe(32)
+        now = time.time()
+        session = AdminSession(csrf=secrets.token_urlsafe(32), created_at=now, expires_at=now + self.ttl)
+        kv = await self._bus.kv(self._bus.names.admin_sessions)
+        await kv.put(self._key(session_id), encode(session))
+        return session_id, session
+
+    async def get(self, session_id: str) -> AdminSession | None:
+        """The live session with this id; None if there is none (never was, ended, expired)."""
+        if not session_id or len(session_id) > 100:
+            return None
+        kv = await self._bus.kv(self._bus.names.admin_sessions)
+        try:
+            entry = await kv.get(self._key(session_id))
+            session = decode(AdminSession, entry.value or b"")
+        except (nats.js.errors.KeyNotFoundError, BadMessage):
+            return None
+        if session.expires_at <= time.time():
+            await self.end(session_id)
+            return None
+        return session
+
+    async def end(self, session_id: str) -> None:
+        """Revoke a session (sign-out); ending an unknown one is not an error."""
+        kv = await self._bus.kv(self._bus.names.admin_sessions)
+        try:
+            await kv.delete(self._key(session_id))
+        except (nats.js.errors.KeyNotFoundError, nats.errors.Error):
+            pass
 
 
 class EventTail:
@@ -71,50 +138,64 @@ class _DrainBody(BaseModel):
 
 
 def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
-    """Routes under ``/admin``. ``state`` holds the bus, the mirrors and the event tail."""
+    """Routes under ``/admin``. ``state`` holds the bus, the mirrors, the event tail and the sessions."""
     router = APIRouter(include_in_schema=False)
-    secret = settings.admin_token.encode()
-    cookie_value = hmac.new(secret, b"nbpool-admin", hashlib.sha256).hexdigest() if secret else ""
+    secret = settings.admin_token
+    secure = settings.admin_url.startswith("https://")
 
-    def authorized(request: Request) -> bool:
+    async def signed_in(request: Request) -> AdminSession | None:
+        sessions: AdminSessions = state["admin_sessions"]
+        return await sessions.get(request.cookies.get(COOKIE, ""))
+
+    async def require(request: Request, change: bool = False, form_csrf: str | None = None) -> None:
+        """401 unless the admin token or a live admin session; 403 for a change without the CSRF token."""
         if not secret:
-            return False  # no admin token set: nobody is admin
-        header = request.headers.get("authorization", "")
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() in ("token", "bearer") and hmac.compare_digest(value.strip().encode(), secret):
-            return True
-        return hmac.compare_digest(request.cookies.get(COOKIE, ""), cookie_value)
-
-    def require(request: Request) -> None:
-        if not authorized(request):
-            raise HTTPException(401, "this needs the admin token")
+            raise HTTPException(401, "admin is off: set NBPOOL_ADMIN_TOKEN")
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() in ("token", "bearer") and value.strip():
+            if _same(value.strip(), secret):
+                return
+            raise HTTPException(401, "wrong admin token")
+        session = await signed_in(request)
+        if session is None:
+            raise HTTPException(401, "this needs an admin session (sign in at /admin) or the admin token")
+        given = request.headers.get(CSRF_HEADER) or form_csrf or ""
+        if change and not _same(given, session.csrf):
+            raise HTTPException(403, "a change needs the admin page's CSRF token (header X-CSRF-Token)")
 
     @router.get("/admin")
     async def page(request: Request) -> Response:
-        if not authorized(request):
+        session = await signed_in(request) if secret else None
+        if session is None:
             note = "" if secret else "Admin is off: set NBPOOL_ADMIN_TOKEN to use it."
-            return HTMLResponse(login_page(note), 401)
-        return HTMLResponse(admin_page(), headers={"Cache-Control": "no-store"})
+            return HTMLResponse(login_page(note), 401, headers={"Cache-Control": "no-store"})
+        return HTMLResponse(admin_page(session.csrf), headers={"Cache-Control": "no-store"})
 
     @router.post("/admin/login")
     async def login(token: str = Form(default="")) -> Response:
-        if not secret or not hmac.compare_digest(token.encode(), secret):
+        if not secret or not _same(token, secret):
             log.warning("admin sign-in refused")
             return HTMLResponse(login_page("That is not the admin token."), 401)
+        session_id, session = await state["admin_sessions"].start()
         response = RedirectResponse("/admin", status_code=303)
-        response.set_cookie(COOKIE, cookie_value, httponly=True, samesite="strict", max_age=12 * 3600,
-                            secure=settings.public_url.startswith("https://"), path="/admin")
+        # Host-only (no Domain): no other host, a sandbox least of all, ever gets it.
+        response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=secure, path="/admin",
+                            max_age=int(session.expires_at - session.created_at))
+        log.info("admin signed in")
         return response
 
     @router.post("/admin/logout")
-    async def logout() -> Response:
+    async def logout(request: Request, csrf: str = Form(default="")) -> Response:
+        await require(request, change=True, form_csrf=csrf)
+        await state["admin_sessions"].end(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/admin", status_code=303)
-        response.delete_cookie(COOKIE, path="/admin")
+        response.delete_cookie(COOKIE, path="/admin", secure=secure, httponly=True, samesite="strict")
+        log.info("admin signed out")
         return response
 
     @router.get("/admin/api/state")
     async def admin_state(request: Request) -> JSONResponse:
-        require(request)
+        await require(request)
         now = time.time()
         records: KVMirror[SandboxRecord] = state["records"]
         activity: KVMirror[Activity] = state["activity"]
@@ -138,7 +219,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
 
     @router.post("/admin/api/sessions/{session_id}/end", status_code=204)
     async def end(session_id: str, request: Request) -> Response:
-        require(request)
+        await require(request, change=True)
         if request.headers.get("content-type", "").split(";")[0] != "application/json":
             raise HTTPException(415, "send JSON (Content-Type: application/json)")
         ended = await state["end_session"](session_id, "admin")
@@ -148,7 +229,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
 
     @router.post("/admin/api/drain")
     async def drain(body: _DrainBody, request: Request) -> JSONResponse:
-        require(request)
+        await require(request, change=True)
         bus: Bus = state["bus"]
         kv = await bus.kv(bus.names.control)
         await kv.put("drain", encode(Drain(draining=body.draining, by="admin")))

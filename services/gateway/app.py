@@ -23,10 +23,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Stre
 from nbpool import __version__, logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, expires_at
-from nbpool.gateway.admin import EventTail, admin_router
+from nbpool.gateway.admin import AdminSessions, EventTail, admin_router
 from nbpool.gateway.claims import Claimer, NoCapacity
+from nbpool.gateway.docs import add_docs
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
-from nbpool.gateway.pages import ended_page, landing_page, waiting_page
+from nbpool.gateway.origin_guard import OriginGuard
+from nbpool.gateway.pages import content_security_policy, ended_page, landing_page, waiting_page
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, Drain, SandboxRecord, SpawnerBeat, State, decode, encode
@@ -172,8 +174,14 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         tasks += [asyncio.ensure_future(the_bus.presence("gateway")), asyncio.ensure_future(tail.run())]
         await asyncio.gather(*(m.ready.wait() for m in mirrors))
         state.update(bus=the_bus, spawners=spawners, records=records, activity=activity, control=control,
-                     tail=tail, claimer=claimer, queue=queue, end_session=end_session)
-        log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance})
+                     tail=tail, claimer=claimer, queue=queue, end_session=end_session,
+                     admin_sessions=AdminSessions(the_bus, settings.admin_session_ttl))
+        log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance, "routing": settings.routing,
+                                   "sandboxes": settings.sandbox_url, "admin": settings.admin_url})
+        if not origins.by_host:
+            log.warning("NBPOOL_ROUTING=path: every sandbox is served from the gateway's own origin, so a page in any "
+                        "sandbox can read and drive every other sandbox and the admin in a visitor's browser; "
+                        "only for people who trust each other")
         try:
             yield
         finally:
@@ -189,8 +197,19 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         version=__version__,
         summary="Instant, temporary Jupyter servers from a warm pool.",
         lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
+    add_docs(app)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    origins = settings.origins
+    app.add_middleware(
+        OriginGuard,
+        origins=origins,
+        csp=content_security_policy(origins.sandbox_source() if origins.by_host else ""),
+        ended_page=lambda rest: ended_page(settings.public_url + spawn_link(rest)),
+        static_paths=("/static/lab/",) if settings.static_offload else (),
+    )
 
     def the_bus() -> Bus:
         return state["bus"]  # type: ignore[no-any-return]
@@ -206,7 +225,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
 
     def lab_url(rec: SandboxRecord, page: str = "lab") -> str:
         """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
-        return f"{settings.public_url}{rec.path}{page}?token={rec.token}"
+        return f"{origins.sandbox_url(rec.id)}{page}?token={rec.token}"
 
     def admit(request: Request, profile: str | None) -> tuple[str, str]:
         """Check the profile and the client's launch rate; the profile and the client."""
@@ -442,8 +461,13 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
 
     @app.api_route("/user/{session_id}/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
     async def ended(request: Request, session_id: str, rest: str = "") -> Response:
-        # Traefik sends /user/<id>/ here only when no sandbox has that id (any more).
-        again = spawn_link(rest)
+        # Path routing: Traefik sends /user/<id>/ here only when no sandbox has that id (any more).
+        # Host routing: an old link; a live sandbox is on its own origin, never served here.
+        rec = state["records"].get(session_id) if origins.by_host else None
+        if rec is not None and rec.state == State.CLAIMED:
+            query = request.url.query
+            return RedirectResponse(origins.sandbox_url(rec.id) + rest + (f"?{query}" if query else ""), status_code=302)
+        again = settings.public_url + spawn_link(rest)
         if "text/html" in request.headers.get("accept", ""):
             return HTMLResponse(ended_page(again), 404)
         return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)

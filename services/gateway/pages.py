@@ -7,11 +7,13 @@ keyboard; scripts only add live updates on top.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 import json
 from typing import Any
 
-__all__ = ["admin_page", "ended_page", "landing_page", "login_page", "waiting_page"]
+__all__ = ["admin_page", "content_security_policy", "ended_page", "landing_page", "login_page", "waiting_page"]
 
 _CSS = """
 :root{--fg:#1b1b1b;--bg:#fff;--muted:#5b5b5b;--accent:#c4500f;--line:#ddd}
@@ -38,19 +40,54 @@ code{font-size:.9em}
 """
 
 
-def _page(title: str, body: str, *, head: str = "", script: str = "") -> str:
+_SCRIPT_HASHES: list[str] = []
+
+
+def _hash(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode()).digest()).decode() + "'"
+
+
+def _script(js: str) -> str:
+    """A page script, allowed by its hash in the pages' Content-Security-Policy.
+
+    Scripts are constants: what a page knows at render time goes into its JSON data block
+    (``_page(data=...)``), never into the script, so the policy allows these and nothing else.
+    """
+    _SCRIPT_HASHES.append(_hash(js))
+    return js
+
+
+def content_security_policy(form_targets: str = "") -> str:
+    """The policy of every page the gateway and the admin serve: only their own scripts and
+    style, requests only to their own origin, forms to it (and, redirected, to
+    ``form_targets``: the sandboxes a launch opens), never inside a frame."""
+    return "; ".join([
+        "default-src 'none'",
+        "script-src " + " ".join(sorted(set(_SCRIPT_HASHES))),
+        f"style-src {_hash(_CSS)}",
+        "img-src 'self' data:",
+        "connect-src 'self'",
+        f"form-action 'self'{' ' + form_targets if form_targets else ''}",
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+    ])
+
+
+def _page(title: str, body: str, *, head: str = "", script: str = "", data: Any = None) -> str:
+    """A whole page; ``data`` (JSON) is what its script reads from ``#nbpool-data``."""
+    block = "" if data is None else f'<script type="application/json" id="nbpool-data">{_json(data)}</script>'
     js = f"<script>{script}</script>" if script else ""
     return (
         "<!doctype html><html lang=en><head><meta charset=utf-8>"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>{html.escape(title)} · nbpool</title><style>{_CSS}</style>{head}</head>"
-        f"<body><main>{body}</main>{js}</body></html>"
+        f"<body><main>{body}</main>{block}{js}</body></html>"
     )
 
 
 def _json(value: Any) -> str:
     """JSON safe to put inside a <script> element."""
-    return json.dumps(value).replace("</", "<\\/")
+    return json.dumps(value).replace("</", "<\\/").replace("<!--", "<\\u0021--")
 
 
 def landing_page(profiles: dict[str, str], default: str, idle_minutes: int) -> str:
@@ -74,7 +111,10 @@ anything you want to keep.</p>
 <p>Link to <code>/spawn/lab/tree/&lt;notebook&gt;</code> to open a notebook directly. Programs can ask for a server
 with <code>POST /sessions</code>; the API is described at <a href="/docs">/docs</a>.</p></details>
 """
-    script = """
+    return _page("Launch", body, script=_LANDING_JS)
+
+
+_LANDING_JS = _script("""
 async function availability(){
   const el=document.getElementById('availability');
   try{
@@ -86,8 +126,7 @@ async function availability(){
   }catch(e){ el.textContent=''; }
 }
 availability(); setInterval(availability, 3000);
-"""
-    return _page("Launch", body, script=script)
+""")
 
 
 def waiting_page(ticket_id: str, state: dict[str, Any], full: bool) -> str:
@@ -102,24 +141,21 @@ def waiting_page(ticket_id: str, state: dict[str, Any], full: bool) -> str:
 <p class=muted>Keep this page open: you keep your place in line, and it opens your server by itself.
 <a href="/queue/{html.escape(ticket_id)}">Check now</a>.</p>
 """
-    script = f"""
-const first={_json(state)}; const ticket={_json(ticket_id)};
-{_DESCRIBE_JS}
-function show(s){{
+    return _page(title, body, head=fallback, script=_WAITING_JS, data={"state": state, "ticket": ticket_id})
+
+
+_WAITING_JS = _script("""
+const {state: first, ticket} = JSON.parse(document.getElementById('nbpool-data').textContent);
+function show(s){
   document.getElementById('status').textContent=describe(s);
   document.getElementById('title').textContent = s.state=='full' ? 'No vacancy' : s.state=='ready' ? 'Ready' : 'Starting your server';
   const step = s.state=='ready' ? 'ready' : (s.state=='starting' || (s.state!='full' && s.position<=1)) ? 'starting' : 'queued';
   for (const id of ['queued','starting','ready']) document.getElementById('s-'+id).className = id==step ? 'on' : '';
-  if (s.state=='ready' && s.url) {{ location.replace(s.url); }}
-}}
+  if (s.state=='ready' && s.url) { location.replace(s.url); }
+}
 show(first);
 const events=new EventSource('/queue/'+encodeURIComponent(ticket)+'/events');
-events.onmessage=(e)=>{{ const s=JSON.parse(e.data); show(s); if (s.state=='ready') events.close(); }};
-"""
-    return _page(title, body, head=fallback, script=script)
-
-
-_DESCRIBE_JS = """
+events.onmessage=(e)=>{ const s=JSON.parse(e.data); show(s); if (s.state=='ready') events.close(); };
 function describe(s){
   const eta = s.estimate_s!=null ? ` About ${s.estimate_s<60 ? s.estimate_s+' s' : Math.round(s.estimate_s/60)+' min'} to go.` : '';
   if (s.state=='ready') return 'Your server is ready: opening it now.';
@@ -127,7 +163,7 @@ function describe(s){
   if (s.position>1) return `You are number ${s.position} in line.`+eta;
   return 'Your server is starting.'+eta;
 }
-"""
+""")
 
 
 def _describe(state: dict[str, Any]) -> str:
@@ -170,9 +206,12 @@ def login_page(error: str = "") -> str:
     return _page("Admin", body)
 
 
-def admin_page() -> str:
-    """The admin page: pool per host, live sessions, recent events, end and drain buttons."""
-    body = """
+def admin_page(csrf: str) -> str:
+    """The admin page: pool per host, live sessions, recent events, end and drain buttons.
+
+    ``csrf`` is the admin session's CSRF token: every change the page asks for carries it.
+    """
+    body = f"""
 <h1>nbpool admin</h1>
 <p id=summary aria-live=polite class=muted>Loading…</p>
 <p><button id=drain class=secondary type=button>Drain the pool</button>
@@ -186,14 +225,19 @@ def admin_page() -> str:
 <h2>Recent events</h2>
 <div class=scroll><table><thead><tr><th>Time</th><th>Event</th><th>Sandbox</th><th>Cause</th></tr></thead>
 <tbody id=events></tbody></table></div>
-<form method=post action="/admin/logout"><p><button class=secondary type=submit>Sign out</button></p></form>
+<form method=post action="/admin/logout"><input type=hidden name=csrf value="{html.escape(csrf)}">
+<p><button class=secondary type=submit>Sign out</button></p></form>
 """
-    script = """
+    return _page("Admin", body, script=_ADMIN_JS, data={"csrf": csrf})
+
+
+_ADMIN_JS = _script("""
+const csrf=JSON.parse(document.getElementById('nbpool-data').textContent).csrf;
 const ago=(s)=> s==null ? '-' : s<120 ? Math.round(s)+' s' : s<7200 ? Math.round(s/60)+' min' : (s/3600).toFixed(1)+' h';
 function row(cells, extra){ const tr=document.createElement('tr');
   for (const c of cells){ const td=document.createElement('td'); td.textContent=c; tr.appendChild(td); }
   if (extra){ const td=document.createElement('td'); td.appendChild(extra); tr.appendChild(td); } return tr; }
-async function post(url, body){ const r=await fetch(url,{method:'POST',headers:{'Content-Type':'application/json'},
+async function post(url, body){ const r=await fetch(url,{method:'POST',headers:{'Content-Type':'application/json','X-CSRF-Token':csrf},
   body:JSON.stringify(body||{}),credentials:'same-origin'}); if(!r.ok) alert((await r.json()).detail||r.status); refresh(); }
 let draining=false;
 document.getElementById('drain').onclick=()=>post('/admin/api/drain',{draining:!draining});
@@ -216,5 +260,4 @@ async function refresh(){
   for (const e of s.events) events.appendChild(row([new Date(e.time*1000).toLocaleTimeString(),e.type,e.sandbox_id||'-',e.cause||'']));
 }
 refresh(); setInterval(refresh, 2000);
-"""
-    return _page("Admin", body, script=script)
+""")

@@ -77,7 +77,7 @@ class Router:
 
     async def sync(self) -> None:
         """Write the file if the table changed, probe new routes, forget removed ones."""
-        desired = desired_routes(self.records.values())
+        desired = desired_routes(self.records.values(), self.settings.origins)
         if desired != self.applied:
             self._write(desired)
             added = desired.keys() - (self.applied or {}).keys()
@@ -102,7 +102,7 @@ class Router:
     def _write(self, routes: dict[str, RouteSpec]) -> None:
         folder = self.settings.dynamic_dir
         folder.mkdir(parents=True, exist_ok=True)
-        text = render(dynamic_config(routes, self.settings.gateway_urls, static_offload=self.settings.static_offload))
+        text = render(dynamic_config(routes, self.settings.gateway_urls, self.settings.origins, self.settings.static_offload))
         # Written beside the watched folder, then renamed in: Traefik never reads half a file.
         tmp = folder.parent / f".{ROUTES_FILE}.{os.getpid()}.tmp"
         tmp.write_text(text)
@@ -112,11 +112,14 @@ class Router:
         """Wait until a request through the proxy reaches the sandbox itself, then report the route ready."""
         path, target = spec
         url = f"{self.settings.proxy_url}{path}api"
+        # Through Traefik's own address, naming the sandbox's origin: no DNS needed here.
+        origins = self.settings.origins
+        host = {"Host": origins.sandbox_netloc(sid)} if origins.by_host else {}
         began = time.monotonic()
         delay = 0.02
         try:
             while time.monotonic() - began < self.settings.route_check_timeout:
-                if await self._answers(url):
+                if await self._answers(url, host):
                     kv = await self.bus.kv(self.bus.names.routes)
                     await kv.put(sid, encode(Route(id=sid, path=path, target=target, ready_at=time.time())))
                     took = round(time.monotonic() - began, 3)
@@ -130,15 +133,15 @@ class Router:
         finally:
             self._probing.pop(sid, None)
 
-    async def _answers(self, url: str) -> bool:
+    async def _answers(self, url: str, headers: dict[str, str]) -> bool:
         try:
             async with self._probe_slots:
-                resp = await self._http.get(url)
+                resp = await self._http.get(url, headers=headers)
         except httpx.HTTPError:
             return False
         if resp.status_code != 200:
             return False
-        # The gateway answers unknown /user/ paths too; only Jupyter's own /api has "version".
+        # The gateway answers for sandboxes without a route too; only Jupyter's own /api has "version".
         try:
             body: Any = resp.json()
         except ValueError:

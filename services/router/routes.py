@@ -1,7 +1,10 @@
 """The route table, as Traefik's file provider reads it. Pure functions, no network.
 
-Every sandbox gets ``PathPrefix(`/user/<id>/`)`` straight to its own address (no extra hop);
-everything else falls through to the gateway with the lowest priority.
+Every sandbox gets a route straight to its own address (no extra hop): ``Host(`<id>.<sandbox
+domain>`)`` (its own origin; see :mod:`nbpool.origins`), or ``PathPrefix(`/user/<id>/`)`` with
+``NBPOOL_ROUTING=path``. Everything else, the admin's host and the hosts of sandboxes that have
+ended included, falls through to the gateway with the lowest priority. Routes name no entry
+point: they serve Traefik's default ones (``asDefault``), never the health check's.
 """
 
 from __future__ import annotations
@@ -13,14 +16,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from nbpool.models import ROUTED_STATES, SandboxRecord
+from nbpool.origins import Origins
 
-__all__ = ["GATEWAY", "RouteSpec", "desired_routes", "dynamic_config", "render"]
+__all__ = ["GATEWAY", "RouteSpec", "desired_routes", "dynamic_config", "render", "rule"]
 
 GATEWAY = "nbpool-gateway"
 STATIC = "nbpool-static"
-_PATH = re.compile(r"^/user/[a-z0-9]{4,40}/$")
+_ID = re.compile(r"^[a-z0-9]{4,40}$")
 
-RouteSpec = tuple[str, str]  # (path, target)
+RouteSpec = tuple[str, str]  # (the server's base path, target)
 
 
 def _valid_target(target: str) -> bool:
@@ -28,45 +32,59 @@ def _valid_target(target: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and parts.path in ("", "/") and not parts.query
 
 
-def desired_routes(records: Iterable[SandboxRecord]) -> dict[str, RouteSpec]:
+def desired_routes(records: Iterable[SandboxRecord], origins: Origins) -> dict[str, RouteSpec]:
     """The routes Traefik should have: one per starting, warm or claimed sandbox.
 
-    Records whose path or target could not be a sandbox's (they come from the bus, which anyone
-    with access can write to) are left out rather than written into Traefik's rules.
+    Records whose id, path or target could not be a sandbox's under this routing (they come from
+    the bus, which anyone with access can write to) are left out rather than written into
+    Traefik's rules. So is a sandbox started under the other routing: with host routing nothing
+    a sandbox serves may appear on the gateway's origin.
     """
     routes = {}
     for rec in records:
-        if rec.state in ROUTED_STATES and _PATH.match(rec.path) and rec.path == f"/user/{rec.id}/" and _valid_target(rec.target):
+        if (rec.state in ROUTED_STATES and _ID.match(rec.id) and rec.path == origins.base_path(rec.id)
+                and _valid_target(rec.target)):
             routes[rec.id] = (rec.path, rec.target)
     return routes
 
 
+def rule(sandbox_id: str, origins: Origins) -> str:
+    """The Traefik rule that sends a sandbox's requests to it."""
+    if origins.by_host:
+        return f"Host(`{origins.sandbox_host(sandbox_id)}`)"
+    return f"PathPrefix(`{origins.base_path(sandbox_id)}`)"
+
+
 def dynamic_config(
-    routes: dict[str, RouteSpec], gateway_urls: list[str], entrypoint: str = "web", static_offload: bool = False
+    routes: dict[str, RouteSpec], gateway_urls: list[str], origins: Origins, static_offload: bool = False
 ) -> dict[str, Any]:
     """Traefik dynamic configuration for ``routes`` plus the catch-all to the gateway replicas.
 
-    With ``static_offload``, every sandbox's JupyterLab static files (``/user/<id>/static/lab/``,
+    With ``static_offload``, every sandbox's JupyterLab static files (``<base>/static/lab/``,
     the same files in every sandbox of this JupyterLab version) come from the gateways instead.
     """
-    routers: dict[str, Any] = {
-        GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY, "entryPoints": [entrypoint]},
-    }
+    routers: dict[str, Any] = {GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY}}
     gateways = [{"url": url} for url in gateway_urls]
     services: dict[str, Any] = {GATEWAY: {"loadBalancer": {"servers": gateways, "passHostHeader": True}}}
     for sid in sorted(routes):
-        path, target = routes[sid]
+        _, target = routes[sid]
         name = f"sandbox-{sid}"
-        routers[name] = {"rule": f"PathPrefix(`{path}`)", "priority": 100, "service": name, "entryPoints": [entrypoint]}
+        routers[name] = {"rule": rule(sid, origins), "priority": 100, "service": name}
         services[name] = {"loadBalancer": {"servers": [{"url": target}], "passHostHeader": True}}
     config: dict[str, Any] = {"http": {"routers": routers, "services": services}}
-    if static_offload:
+    if static_offload and origins.by_host:
+        domain = re.escape(origins.sandbox_domain)
+        routers[STATIC] = {
+            "rule": f"HostRegexp(`^[a-z0-9]+\\.{domain}$`) && PathPrefix(`/static/lab/`)",
+            "priority": 200,
+            "service": GATEWAY,
+        }
+    elif static_offload:
         routers[STATIC] = {
             "rule": "PathRegexp(`^/user/[a-z0-9]+/static/lab/`)",
             "priority": 200,
             "service": GATEWAY,
             "middlewares": [f"{STATIC}-path"],
-            "entryPoints": [entrypoint],
         }
         config["http"]["middlewares"] = {
             f"{STATIC}-path": {"replacePathRegex": {"regex": "^/user/[a-z0-9]+/static/lab/(.*)", "replacement": "/static/lab/$1"}},

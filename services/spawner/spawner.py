@@ -217,7 +217,9 @@ class Spawner:
             alive = sandbox is not None and sandbox.alive
             if alive:
                 self.known.add(rec.id)
-            if alive and (rec.state == State.CLAIMED or (rec.state == State.WARM and not self.draining)):
+            # A warm sandbox served under another routing (NBPOOL_ROUTING changed) would never be routed.
+            routed_as_now = rec.path == self.settings.origins.base_path(rec.id)
+            if alive and (rec.state == State.CLAIMED or (rec.state == State.WARM and routed_as_now and not self.draining)):
                 if rec.state == State.WARM:
                     self.pool.put(rec.pool, rec.id)
                 adopted += 1
@@ -315,7 +317,7 @@ class Spawner:
         began = time.monotonic()
         rev = 0
         rec: SandboxRecord | None = None
-        path = f"/user/{sid}/"
+        path = self.settings.origins.base_path(sid)
         self._routed[sid] = asyncio.Event()
         try:
             spec = SandboxSpec(

@@ -4,7 +4,8 @@
 #
 #   NBPOOL_TOKEN     the sandbox's token. Unset or empty: Jupyter generates a random one and
 #                    logs it, which is never "no authentication".
-#   NBPOOL_BASE_URL  the URL prefix the proxy routes to this sandbox, e.g. /user/<id>/.
+#   NBPOOL_BASE_URL  the URL prefix the proxy routes to this sandbox: / when the sandbox has an
+#                    origin of its own (the default), /user/<id>/ with NBPOOL_ROUTING=path.
 #
 # Extra arguments are passed on to `jupyter server`, after (so they override) these.
 set -euo pipefail

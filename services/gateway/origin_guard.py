@@ -1,0 +1,105 @@
+"""What the gateway answers on each origin, and the headers every answer carries.
+
+Traefik sends the gateway every request no sandbox route takes, whatever its ``Host``
+(see :mod:`nbpool.origins`):
+
+- the gateway's own host: the API and the visitor's pages; ``/admin...`` is sent on to the
+  admin's origin;
+- the admin's host: ``/admin...`` only;
+- a sandbox's host (the sandbox has ended, or never was): the "this server has ended" page,
+  whatever the path, with a link that starts a fresh server at the same page.
+
+Every answer carries ``X-Content-Type-Options: nosniff`` and ``Referrer-Policy: no-referrer``
+(sandbox URLs carry tokens), and a Content-Security-Policy unless the route set its own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from nbpool.origins import Origins
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["OriginGuard"]
+
+
+def _is_admin_path(path: str) -> bool:
+    return path == "/admin" or path.startswith("/admin/")
+
+
+class OriginGuard:
+    """ASGI middleware: each origin gets only its own part of the gateway (see the module docstring).
+
+    ``ended_page(rest)`` renders the page for ``<ended sandbox origin>/<rest>``. With
+    ``static_paths`` (static offload), those paths are served on sandbox hosts as they are.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        origins: Origins,
+        csp: str,
+        ended_page: Callable[[str], str],
+        static_paths: tuple[str, ...] = (),
+    ) -> None:
+        self.app = app
+        self.origins = origins
+        self.csp = csp.encode()
+        self.ended_page = ended_page
+        self.static_paths = static_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        kind = self.origins.kind(headers.get("host", ""))
+        path: str = scope["path"]
+        send = self._with_headers(send)
+        if kind == "sandbox" and not path.startswith(self.static_paths or ("\0",)):
+            await self._ended(scope, headers, send)
+        elif kind == "admin" and not (_is_admin_path(path) or path == "/healthz"):
+            await self._redirect(send, "/admin" if path == "/" else None)
+        elif kind == "public" and self.origins.by_host and _is_admin_path(path):
+            query = scope.get("query_string", b"").decode("latin-1")
+            await self._redirect(send, self.origins.admin_url + path + (f"?{query}" if query else ""))
+        else:
+            await self.app(scope, receive, send)
+
+    def _with_headers(self, send: Send) -> Send:
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                raw = list(message.get("headers", []))
+                names = {name.lower() for name, _ in raw}
+                raw.append((b"x-content-type-options", b"nosniff"))
+                raw.append((b"referrer-policy", b"no-referrer"))
+                if b"content-security-policy" not in names:
+                    raw.append((b"content-security-policy", self.csp))
+                message = {**message, "headers": raw}
+            await send(message)
+
+        return sending
+
+    async def _ended(self, scope: Scope, headers: Headers, send: Send) -> None:
+        rest = scope["path"].lstrip("/")
+        if "text/html" in headers.get("accept", ""):
+            body, kind = self.ended_page(rest).encode(), b"text/html; charset=utf-8"
+        else:
+            body = json.dumps({"detail": "this notebook server has ended or never existed"}).encode()
+            kind = b"application/json"
+        await send({"type": "http.response.start", "status": 404,
+                    "headers": [(b"content-type", kind), (b"cache-control", b"no-store")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _redirect(self, send: Send, location: str | None) -> None:
+        if location is None:
+            body = json.dumps({"detail": "the admin's origin serves only /admin"}).encode()
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        # 307: a POST stays a POST (and keeps its body) on the other origin.
+        await send({"type": "http.response.start", "status": 307,
+                    "headers": [(b"location", location.encode("latin-1", "replace")), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
