@@ -22,7 +22,10 @@ engine:
 image:
 	deploy/images/build.sh
 
+# Sandboxes are containers: the engine is installed and started when it can be (root on
+# Debian); otherwise nbpool up falls back to plain processes, with a loud warning.
 up: install
+	deploy/docker-engine.sh ensure --soft
 	deploy/localhost-names.sh ensure --soft
 	$(VENV)/bin/nbpool up
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -98,11 +99,14 @@ class Round:
             self.all_first_outputs.set()
 
 
-async def visit(url: str, arrived: float | None = None, run_code: bool = True, round_: Round | None = None) -> Visit:
+async def visit(url: str, arrived: float | None = None, run_code: bool = True, round_: Round | None = None,
+                profile: str | None = None) -> Visit:
     """One visitor: claim (retrying on 503/429 as told, bounded), then ``1+1`` on the pre-started kernel.
 
-    With ``round_``, a second ``1+1`` follows once the round says so (see :class:`Round`).
+    With ``round_``, a second ``1+1`` follows once the round says so (see :class:`Round`). With
+    ``profile``, the claim asks for that profile (``{"profile": …}``); else the default one.
     """
+    body = json.dumps({"profile": profile}).encode() if profile else b"{}"
     began = time.perf_counter() if arrived is None else arrived
     out = Visit(arrived=began)
     conn = HTTPConnection.to(url, timeout=PATIENCE_S)
@@ -116,7 +120,7 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True, r
 
     try:
         while True:
-            resp = await conn.request("POST", "/sessions", {"Content-Type": "application/json"}, b"{}")
+            resp = await conn.request("POST", "/sessions", {"Content-Type": "application/json"}, body)
             if resp.status == 201:
                 break
             waited = time.perf_counter() - began

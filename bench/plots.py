@@ -13,6 +13,7 @@ from typing import Any
 from burst import BurstResults
 from claims import ClaimResults
 from first_output import FloorResults, TTFOResults
+from gvisor import GVisorResults
 from proxy import ProxyResults
 from scale import ScaleResults
 
@@ -127,6 +128,23 @@ def _scale(plt: Any, s: ScaleResults) -> Any:
     return fig
 
 
+def _gvisor(plt: Any, g: GVisorResults) -> Any:
+    fig, axes = plt.subplots(1, 3, figsize=(8, 3))
+    runtimes = ("runc", "runsc")
+    panels = (
+        ("start → warm, s", [g.start_s[k].samples if k in g.start_s else [] for k in runtimes]),
+        ("first output, ms", [g.first_output[k].samples if k in g.first_output else [] for k in runtimes]),
+        ("idle memory, MiB", [g.memory_mib.get(k, []) for k in runtimes]),
+    )
+    for ax, (title, values) in zip(axes, panels, strict=True):
+        ax.boxplot([v or [float("nan")] for v in values], whis=(0, 100))
+        ax.set_xticks([1, 2], ["runc", "runsc\n(gVisor)"])
+        ax.set_title(title)
+        ax.set_ylim(bottom=0)
+    fig.suptitle("gVisor beside runc, same cluster (boxes: quartiles; whiskers: min–max)", fontsize=9)
+    return fig
+
+
 def draw(results: Any, docs: Path) -> list[str]:
     """Write the plots of the groups that ran (``results`` is a :class:`report.Results`); their file names."""
     try:
@@ -144,6 +162,7 @@ def draw(results: Any, docs: Path) -> list[str]:
         "bench-burst.png": results.burst and (lambda: _burst(plt, results.burst)),
         "bench-proxy.png": results.proxy and (lambda: _proxy(plt, results.proxy)),
         "bench-scale.png": results.scale and (lambda: _scale(plt, results.scale)),
+        "bench-gvisor.png": results.gvisor and results.gvisor.first_output and (lambda: _gvisor(plt, results.gvisor)),
     }
     written = []
     for name, make in figures.items():

@@ -20,6 +20,7 @@ from burst import to_json as burst_json
 from claims import ClaimResults
 from common import Figure, Summary
 from first_output import FloorResults, TTFOResults
+from gvisor import GVisorResults
 from plots import draw
 from proxy import ProxyResults
 from resources import ResourceResults
@@ -51,6 +52,7 @@ class Results:
     resources: ResourceResults | None = None
     memory_idle: dict[str, dict[str, float]] = field(default_factory=dict)
     scale: ScaleResults | None = None
+    gvisor: GVisorResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -391,6 +393,95 @@ def _scale_section(r: Results, out: list[str]) -> None:
             "", "![control plane at scale](bench-scale.png)", ""]
 
 
+def _p50(figures: dict[str, Figure], runtime: str) -> float:
+    fig = figures.get(runtime)
+    return fig.pooled.p50 if fig is not None else float("nan")
+
+
+def _gvisor_meaning(g: GVisorResults) -> str:
+    """What the runsc / runc ratios mean for visitors and for the pool, from this run's figures."""
+    said = []
+    start, ttfo = (_p50(g.start_s, "runsc"), _p50(g.start_s, "runc")), (_p50(g.first_output, "runsc"), _p50(g.first_output, "runc"))
+    if not any(math.isnan(x) for x in start):
+        how = ("about as long" if 0.9 <= start[0] / start[1] <= 1.1 else f"{ratio(*start)} as long") if start[1] else "–"
+        said.append(f"A sandbox took {how} to start under gVisor as under runc ({n(start[0], 's')} against "
+                    f"{n(start[1], 's')}, while both pools filled at once). Start time is hidden from visitors by the "
+                    "warm pool: it decides how fast a pool refills, so how long visitors beyond the pool wait in a "
+                    "burst, not the wait of a visitor who finds a warm sandbox.")
+    if not any(math.isnan(x) for x in ttfo):
+        deltas = {name: _p50(g.parts.get("runsc", {}), name) - _p50(g.parts.get("runc", {}), name)
+                  for name in g.parts.get("runsc", {})}
+        known = {k: v for k, v in deltas.items() if not math.isnan(v)}
+        most = max(known, key=lambda k: known[k]) if known else ""
+        said.append(f"What that visitor feels is the first output: {n(ttfo[0], 'ms')} under gVisor against "
+                    f"{n(ttfo[1], 'ms')} under runc ({ratio(*ttfo)}, {n(ttfo[0] - ttfo[1], 'ms')} more)"
+                    + (f", most of the difference in the {most} ({n(known[most], 'ms')})." if most and known[most] > 0 else "."))
+    mem = [statistics.median(g.memory_mib[k]) if g.memory_mib.get(k) else float("nan") for k in ("runsc", "runc")]
+    if not any(math.isnan(x) for x in mem) and mem[0] > 0:
+        said.append(f"An idle gVisor sandbox holds {ratio(*mem)} the memory of a runc one ({n(mem[0], 'MiB')} against "
+                    f"{n(mem[1], 'MiB')}), so the same memory keeps about {mem[1] / mem[0]:.2f} as many warm.")
+    return " ".join(said)
+
+
+def _gvisor_section(r: Results, out: list[str]) -> None:
+    g = r.gvisor
+    assert g is not None
+    out += ["## 7. gVisor (runsc) beside runc", "",
+            (f"One cluster with two profiles of {g.pool} warm sandboxes each, with the same image and limits (read-only "
+            "root, tmpfs home, memory, CPU, pids): `default` under the engine's default runtime, runc, and `gvisor` "
+            "with `\"runtime\": \"runsc\"`, whose sandboxes run on gVisor's own kernel, in user space, instead of "
+            "straight on the host's" + (f" (runsc here: {g.runsc})" if g.runsc else "") + ". *Start*: each sandbox of "
+            "the first fill, from the spawner beginning its start until it is warm (Jupyter answering, kernel "
+            "pre-started, routed: the `sandbox.warm` event), both pools filling at once, the spawner alternating "
+            f"between them, all at the normal CPU share. *First output*: {g.pool - 1} visitors per runtime, one at a "
+            "time, alternating runtimes, after one untimed visitor each (the first requests through a fresh gateway "
+            "and proxy are slower), as in section 2 but claiming with `{\"profile\": …}`; no refill runs behind "
+            "them (the spawner's capacity is the two pools). *Idle memory*: each warm sandbox's container as its "
+            "cgroup counts it (as in section 5), which under gVisor includes its Sentry and gofer. The floor is "
+            "runc, in the same run."), ""]
+    if g.missing:
+        partly = bool(g.start_s or g.memory_mib or g.first_output)
+        out += [f"**{'Not all' if partly else 'Nothing'} measured in this run**: {g.missing}.", ""]
+    if not (g.start_s or g.memory_mib or g.first_output):
+        return
+
+    def row(label: str, runc: float, runsc: float, unit_n: str = "") -> list[str]:
+        return [label, n(runc), n(runsc), ratio(runsc, runc)] + ([unit_n] if unit_n else [""])
+
+    def median(values: list[float] | None) -> float:
+        return statistics.median(values) if values else float("nan")
+
+    def count(figures: dict[str, Figure]) -> str:
+        return " / ".join(str(figures[k].pooled.n) if k in figures else "–" for k in ("runc", "runsc"))
+
+    rows = [
+        row("start → warm, p50, s", _p50(g.start_s, "runc"), _p50(g.start_s, "runsc"), count(g.start_s)),
+        row("start → warm, max, s", *(g.start_s[k].pooled.max if k in g.start_s else float("nan") for k in ("runc", "runsc"))),
+        row("start → Jupyter answers, p50, s", _p50(g.answered_s, "runc"), _p50(g.answered_s, "runsc"), count(g.answered_s)),
+        row("time to first output, p50, ms", _p50(g.first_output, "runc"), _p50(g.first_output, "runsc"), count(g.first_output)),
+        row("time to first output, max, ms",
+            *(g.first_output[k].pooled.max if k in g.first_output else float("nan") for k in ("runc", "runsc"))),
+        *(row(f"– {name}, p50, ms", _p50(g.parts.get("runc", {}), name), _p50(g.parts.get("runsc", {}), name))
+          for name in g.parts.get("runc", {})),
+        row("idle memory per sandbox, median, MiB", median(g.memory_mib.get("runc")), median(g.memory_mib.get("runsc")),
+            " / ".join(str(len(g.memory_mib.get(k, []))) for k in ("runc", "runsc"))),
+    ]
+    out += [table(["", "runc", "runsc (gVisor)", "runsc / runc", "n (runc / runsc)"], rows), ""]
+    failed_starts = {k: v for k, v in g.start_failures.items() if v}
+    if failed_starts or g.errors:
+        out += [("Failures: " + "; ".join(
+            [f"{len(v)} {k} starts ({'; '.join(sorted(set(v)))[:300]})" for k, v in failed_starts.items()]
+            + [f"{k}: {v} visitors" for k, v in g.failures.items() if v]
+            + sorted({e[:160] for e in g.errors})) + "."), ""]
+    meaning = _gvisor_meaning(g)
+    if meaning:
+        out += [f"**What it means.** {meaning}", ""]
+    if not math.isnan(g.fill_s):
+        out += [f"Filling both pools ({g.pool} + {g.pool}) took {n(g.fill_s, 's')}.", ""]
+    if g.first_output:
+        out += ["![gVisor beside runc](bench-gvisor.png)", ""]
+
+
 # ---- the document ---------------------------------------------------------------------------------
 
 
@@ -421,6 +512,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _resources_section(r, out)
     if r.scale:
         _scale_section(r, out)
+    if r.gvisor:
+        _gvisor_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

@@ -188,9 +188,10 @@ def _cgroup_mib(container_id: str) -> float | None:
     return None
 
 
-def idle_sandbox_memory(cluster: BenchCluster) -> list[float]:
-    """MiB per warm, idle sandbox (see the module docstring)."""
-    warm = {r["id"] for r in cluster.status()["sandboxes"] if r["state"] == "warm"}
+def idle_sandbox_memory(cluster: BenchCluster, profile: str | None = None) -> list[float]:
+    """MiB per warm, idle sandbox (see the module docstring); with ``profile``, of that profile's only."""
+    warm = {r["id"] for r in cluster.status()["sandboxes"]
+            if r["state"] == "warm" and (profile is None or r["pool"] == profile)}
     values = []
     if cluster.runtime == "docker":
         client = docker_client()

@@ -14,15 +14,18 @@ The groups, each in its own module:
 - ``proxy``: what Traefik adds per request, in throughput and per websocket round trip;
 - ``resources``: sockets per open websocket, memory of nbpool's processes and of a sandbox;
 - ``scale``: the control plane with 1000 sandboxes' records and heartbeats;
-- ``burst``: 100 visitors in 10 s at a pool of 20.
+- ``burst``: 100 visitors in 10 s at a pool of 20;
+- ``gvisor``: start time, first output and idle memory of sandboxes under gVisor (``runsc``)
+  beside runc, in one cluster with a pool of each.
 
 Shared by them: ``common`` (statistics, a lean HTTP client, clusters, processes), ``stub`` (a
 fast stand-in for a Jupyter server), ``profiling`` (py-spy, with ``--profile``); and for the
 output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
-proxy, resources and scale figures; then the other pool sizes; then the burst. Sized to finish
-within 15 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
+proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
+of runc and gVisor. Sized to finish within 15 minutes on 2 cores; ``--quick`` runs small versions of
+everything in a few minutes.
 """
 
 from __future__ import annotations
@@ -42,13 +45,14 @@ from typing import TypeVar
 import burst
 import claims
 import first_output
+import gvisor
 import proxy
 import report
 import resources
 import scale
 from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine, progress
 
-GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst")
+GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor")
 _T = TypeVar("_T")
 
 
@@ -80,6 +84,8 @@ class Sizes:
     burst_visitors: int = 100
     burst_over_s: float = 10.0
     burst_max_sandboxes: int = 120
+    #: warm sandboxes under each runtime (runc, runsc); each is then claimed by one visitor, the first untimed.
+    gvisor_pool: int = 10
 
 
 def quick() -> Sizes:
@@ -88,7 +94,7 @@ def quick() -> Sizes:
         floor_runs=2, claims_pool=20, claims_per_level=40, first_output={10: {1: 2, 10: 1, 30: 1}},
         proxy_blocks=2, proxy_per_block=50, proxy_load_s=2, proxy_load_reps=1, websockets_open=4,
         scale_records=200, scale_base_slices=1, scale_load_slices=2, scale_propagation=3,
-        burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30,
+        burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30, gvisor_pool=4,
     )
 
 
@@ -186,6 +192,9 @@ class Bench:
                     return await burst.measure(cluster, s.burst_pool, s.burst_visitors, s.burst_over_s)
             r.burst = await self.phase("burst", do_burst)
 
+        if self.wants("gvisor"):
+            await self.phase("gvisor", self._gvisor)
+
         hung = [f"{c.label} ({', '.join(c.hung)})" for c in self.clusters if c.hung]
         if hung:
             r.notes.append(
@@ -251,6 +260,23 @@ class Bench:
                 r.scale = await self.phase("scale", lambda: scale.measure(
                     cluster, pool, s.scale_records, s.scale_base_slices, s.scale_load_slices, s.scale_propagation,
                     self.args.scale_batch or s.scale_batch, self.profile_dir))
+
+    async def _gvisor(self) -> None:
+        """The gVisor group; its results stay in the report when it fails half-way, with the reason."""
+        pool = self.sizes.gvisor_pool
+        results = self.results.gvisor = gvisor.GVisorResults(pool=pool)
+        results.missing = await asyncio.to_thread(gvisor.unavailable, self.image)
+        if results.missing:
+            progress(f"gvisor: not measured: {results.missing}")
+            return
+        results.runsc = await asyncio.to_thread(gvisor.describe_runsc)
+        try:
+            with self.track(gvisor.cluster(str(self.image), pool, self.sizes.spawn_concurrency)) as cluster:
+                results.fill_s = await asyncio.to_thread(gvisor.start, cluster, pool)
+                await gvisor.measure(cluster, pool, results)
+        except Exception as err:
+            results.missing = f"the group failed: {err.__class__.__name__}: {str(err).splitlines()[0][:300]}"
+            raise
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results

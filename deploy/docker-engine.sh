@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine answers on this machine.
 #
-#   deploy/docker-engine.sh ensure [--soft]   engine answers, or (root, Debian) install docker.io and start dockerd
+#   deploy/docker-engine.sh ensure [--soft]   engine answers, or (root, Debian) install docker.io and start dockerd;
+#                                              as root, also gVisor's runsc as the engine's runtime "runsc"
 #   deploy/docker-engine.sh start|stop|status  start/stop the dockerd this script started (pid in $PIDFILE)
 #
 # --soft: when no engine can be had (not root, no apt), say so and exit 0, so the Docker tests
@@ -61,23 +62,58 @@ install() {
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+has_runsc() { "$DOCKER" info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc"'; }
+
+# gVisor for profiles with "runtime": "runsc": Debian's runsc, registered in the daemon's
+# configuration with the arguments it needs here (ptrace platform; --network=host means the
+# container's own network namespace, which Docker sets up: without it runsc refuses to run
+# with networking), then the engine reloads its configuration.
+register_runsc() {
+    has_runsc && return 0
+    if ! command -v runsc >/dev/null; then
+        say "installing Debian's runsc (gVisor)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null || return 1
+    fi
+    local conf=/etc/docker/daemon.json
+    python3 - "$conf" "$(command -v runsc)" <<'PY' || return 1
+import json, os, sys
+path, binary = sys.argv[1], sys.argv[2]
+conf = json.load(open(path)) if os.path.exists(path) and os.path.getsize(path) else {}
+conf.setdefault("runtimes", {})["runsc"] = {"path": binary, "runtimeArgs": ["--platform=ptrace", "--network=host"]}
+os.makedirs(os.path.dirname(path), exist_ok=True)
+with open(path + ".tmp", "w") as f:
+    json.dump(conf, f, indent=2)
+os.replace(path + ".tmp", path)
+PY
+    if ours; then
+        kill -HUP "$(cat "$PIDFILE")"
+    elif command -v systemctl >/dev/null && systemctl is-active --quiet docker; then
+        systemctl reload docker
+    else
+        say "registered runsc in $conf; reload the Docker engine to use it"
+        return 1
+    fi
+    for _ in $(seq 1 40); do has_runsc && { say "runtime runsc (gVisor) registered"; return 0; }; sleep 0.25; done
+    say "the engine did not pick up runsc from $conf"; return 1
+}
+
 ensure() {
     if answers; then
-        [[ $(id -u) -ne 0 ]] || install
-        return 0
+        [[ $(id -u) -ne 0 ]] || { install && register_runsc; }
+        return
     fi
     if [[ $(id -u) -ne 0 ]]; then
         say "no Docker engine answers, and starting one needs root"
         return 1
     fi
-    install && start
+    install && start && register_runsc
 }
 
 case "${1:-}" in
     ensure)
         if ensure; then exit 0; fi
         if [[ ${2:-} == --soft && ${CI:-} != true ]]; then
-            say "continuing without Docker: the Docker tests will be skipped"
+            say "continuing without Docker: nbpool up runs sandboxes as plain processes, the Docker tests are skipped"
             exit 0
         fi
         exit 1 ;;

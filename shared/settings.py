@@ -39,6 +39,10 @@ class Profile(BaseModel):
     description: str = "Python 3 with JupyterLab"
     pool_size: int | None = Field(default=None, ge=0, description="warm sandboxes per spawner; default NBPOOL_POOL_SIZE")
     image: str | None = Field(default=None, description="container image (docker runtime)")
+    runtime: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_.-]{0,40}$",
+        description="the Docker runtime of its containers, e.g. runsc (gVisor); default the engine's (runc)",
+    )
 
 
 class CommonSettings(BaseSettings):
@@ -106,7 +110,11 @@ class GatewaySettings(CommonSettings):
     admin_token: str = ""
     claim_timeout: float = Field(default=10.0, ge=0, description="how long a launch waits for a starting sandbox")
     rate_limit: float = Field(default=60.0, gt=0, description="launches per minute per client")
-    rate_burst: int = Field(default=20, ge=1)
+    # Well below a spawner's capacity (NBPOOL_MAX_SANDBOXES, 20): one client cannot take the pool at once.
+    rate_burst: int = Field(default=5, ge=1)
+    max_sessions_per_client: int = Field(
+        default=30, ge=1, description="live sessions one client address may hold (a class of 30 behind one NAT)"
+    )
     max_body_bytes: int = Field(default=16_384, ge=256)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     admin_session_ttl: float = Field(default=8 * 3600.0, gt=0, le=24 * 3600.0, description="seconds an admin sign-in lasts")
@@ -138,6 +146,10 @@ class SpawnerSettings(CommonSettings):
     docker_network: str = Field(default="", description="docker runtime: bridge network; default <instance>-sandboxes")
     docker_egress: bool = Field(default=False, description="docker runtime: may sandboxes reach beyond the host")
     docker_memory: str = Field(default="512m", pattern=r"^[0-9]+[bkmg]?$", description="docker runtime: memory limit")
+    docker_disk: str = Field(
+        default="1g", pattern=r"^[0-9]+[bkmg]?$",
+        description="docker runtime: what a sandbox may write (its home, on tmpfs: counts as memory too)",
+    )
     docker_cpus: float = Field(default=1.0, gt=0, description="docker runtime: CPU limit")
     docker_pids: int = Field(default=256, ge=16, description="docker runtime: process limit")
     docker_start_cpu_shares: int = Field(
@@ -188,6 +200,7 @@ class CullerSettings(CommonSettings):
 
     pool_max_age: float = Field(default=3600.0, gt=0)
     cull_interval: float = Field(default=5.0, gt=0)
+    unopened_timeout: float = Field(default=120.0, gt=0, description="seconds a claimed session may go unopened")
 
 
 _S = TypeVar("_S", bound=CommonSettings)

@@ -87,6 +87,10 @@ class Cluster:
             NBPOOL_PUBLIC_URL=self.url,
             NBPOOL_LOG_LEVEL="DEBUG",
             NBPOOL_RUNTIME="process",
+            # One test client launches everything: the per-client limits are tested on their own.
+            NBPOOL_RATE_LIMIT="100000",
+            NBPOOL_RATE_BURST="100000",
+            NBPOOL_MAX_SESSIONS_PER_CLIENT="1000",
         )
         env.update(settings or {})
         self.env = env

@@ -113,7 +113,9 @@ async def test_sandbox_is_isolated(docker_cluster: Any) -> None:
 
 
 async def test_memory_limit_kills_the_kernel_not_the_host(docker_cluster: Any) -> None:
-    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_DOCKER_MEMORY": "256m"}, warm=1)
+    # The cgroup's limit is memory + disk (files on tmpfs are memory): a small disk keeps it near 256m.
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_DOCKER_MEMORY": "256m", "NBPOOL_DOCKER_DISK": "32m"},
+                                      warm=1)
     children = cluster.children()
     session = cluster.new_session()
     async with httpx.AsyncClient(timeout=30) as client:
@@ -132,6 +134,99 @@ async def test_memory_limit_kills_the_kernel_not_the_host(docker_cluster: Any) -
     assert result == "2"
     assert cluster.children() == children
     assert session["id"] in {e["sandbox_id"] for e in cluster.events() if e["type"] == "sandbox.oom"}
+
+
+WRITE = """
+import errno, json, os
+def fill(path, mib):
+    try:
+        with open(path, "wb") as f:
+            for _ in range(mib):
+                f.write(b"x" * 1024 * 1024)
+                f.flush()
+        return "ok"
+    except OSError as err:
+        return errno.errorcode.get(err.errno, str(err.errno))
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+print(json.dumps({"home": fill(os.path.expanduser("~/big"), 200), "tmp": fill("/tmp/big", 200),
+                  "root": fill("/opt/big", 1), "small": fill(os.path.expanduser("~/small"), 8),
+                  "welcome": os.path.exists(os.path.expanduser("~/Welcome.ipynb"))}))
+"""
+
+
+async def test_disk_quota_and_log_cap(docker_cluster: Any) -> None:
+    """Writes past NBPOOL_DOCKER_DISK fail inside the sandbox (ENOSPC); the root filesystem is
+    read-only; the host's disk barely moves; a flood on the server's output is capped."""
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_DOCKER_DISK": "64m"}, warm=1)
+    session = cluster.new_session()
+    free = shutil.disk_usage("/").free
+    wrote = json.loads(await _run(cluster, session, WRITE, timeout=60))
+    assert wrote == {"home": "ENOSPC", "tmp": "ENOSPC", "root": "EROFS", "small": "ok", "welcome": True}
+    assert abs(shutil.disk_usage("/").free - free) < 32 * 1024**2
+    # 20 MB on the output of the container's first process: Docker keeps at most its 1 MiB cap.
+    flood = "f = open('/proc/1/fd/1', 'w')\nfor _ in range(20 * 1024): f.write('y' * 1023 + '\\n')\nf.close()\nprint('done')"
+    assert (await _run(cluster, session, flood, timeout=60)).strip() == "done"
+    (container,) = [c for c in cluster.containers() if c.labels["nbpool.sandbox"] == session["id"]]
+    container.reload()
+    logged = sum(os.path.getsize(p) for p in _log_files(container.attrs["LogPath"]))
+    assert logged < 4 * 1024**2, logged
+    # The sandbox and nbpool carry on.
+    assert await _run(cluster, session, "1+1") == "2"
+    assert cluster.new_session()["id"] != session["id"]
+
+
+def _log_files(path: str) -> list[str]:
+    folder, name = os.path.split(path)
+    return [os.path.join(folder, f) for f in os.listdir(folder) if f.startswith(name)]
+
+
+async def test_no_setuid_programs_in_the_image(docker_cluster: Any) -> None:
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "1"}, warm=1)
+    session = cluster.new_session()
+    found = await _run(cluster, session, (
+        "import os, stat\n"
+        "hits = []\n"
+        "for top in ('/usr', '/bin', '/sbin', '/opt', '/etc', '/var', '/lib'):\n"
+        "    for d, _, fs in os.walk(top):\n"
+        "        for f in fs:\n"
+        "            p = os.path.join(d, f)\n"
+        "            try:\n"
+        "                m = os.lstat(p).st_mode\n"
+        "            except OSError:\n"
+        "                continue\n"
+        "            if stat.S_ISREG(m) and m & (stat.S_ISUID | stat.S_ISGID):\n"
+        "                hits.append(p)\n"
+        "print(len(hits), hits[:5])"
+    ), timeout=120)
+    assert found.strip() == "0 []"
+
+
+async def test_gvisor_profile_end_to_end_and_isolated(docker_cluster: Any) -> None:
+    """A profile with "runtime": "runsc" runs its sandboxes under gVisor (make test registers it)."""
+    runtimes = docker.from_env().info().get("Runtimes", {})
+    assert "runsc" in runtimes, f"the engine has no runsc runtime ({sorted(runtimes)}); deploy/docker-engine.sh ensure registers it"
+    profiles = {"default": {"pool_size": 0}, "gvisor": {"pool_size": 1, "runtime": "runsc", "description": "gVisor"}}
+    cluster: Cluster = docker_cluster({"NBPOOL_PROFILES": json.dumps(profiles), "NBPOOL_DOCKER_DISK": "64m"}, warm=1)
+    session = cluster.new_session(profile="gvisor")
+    (container,) = [c for c in cluster.containers() if c.labels["nbpool.sandbox"] == session["id"]]
+    assert container.attrs["HostConfig"]["Runtime"] == "runsc"
+    assert await _run(cluster, session, "1+1") == "2"
+    # gVisor's own kernel answers inside, not the host's.
+    inside = await _run(cluster, session, "import platform; print(platform.release())")
+    assert inside.strip() != os.uname().release
+    my_ip = _record(cluster, session["id"])["target"].removeprefix("http://").split(":")[0]
+    gateway_ip = _network(cluster).attrs["IPAM"]["Config"][0]["Gateway"]
+    control = [cluster.nats_port, cluster.ping_port, cluster.gateway_port, cluster.proxy_port, 2375, 2376]
+    forbidden = [(host, port) for host in ("127.0.0.1", gateway_ip) for port in control]
+    reached = json.loads(await _run(cluster, session, PROBE % ([(my_ip, 8888), *forbidden],)))
+    assert reached.pop(f"{my_ip}:8888") is True
+    assert not [where for where, ok in reached.items() if ok], reached
+    # The same limits on what it writes (gVisor checks permissions before the read-only mount).
+    wrote = json.loads(await _run(cluster, session, WRITE, timeout=120))
+    assert wrote == {"home": "ENOSPC", "tmp": "ENOSPC", "root": "EACCES", "small": "ok", "welcome": True}
+    assert container.attrs["HostConfig"]["ReadonlyRootfs"] is True
 
 
 async def test_spawner_kill9_adopts_claimed_and_removes_orphans(docker_cluster: Any, docker_image: str) -> None:

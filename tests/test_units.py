@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from nbpool.culler.policy import CullPolicy, decide, expires_at
+from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
+from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
+from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
 from nbpool.origins import Origins, OriginsError
@@ -26,6 +28,55 @@ def record(state: State = State.CLAIMED, sid: str = "abc123", **kw: object) -> S
     )
     base.update(kw)
     return SandboxRecord.model_validate(base)
+
+
+class TestUnopened:
+    POLICY = CullPolicy(idle_timeout=600, max_age=7200, pool_max_age=3600, unopened_timeout=120)
+
+    def test_a_claim_nobody_opens_ends_after_the_timeout(self) -> None:
+        rec = record(claimed_at=2000.0)
+        assert decide(rec, None, 2100.0, self.POLICY).end is False
+        assert decide(rec, None, 2121.0, self.POLICY) == Verdict(True, "unopened")
+        # Activity from before the claim (the pooled kernel's warm-up) does not open it.
+        before = Activity(id="abc123", last_activity=1500.0, at=2100.0)
+        assert decide(rec, before, 2121.0, self.POLICY) == Verdict(True, "unopened")
+
+    def test_any_use_after_the_claim_opens_it(self) -> None:
+        rec = record(claimed_at=2000.0)
+        used = Activity(id="abc123", last_activity=2001.0, at=2100.0)
+        connected = Activity(id="abc123", last_activity=1500.0, connections=1, at=2100.0)
+        assert decide(rec, used, 2500.0, self.POLICY).end is False
+        assert decide(rec, connected, 2500.0, self.POLICY).end is False
+
+
+class TestLaunchQueue:
+    """Only a visitor whose page watches the ticket gets a sandbox from the line."""
+
+    async def test_unwatched_ticket_keeps_its_place_but_gets_nothing(self) -> None:
+        claims: list[str] = []
+        free = asyncio.Event()
+
+        class Claimer:
+            async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+                if not free.is_set():
+                    raise NoCapacity("starting", 1)
+                claims.append(owner)
+                return record(sid=f"sb{len(claims):04d}")
+
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, watch_window=0.3)  # type: ignore[arg-type]
+        unwatched = queue.join("default", "lab", "crawler")  # nothing free while its request waits
+        await asyncio.sleep(0.4)
+        free.set()
+        await asyncio.sleep(1.5)  # the line tries again, but nobody watches that ticket any more
+        assert claims == [] and queue.waiting("default") == 1
+        watched = queue.join("default", "lab", "visitor")
+        for _ in range(20):
+            watched.touch()
+            if await watched.changed(timeout=0.1) and watched.state == "ready":
+                break
+        assert claims == ["visitor"] and watched.url == "sb0001"
+        assert unwatched.url is None and queue.waiting("default") == 1
+        await queue.close()
 
 
 class TestCullPolicy:

@@ -29,7 +29,7 @@ class Culler:
     def __init__(self, settings: CullerSettings, bus: Bus) -> None:
         self.settings = settings
         self.bus = bus
-        self.policy = CullPolicy(settings.idle_timeout, settings.max_age, settings.pool_max_age)
+        self.policy = CullPolicy(settings.idle_timeout, settings.max_age, settings.pool_max_age, settings.unopened_timeout)
         self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord)
         self.activity: KVMirror[Activity] = KVMirror(bus, bus.names.activity, Activity)
 

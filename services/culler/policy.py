@@ -17,16 +17,19 @@ class CullPolicy:
     - ``max_age``: a claimed sandbox this long after it was claimed, busy or not.
     - ``pool_max_age``: a warm, unclaimed sandbox this long after it turned warm (recycled, so
       the pool never hands out a server that has sat for hours).
+    - ``unopened_timeout``: a claimed sandbox that nobody has used since the claim (a link
+      preview, a crawler, a launch whose visitor went away): no request reached its server.
     """
 
     idle_timeout: float
     max_age: float
     pool_max_age: float
+    unopened_timeout: float = float("inf")
 
 
 @dataclass(frozen=True)
 class Verdict:
-    """``end`` says whether to end the sandbox, ``reason`` why (idle, max_age, recycle)."""
+    """``end`` says whether to end the sandbox, ``reason`` why (idle, max_age, recycle, unopened)."""
 
     end: bool
     reason: str = ""
@@ -51,6 +54,9 @@ def decide(rec: SandboxRecord, activity: Activity | None, now: float, policy: Cu
         return KEEP
     if now - rec.claimed_at > policy.max_age:
         return Verdict(True, "max_age")
+    opened = activity is not None and (activity.last_activity > rec.claimed_at or activity.connections > 0)
+    if not opened and now - rec.claimed_at > policy.unopened_timeout:
+        return Verdict(True, "unopened")
     last = rec.claimed_at
     if activity is not None:
         if activity.busy_kernels:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import hashlib
-import hmac
 import secrets
 import time
 from typing import Any
@@ -26,6 +25,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from nbpool import logs
 from nbpool.bus import Bus, KVMirror
 from nbpool.gateway.pages import admin_page, login_page
+from nbpool.gateway.tokens import from_authorization, same
 from nbpool.models import (
     Activity,
     AdminSession,
@@ -46,11 +46,6 @@ log = logs.get("nbpool.gateway.admin")
 
 COOKIE = "nbpool_admin"
 CSRF_HEADER = "x-csrf-token"
-
-
-def _same(given: str, expected: str) -> bool:
-    """Constant-time comparison of any two strings (``hmac.compare_digest`` refuses non-ASCII str)."""
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 
 class AdminSessions:
@@ -151,16 +146,16 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
         """401 unless the admin token or a live admin session; 403 for a change without the CSRF token."""
         if not secret:
             raise HTTPException(401, "admin is off: set NBPOOL_ADMIN_TOKEN")
-        scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() in ("token", "bearer") and value.strip():
-            if _same(value.strip(), secret):
+        given_token = from_authorization(request.headers.get("authorization"))
+        if given_token is not None:
+            if same(given_token, secret):
                 return
             raise HTTPException(401, "wrong admin token")
         session = await signed_in(request)
         if session is None:
             raise HTTPException(401, "this needs an admin session (sign in at /admin) or the admin token")
         given = request.headers.get(CSRF_HEADER) or form_csrf or ""
-        if change and not _same(given, session.csrf):
+        if change and not same(given, session.csrf):
             raise HTTPException(403, "a change needs the admin page's CSRF token (header X-CSRF-Token)")
 
     @router.get("/admin")
@@ -173,7 +168,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
 
     @router.post("/admin/login")
     async def login(token: str = Form(default="")) -> Response:
-        if not secret or not _same(token, secret):
+        if not secret or not same(token, secret):
             log.warning("admin sign-in refused")
             return HTMLResponse(login_page("That is not the admin token."), 401)
         session_id, session = await state["admin_sessions"].start()

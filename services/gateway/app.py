@@ -7,7 +7,6 @@ spawners over request/reply, and ending a session is a compare-and-set on the re
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import os
 import time
@@ -26,11 +25,14 @@ from nbpool.culler.policy import CullPolicy, expires_at
 from nbpool.gateway.admin import AdminSessions, EventTail, admin_router
 from nbpool.gateway.claims import Claimer, NoCapacity
 from nbpool.gateway.docs import add_docs
+from nbpool.gateway.errors import error_responses
+from nbpool.gateway.errors import install as install_error_handlers
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
 from nbpool.gateway.origin_guard import OriginGuard
 from nbpool.gateway.pages import content_security_policy, ended_page, landing_page, waiting_page
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.gateway.tokens import from_authorization, same
 from nbpool.models import Activity, BadMessage, Drain, SandboxRecord, SpawnerBeat, State, decode, encode
 from nbpool.names import Names
 from nbpool.settings import GatewaySettings
@@ -43,6 +45,13 @@ __all__ = ["create_app"]
 log = logs.get("nbpool.gateway")
 
 _ID = r"^[a-z0-9]{4,40}$"
+# What links.lab_path accepts, for the OpenAPI document (the check itself is lab_path's, in Python).
+RELATIVE_PATH = r"^(?!//)(?!.*://)(?!(.*/)?\.\.(/|$))[^\x00-\x1f\x7f\\]*$"
+ProfileQuery = Annotated[str | None, Query(description="a configured profile")]
+UrlPathQuery = Annotated[str | None, Query(description="the page to open, in any of the link forms",
+                                           max_length=1024, json_schema_extra={"pattern": RELATIVE_PATH})]
+
+
 def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
@@ -56,7 +65,8 @@ class SessionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     profile: str | None = Field(default=None, description="a configured profile; the default profile if absent")
-    path: str = Field(default="", max_length=1024, description="a file or folder to open, relative to the home folder")
+    path: str = Field(default="", max_length=1024, description="a file or folder to open, relative to the home folder",
+                      json_schema_extra={"pattern": RELATIVE_PATH})
 
     @field_validator("path")
     @classmethod
@@ -202,6 +212,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
     )
     add_docs(app)
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
+    install_error_handlers(app, unmatched={"/spawn/": "the path must be a plain relative path"})
     origins = settings.origins
     app.add_middleware(
         OriginGuard,
@@ -229,12 +240,20 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
 
     def admit(request: Request, profile: str | None) -> tuple[str, str]:
         """Check the profile and the client's launch rate; the profile and the client."""
-        profile = profile or settings.default_profile
+        profile = settings.default_profile if profile is None else profile
         if profile not in settings.profiles:
             raise HTTPException(
                 422, f"unknown profile {profile!r}; choose one of: {', '.join(sorted(settings.profiles))}"
             )
         client = client_of(request)
+        live = sum(1 for rec in state["records"].values() if rec.owner == client and rec.state == State.CLAIMED)
+        if live >= settings.max_sessions_per_client:
+            raise HTTPException(
+                429,
+                f"{client} already has {live} live sessions, the most one client may hold "
+                f"(NBPOOL_MAX_SESSIONS_PER_CLIENT); end one (DELETE /sessions/<id>) or wait for one to end",
+                headers={"Retry-After": "60"},
+            )
         wait = limiter.take(client)
         if wait > 0:
             raise HTTPException(
@@ -287,12 +306,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse({"detail": exc.reason, "reason": "full"}, 503, headers)
 
-    @app.post(
-        "/sessions",
-        status_code=201,
-        response_model=SessionCreated,
-        responses={422: {"description": "bad input"}, 429: {"description": "rate limited"}, 503: {"description": "full"}},
-    )
+    @app.post("/sessions", status_code=201, response_model=SessionCreated, responses=error_responses(413, 422, 429, 503))
     async def create_session(request: Request, body: SessionRequest | None = None) -> SessionCreated:
         """Claim a warm sandbox. The answer's ``url`` opens JupyterLab at once."""
         body = body or SessionRequest()
@@ -311,11 +325,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         authorization: Annotated[str | None, Header()] = None,
         token: Annotated[str | None, Query(description="the session's token (or an Authorization header)")] = None,
     ) -> tuple[SandboxRecord, int]:
-        given = token
-        if authorization:
-            scheme, _, value = authorization.partition(" ")
-            if scheme.lower() in ("token", "bearer") and value:
-                given = value.strip()
+        given = from_authorization(authorization) or token
         if not given:
             raise HTTPException(401, "this needs the session's token: 'Authorization: token <token>' or ?token=")
         kv = await the_bus().kv(the_bus().names.sandboxes)
@@ -324,11 +334,11 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             rec = decode(SandboxRecord, entry.value or b"")
         except (nats.js.errors.KeyNotFoundError, BadMessage):
             raise HTTPException(404, f"no session {session_id} (it may have ended)") from None
-        if rec.state not in (State.CLAIMED, State.ENDING) or not hmac.compare_digest(rec.token, given):
+        if rec.state not in (State.CLAIMED, State.ENDING) or not same(given, rec.token):
             raise HTTPException(403, "wrong token for this session")
         return rec, entry.revision or 0
 
-    @app.get("/sessions/{session_id}", response_model=SessionInfo, responses={401: {}, 403: {}, 404: {}})
+    @app.get("/sessions/{session_id}", response_model=SessionInfo, responses=error_responses(401, 403, 404, 422))
     async def get_session(found: tuple[SandboxRecord, int] = Depends(authorized_record)) -> SessionInfo:
         """A session's state and times (needs the session's token)."""
         rec, _ = found
@@ -350,7 +360,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             url=lab_url(rec),
         )
 
-    @app.delete("/sessions/{session_id}", status_code=204, responses={401: {}, 403: {}, 404: {}})
+    @app.delete("/sessions/{session_id}", status_code=204, responses=error_responses(401, 403, 404, 422))
     async def delete_session(found: tuple[SandboxRecord, int] = Depends(authorized_record)) -> Response:
         """End a session now: its server and its route are gone when this returns."""
         await end_session(found[0].id, "deleted")
@@ -361,9 +371,25 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         profiles = {name: p.description for name, p in settings.profiles.items()}
         return HTMLResponse(landing_page(profiles, settings.default_profile, round(settings.idle_timeout / 60)))
 
-    @app.get("/spawn", summary="Launch and open (tmpnb-style links)")
-    @app.get("/spawn/{path:path}", summary="Launch and open a path (tmpnb-style links)")
-    async def spawn(request: Request, path: str = "", profile: str | None = None, urlpath: str | None = None) -> Response:
+    spawn_responses: dict[int | str, dict[str, Any]] = {
+        200: {"description": "a waiting page: the visitor is in line, and it opens the server when ready",
+              "content": {"text/html": {"schema": {"type": "string"}}}},
+        302: {"description": "straight into a warm server: Location is its URL on its own origin, with the token",
+              "headers": {"Location": {"schema": {"type": "string"}}}},
+        503: {"description": "no vacancy: every sandbox is in use; the page keeps the visitor's place (Retry-After)",
+              "content": {"text/html": {"schema": {"type": "string"}}}},
+        **error_responses(422, 429),
+    }
+
+    @app.get("/spawn", summary="Launch and open (tmpnb-style links)", response_class=HTMLResponse,
+             responses=spawn_responses)
+    async def spawn_plain(request: Request, profile: ProfileQuery = None, urlpath: UrlPathQuery = None) -> Response:
+        """Claim a sandbox and send the browser into it (JupyterLab, or ``?urlpath=``)."""
+        return await spawn(request, "", profile, urlpath)
+
+    @app.get("/spawn/{path:path}", summary="Launch and open a path (tmpnb-style links)", response_class=HTMLResponse,
+             responses=spawn_responses)
+    async def spawn(request: Request, path: str, profile: ProfileQuery = None, urlpath: UrlPathQuery = None) -> Response:
         """Claim a sandbox and send the browser into it.
 
         ``/spawn/lab/tree/<path>``, ``/spawn/notebooks/<path>``, ``/spawn/<path>`` and
@@ -372,7 +398,11 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         progress and opens the server when it is ready (503 "no vacancy" while every sandbox is
         in use).
         """
+        for name in ("profile", "urlpath"):
+            if len(request.query_params.getlist(name)) > 1:
+                raise HTTPException(422, f"give {name} once")
         try:
+            lab_path(path)  # a bad path is refused even when urlpath decides the page
             page = lab_path(path, urlpath)
         except BadLink as err:
             raise HTTPException(422, str(err)) from None
@@ -453,7 +483,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             profiles=profiles,
         )
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={503: {"description": "not connected to the bus"}})
     async def healthz() -> JSONResponse:
         """200 while the gateway is connected to the bus."""
         ok = "bus" in state and the_bus().nc.is_connected
@@ -472,6 +502,26 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             return HTMLResponse(ended_page(again), 404)
         return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
 
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        """The OpenAPI document, with what the configuration decides: the profile names."""
+        if app.openapi_schema is None:
+            schema = document()
+            names = {"enum": sorted(settings.profiles), "type": "string"}
+            schema["components"]["schemas"]["SessionRequest"]["properties"]["profile"]["anyOf"][0] = names
+            for where in ("/spawn", "/spawn/{path}"):
+                for param in schema["paths"][where]["get"]["parameters"]:
+                    if param["name"] == "profile":
+                        param["schema"]["anyOf"][0] = names
+                    if param["name"] == "path":
+                        param["schema"].update(pattern=RELATIVE_PATH, maxLength=1024)
+                for code, answer in schema["paths"][where]["get"]["responses"].items():
+                    if code >= "400":  # errors are JSON, also where the page itself is HTML
+                        answer["content"].pop("text/html", None)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.include_router(admin_router(settings, state))
     if settings.static_offload:
         # JupyterLab's own build: the same files every sandbox of this version serves itself.

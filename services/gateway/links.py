@@ -32,8 +32,11 @@ class BadLink(ValueError):
 
 
 def _clean(path: str) -> str:
-    path = unquote(path).strip()
-    if _CONTROL.search(path) or "://" in path or path.startswith("//"):
+    path = unquote(path)
+    if _CONTROL.search(path):
+        raise BadLink("the path must be a plain relative path")
+    path = path.strip()
+    if "://" in path or path.startswith("//"):
         raise BadLink("the path must be a plain relative path")
     parts = [p for p in path.strip("/").split("/") if p not in ("", ".")]
     if ".." in parts:

@@ -2,8 +2,11 @@
 
 A launch that cannot be served at once joins the line of its profile. One worker per profile
 claims for the visitor at the head of the line only, so nobody overtakes anybody; the others see
-their position and a wait estimate measured from how fast the line has been moving. A visitor
-whose page stops watching for ``abandon_after`` seconds leaves the line.
+their position and a wait estimate measured from how fast the line has been moving. A sandbox
+goes only to a visitor whose page is watching (it touched the ticket within ``watch_window``
+seconds: the live page does every few seconds); a ``GET /spawn`` that nobody follows up (a
+crawler, a link preview, curl) keeps its place but gets nothing, and a visitor whose page stops
+watching for ``abandon_after`` seconds leaves the line.
 
 Each gateway replica keeps its own lines; behind them, each spawner serves waiting claims in
 arrival order as well.
@@ -87,12 +90,14 @@ class LaunchQueue:
         estimate_full: Callable[[str, int], float | None] = lambda profile, position: None,
         abandon_after: float = 30.0,
         keep_done: float = 120.0,
+        watch_window: float = 8.0,
     ) -> None:
         self._claimer = claimer
         self._make_url = make_url
         self._estimate_full = estimate_full
         self._abandon_after = abandon_after
         self._keep_done = keep_done
+        self._watch_window = watch_window
         self._lines: dict[str, deque[Ticket]] = {}
         self._tickets: dict[str, Ticket] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
@@ -104,6 +109,9 @@ class LaunchQueue:
         """Put a visitor at the end of the line of ``profile``."""
         self._forget_old()
         ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner)
+        # The launch request itself watches for a moment (a sandbox about to turn warm needs no
+        # waiting page); after that, only the visitor's page keeps the ticket watched.
+        ticket.seen -= max(0.0, self._watch_window - 1.0)
         self._tickets[ticket.id] = ticket
         self._lines.setdefault(profile, deque()).append(ticket)
         self._reposition(profile)
@@ -160,7 +168,10 @@ class LaunchQueue:
             self._drop_abandoned(profile)
             if not line:
                 return
-            head = line[0]
+            head = next((t for t in line if time.monotonic() - t.seen <= self._watch_window), None)
+            if head is None:  # nobody in line is watching: no sandbox for a page nobody looks at
+                await asyncio.sleep(0.5)
+                continue
             try:
                 record = await self._claimer.claim(profile, head.owner, wait=5.0)
             except NoCapacity as exc:
@@ -175,7 +186,7 @@ class LaunchQueue:
                 log.warning("claim for the line failed", extra={"ticket": head.id, "error": repr(err)})
                 await asyncio.sleep(1.0)
                 continue
-            line.popleft()
+            line.remove(head)
             now = time.monotonic()
             took = now - last_served
             last_served = now

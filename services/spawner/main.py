@@ -25,6 +25,7 @@ def make_runtime(settings: SpawnerSettings) -> Runtime:
             network=settings.network,
             egress=settings.docker_egress,
             memory=settings.docker_memory,
+            disk=settings.docker_disk,
             cpus=settings.docker_cpus,
             pids=settings.docker_pids,
             start_cpu_shares=settings.docker_start_cpu_shares,

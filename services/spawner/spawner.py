@@ -326,6 +326,7 @@ class Spawner:
                 base_path=path,
                 profile=profile,
                 image=self.settings.profiles[profile].image,
+                runtime=self.settings.profiles[profile].runtime,
             )
             sandbox = await self._create(spec)
             self.known.add(sid)

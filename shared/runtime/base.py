@@ -23,13 +23,16 @@ class RuntimeUnavailable(Exception):
 
 @dataclass(frozen=True)
 class SandboxSpec:
-    """What to start: a Jupyter server serving ``base_path`` (``/user/<id>/``), accepting ``token``."""
+    """What to start: a Jupyter server serving ``base_path`` (``/``, or ``/user/<id>/`` with path
+    routing), accepting ``token``. ``runtime`` names an OCI runtime of the engine (``runsc``
+    for gVisor); a runtime that cannot honour it raises :class:`SpawnFailed`."""
 
     id: str
     token: str
     base_path: str
     profile: str
     image: str | None = None
+    runtime: str | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,16 @@ published ports, no docker-proxy hop. The host's firewall drops connections that
 to the host itself (chain ``NBPOOL-SANDBOX-IN``). Containers run as uid 1000 with every capability dropped,
 ``no-new-privileges``, memory, CPU and pid limits, no Docker socket, and are removed when they
 stop. Labels carry the nbpool instance, spawner, sandbox id and profile; this runtime only ever
-lists or removes containers labelled with its own instance and spawner.
+lists or removes containers labelled with its own instance and spawner. A profile may name
+another OCI runtime of the engine (``runsc``: gVisor, a kernel of its own between the sandbox
+and the host's).
+
+Disk: the container's root filesystem is read-only, and all it can write lives on size-limited
+tmpfs mounts: its home (``disk``, with the Welcome notebook copied in at start) and ``/tmp``
+(64 MiB). A write past the size fails inside the sandbox with ENOSPC; nothing lands on the
+host's disk. tmpfs pages are memory of the container's cgroup, so the memory limit is
+``memory + disk``: files take at most ``disk`` of it, and processes have ``memory`` plus
+whatever the files leave. Logs: Docker keeps at most 1 MiB of each container's output.
 
 The Docker SDK is blocking: every call runs in a bounded thread pool (like tmpnb's
 ``max_dock_workers``) under a timeout. An engine that cannot be reached raises
@@ -35,7 +44,7 @@ from docker.models.containers import Container
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
 
-__all__ = ["LABEL", "DockerRuntime"]
+__all__ = ["LABEL", "DockerRuntime", "size_bytes"]
 
 log = logs.get("nbpool.runtime.docker")
 
@@ -43,6 +52,18 @@ LABEL = "nbpool"
 _CHAIN = "NBPOOL-SANDBOX-IN"
 _PORT = 8888
 _NORMAL_CPU_SHARES = 1024  # what Docker gives a container that sets none
+_HOME = "/home/jovyan"
+_TMP_SIZE = "64m"
+# Docker keeps this much of a container's output (the spawner reads its last lines on failure).
+_LOG_CONFIG = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
+_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def size_bytes(size: str) -> int:
+    """Bytes in a Docker-style size: ``512m``, ``1g``, ``65536``."""
+    size = size.strip().lower()
+    unit = _UNITS.get(size[-1:], 0)
+    return int(size[:-1]) * unit if unit else int(size)
 _T = TypeVar("_T")
 
 
@@ -59,6 +80,7 @@ class DockerRuntime:
         network: str,
         egress: bool = False,
         memory: str = "512m",
+        disk: str = "1g",
         cpus: float = 1.0,
         pids: int = 256,
         start_cpu_shares: int = 128,
@@ -72,6 +94,7 @@ class DockerRuntime:
         self.network = network
         self.egress = egress
         self.memory = memory
+        self.disk = disk
         self.cpus = cpus
         self.pids = pids
         self.start_cpu_shares = start_cpu_shares
@@ -81,6 +104,8 @@ class DockerRuntime:
         self._client: docker.DockerClient | None = None
         self._network_id = ""
         self._network_lock = threading.Lock()
+        # Sandboxes started at the normal CPU share (another OCI runtime): nothing to promote.
+        self._full_share: set[str] = set()
 
     # ---- plumbing --------------------------------------------------------------------------
 
@@ -218,13 +243,25 @@ class DockerRuntime:
             user="1000:1000",
             cap_drop=["ALL"],
             security_opt=["no-new-privileges:true"],
-            mem_limit=self.memory,
-            memswap_limit=self.memory,  # no swap: past the limit the kernel is killed, the host is spared
+            # Files on the tmpfs mounts below are memory of this cgroup: see the module docstring.
+            mem_limit=size_bytes(self.memory) + size_bytes(self.disk),
+            memswap_limit=size_bytes(self.memory) + size_bytes(self.disk),  # no swap: past it the kernel is killed
+            read_only=True,
+            tmpfs={
+                _HOME: f"size={self.disk},uid=1000,gid=1000,mode=0755,nosuid,nodev",
+                "/tmp": f"size={_TMP_SIZE},mode=1777,nosuid,nodev",
+            },
+            log_config=_LOG_CONFIG,
+            runtime=spec.runtime,  # None: the engine's default (runc); "runsc": gVisor
             nano_cpus=int(self.cpus * 1e9),
             pids_limit=self.pids,
-            cpu_shares=self.start_cpu_shares,  # see promote()
+            # See promote(). runsc cannot change a running container's limits: such sandboxes
+            # start at the normal share.
+            cpu_shares=_NORMAL_CPU_SHARES if spec.runtime else self.start_cpu_shares,
             auto_remove=True,
         )
+        if spec.runtime:
+            self._full_share.add(spec.id)
         try:
             container.reload()
             return self._sandbox(container)
@@ -253,7 +290,8 @@ class DockerRuntime:
 
     async def promote(self, sandbox_id: str) -> None:
         """The started sandbox gets the normal CPU share (1024); it started at ``start_cpu_shares``."""
-        if self.start_cpu_shares == _NORMAL_CPU_SHARES:
+        if self.start_cpu_shares == _NORMAL_CPU_SHARES or sandbox_id in self._full_share:
+            self._full_share.discard(sandbox_id)
             return
         try:
             await self._call(self._promote, sandbox_id)

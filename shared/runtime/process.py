@@ -70,6 +70,9 @@ class ProcessRuntime:
         (labconfig / "page_config.json").write_text(json.dumps(page))
 
     def _create(self, spec: SandboxSpec) -> RuntimeSandbox:
+        if spec.runtime:
+            raise SpawnFailed(f"profile {spec.profile!r} asks for the container runtime {spec.runtime!r}; "
+                              "the process runtime has none (use NBPOOL_RUNTIME=docker)")
         if not (self._config / "labconfig" / "page_config.json").exists():
             self._write_config()
         folder = self._dir(spec.id)

@@ -31,6 +31,12 @@ args=(
 if [[ -n "${NBPOOL_BASE_URL:-}" ]]; then
     args+=("--ServerApp.base_url=${NBPOOL_BASE_URL}")
 fi
+# The home folder starts empty (a fresh tmpfs under the docker runtime): its first contents.
+# cp -n: a home that already has them (another runtime, a restart) keeps its own.
+if [[ -d /opt/nbpool/home ]]; then
+    cp -rn /opt/nbpool/home/. "$HOME"/ 2>/dev/null || true
+    cp -rn /etc/skel/. "$HOME"/ 2>/dev/null || true
+fi
 # Hand the token over through Jupyter's own variable rather than the command line: the
 # command line of every process is world-readable (ps, /proc/<pid>/cmdline), the environment
 # only to the same user. Kernels inherit it; they belong to the token's holder anyway.
