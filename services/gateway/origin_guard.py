@@ -58,10 +58,13 @@ class OriginGuard:
         kind = self.origins.kind(headers.get("host", ""))
         path: str = scope["path"]
         send = self._with_headers(send)
-        if kind == "sandbox" and not path.startswith(self.static_paths or ("\0",)):
+        static = bool(self.static_paths) and path.startswith(self.static_paths)
+        if kind == "sandbox" and not static:
             await self._ended(scope, headers, send)
+        elif kind == "admin" and path == "/":
+            await self._redirect(send, "/admin")
         elif kind == "admin" and not (_is_admin_path(path) or path == "/healthz"):
-            await self._redirect(send, "/admin" if path == "/" else None)
+            await self._not_here(send)
         elif kind == "public" and self.origins.by_host and _is_admin_path(path):
             query = scope.get("query_string", b"").decode("latin-1")
             await self._redirect(send, self.origins.admin_url + path + (f"?{query}" if query else ""))
@@ -93,12 +96,12 @@ class OriginGuard:
                     "headers": [(b"content-type", kind), (b"cache-control", b"no-store")]})
         await send({"type": "http.response.body", "body": body})
 
-    async def _redirect(self, send: Send, location: str | None) -> None:
-        if location is None:
-            body = json.dumps({"detail": "the admin's origin serves only /admin"}).encode()
-            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": body})
-            return
+    async def _not_here(self, send: Send) -> None:
+        body = json.dumps({"detail": "the admin's origin serves only /admin"}).encode()
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _redirect(self, send: Send, location: str) -> None:
         # 307: a POST stays a POST (and keeps its body) on the other origin.
         await send({"type": "http.response.start", "status": 307,
                     "headers": [(b"location", location.encode("latin-1", "replace")), (b"content-length", b"0")]})
