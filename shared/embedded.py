@@ -252,7 +252,8 @@ class Supervisor:
         dynamic = self.state / "traefik" / "dynamic"
         dynamic.mkdir(parents=True, exist_ok=True)
         static = self.state / "traefik" / "traefik.yml"
-        config = traefik_static_config(self._proxy_addresses(), f"127.0.0.1:{s.proxy_ping_port}", dynamic)
+        addresses = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self._proxy_addresses()]
+        config = traefik_static_config(addresses, f"127.0.0.1:{s.proxy_ping_port}", dynamic)
         static.write_text(json.dumps(config, indent=1))  # JSON is valid YAML
         children.append(Child("traefik", [_binary("traefik"), f"--configFile={static}"], _go_env(s.gogc), logs / "traefik.log"))
         gateway_ports = [s.gateway_port + i for i in range(self.n_gateways)]
@@ -272,18 +273,17 @@ class Supervisor:
             children.append(Child(name, [py, "-m", "nbpool.gateway.main"], self._env(NBPOOL_GATEWAY_PORT=str(port)), logs / f"{name}.log"))
         return children
 
-    def _proxy_addresses(self) -> list[str]:
-        """Where Traefik listens. On 127.0.0.1 also on [::1]: ``*.localhost`` names (the sandboxes'
+    def _proxy_addresses(self) -> list[tuple[str, int]]:
+        """Where Traefik listens. On 127.0.0.1 also on ::1: ``*.localhost`` names (the sandboxes'
         and the admin's origins on one machine) resolve to ``::1`` first for many programs."""
         s = self.settings
         if s.proxy_host == "127.0.0.1" and socket.has_ipv6 and _ipv6_loopback():
-            return [f"127.0.0.1:{s.proxy_port}", f"[::1]:{s.proxy_port}"]
-        host = f"[{s.proxy_host}]" if ":" in s.proxy_host else s.proxy_host
-        return [f"{host}:{s.proxy_port}"]
+            return [("127.0.0.1", s.proxy_port), ("::1", s.proxy_port)]
+        return [(s.proxy_host, s.proxy_port)]
 
     def _check_ports(self) -> None:
         s = self.settings
-        wanted = [(a.rsplit(":", 1)[0].strip("[]"), s.proxy_port, "NBPOOL_PROXY_PORT") for a in self._proxy_addresses()]
+        wanted = [(host, port, "NBPOOL_PROXY_PORT") for host, port in self._proxy_addresses()]
         wanted += [("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
         wanted += [("127.0.0.1", s.gateway_port + i, "NBPOOL_GATEWAY_PORT") for i in range(self.n_gateways)]
         if self.external_nats is None:

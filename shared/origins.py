@@ -172,15 +172,6 @@ class Origins:
             return "sandbox"
         return "public"
 
-    def sandbox_id_of(self, host_header: str) -> str | None:
-        """The sandbox id a sandbox-origin ``Host`` names (host routing), else None."""
-        host = host_of(host_header)
-        suffix = "." + self.sandbox_domain
-        if not self.by_host or not host.endswith(suffix):
-            return None
-        sid = host[: -len(suffix)]
-        return sid if re.fullmatch(r"[a-z0-9]{4,40}", sid) else None
-
     def sandbox_source(self) -> str:
         """A CSP source expression that matches every sandbox origin (``http://*.sb.localhost:8000``)."""
         return self.sandbox_template.replace("{id}", "*")

@@ -313,7 +313,7 @@ class TestOrigins:
         assert HOST.kind("admin.localhost:8000") == "admin"
         assert HOST.kind("abcd12.sb.localhost:8000") == "sandbox"
         assert HOST.kind("sb.localhost") == "public"
-        assert HOST.sandbox_id_of("abcd12.SB.localhost:8000") == "abcd12"
+        assert HOST.kind("abcd12.SB.localhost:8000") == "sandbox"
         assert PATH.kind("admin.localhost:8000") == "public"
 
     def test_production(self) -> None:

@@ -214,11 +214,19 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
     app.add_middleware(_BodyLimit, limit=settings.max_body_bytes)
     install_error_handlers(app, unmatched={"/spawn/": "the path must be a plain relative path"})
     origins = settings.origins
+
+    def ended_answer(rest: str, accept: str) -> Response:
+        """404 for ``<a sandbox>/<rest>`` that has ended: a page (or JSON) that launches a fresh one there."""
+        again = settings.public_url + spawn_link(rest)
+        if "text/html" in accept:
+            return HTMLResponse(ended_page(again), 404, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
+
     app.add_middleware(
         OriginGuard,
         origins=origins,
         csp=content_security_policy(origins.sandbox_source() if origins.by_host else ""),
-        ended_page=lambda rest: ended_page(settings.public_url + spawn_link(rest)),
+        ended=ended_answer,
         static_paths=("/static/lab/",) if settings.static_offload else (),
     )
 
@@ -497,10 +505,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         if rec is not None and rec.state == State.CLAIMED:
             query = request.url.query
             return RedirectResponse(origins.sandbox_url(rec.id) + rest + (f"?{query}" if query else ""), status_code=302)
-        again = settings.public_url + spawn_link(rest)
-        if "text/html" in request.headers.get("accept", ""):
-            return HTMLResponse(ended_page(again), 404)
-        return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
+        return ended_answer(rest, request.headers.get("accept", ""))
 
     document = app.openapi
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from nbpool.origins import Origins
 from starlette.datastructures import Headers
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["OriginGuard"]
@@ -32,7 +33,7 @@ def _is_admin_path(path: str) -> bool:
 class OriginGuard:
     """ASGI middleware: each origin gets only its own part of the gateway (see the module docstring).
 
-    ``ended_page(rest)`` renders the page for ``<ended sandbox origin>/<rest>``. With
+    ``ended(rest, accept)`` is the answer for ``<ended sandbox origin>/<rest>``. With
     ``static_paths`` (static offload), those paths are served on sandbox hosts as they are.
     """
 
@@ -41,13 +42,13 @@ class OriginGuard:
         app: ASGIApp,
         origins: Origins,
         csp: str,
-        ended_page: Callable[[str], str],
+        ended: Callable[[str, str], Response],
         static_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.origins = origins
         self.csp = csp.encode()
-        self.ended_page = ended_page
+        self.ended = ended
         self.static_paths = static_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -60,7 +61,7 @@ class OriginGuard:
         send = self._with_headers(send)
         static = bool(self.static_paths) and path.startswith(self.static_paths)
         if kind == "sandbox" and not static:
-            await self._ended(scope, headers, send)
+            await self.ended(path.lstrip("/"), headers.get("accept", ""))(scope, receive, send)
         elif kind == "admin" and path == "/":
             await self._redirect(send, "/admin")
         elif kind == "admin" and not (_is_admin_path(path) or path == "/healthz"):
@@ -84,17 +85,6 @@ class OriginGuard:
             await send(message)
 
         return sending
-
-    async def _ended(self, scope: Scope, headers: Headers, send: Send) -> None:
-        rest = scope["path"].lstrip("/")
-        if "text/html" in headers.get("accept", ""):
-            body, kind = self.ended_page(rest).encode(), b"text/html; charset=utf-8"
-        else:
-            body = json.dumps({"detail": "this notebook server has ended or never existed"}).encode()
-            kind = b"application/json"
-        await send({"type": "http.response.start", "status": 404,
-                    "headers": [(b"content-type", kind), (b"cache-control", b"no-store")]})
-        await send({"type": "http.response.body", "body": body})
 
     async def _not_here(self, send: Send) -> None:
         body = json.dumps({"detail": "the admin's origin serves only /admin"}).encode()
