@@ -598,7 +598,7 @@ async def connect_bus(cluster: Cluster) -> Any:
     from nbpool.bus import Bus
     from nbpool.names import Names
 
-    bus = await Bus.connect(cluster.nats_url, Names(cluster.env["NBPOOL_INSTANCE"]), "bench")
+    bus = await Bus.connect(cluster.nats_url, Names(cluster.env["NBPOOL_INSTANCE"]), "bench", credentials=cluster.bus_credentials())
     await bus.ensure()
     return bus
 

@@ -22,6 +22,7 @@ from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 from nbpool import logs
+from nbpool.busauth import ROLES, Credentials
 from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
 from nbpool.names import Names
 from pydantic import BaseModel
@@ -52,8 +53,13 @@ class Bus:
         self._kv: dict[str, KeyValue] = {}
 
     @classmethod
-    async def connect(cls, url: str, names: Names, source: str, stop: asyncio.Event | None = None) -> Bus:
-        """Connect, retrying until the server answers (or ``stop`` is set), then keep reconnecting forever."""
+    async def connect(
+        cls, url: str, names: Names, source: str, stop: asyncio.Event | None = None, credentials: Credentials | None = None,
+    ) -> Bus:
+        """Connect, retrying until the server answers (or ``stop`` is set), then keep reconnecting forever.
+
+        With ``credentials`` (see :mod:`nbpool.busauth`) as that user, with inboxes under its prefix.
+        """
         holder: list[Bus] = []
 
         async def reconnected() -> None:
@@ -66,7 +72,16 @@ class Bus:
                 log.warning("bus disconnected", extra={"url": url})
 
         async def error(err: Exception) -> None:
-            log.debug("bus error", extra={"error": repr(err)})
+            if "violation" in str(err).lower():
+                # A subject outside this service's permissions, or refused credentials: a bug or
+                # a misconfiguration, never routine.
+                log.error("bus refused", extra={"error": str(err)})
+            else:
+                log.debug("bus error", extra={"error": repr(err)})
+
+        login: dict[str, Any] = {}
+        if credentials is not None:
+            login = {"user": credentials.user, "password": credentials.password, "inbox_prefix": credentials.inbox_prefix}
 
         delay = 0.2
         while True:
@@ -80,6 +95,7 @@ class Bus:
                     reconnected_cb=reconnected,
                     disconnected_cb=disconnected,
                     error_cb=error,
+                    **login,
                 )
                 break
             except (OSError, nats.errors.Error) as err:
@@ -92,13 +108,16 @@ class Bus:
         holder.append(bus)
         return bus
 
-    async def ensure(self) -> None:
-        """Create the instance's buckets and stream if they are missing (idempotent)."""
+    async def ensure(self, role: str | None = None) -> None:
+        """Create the buckets ``role`` uses (all without one) and the events stream if they are missing.
+
+        Idempotent. Only without a role (the operator) is an events stream of other settings updated.
+        """
         n = self.names
-        buckets = [(n.sandboxes, None), (n.activity, None), (n.routes, None), (n.spawners, SPAWNER_TTL), (n.services, SPAWNER_TTL), (n.control, None),
-                   (n.admin_sessions, ADMIN_SESSION_MAX_TTL)]
-        for bucket, ttl in buckets:
-            await self._ensure_bucket(bucket, ttl)
+        ttls = {"spawners": SPAWNER_TTL, "services": SPAWNER_TTL, "admin_sessions": ADMIN_SESSION_MAX_TTL}
+        used = ROLES[role].buckets if role is not None else ["sandboxes", "activity", "routes", "spawners", "services", "control", "admin_sessions"]
+        for attr in used:
+            await self._ensure_bucket(getattr(n, attr), ttls.get(attr))
         config = StreamConfig(
             name=n.events_stream,
             subjects=[f"{n.events_prefix}.>"],
@@ -109,7 +128,8 @@ class Bus:
         try:
             await self.js.add_stream(config)
         except nats.js.errors.BadRequestError:
-            await self.js.update_stream(config)
+            if role is None:
+                await self.js.update_stream(config)
 
     async def _ensure_bucket(self, bucket: str, ttl: float | None) -> None:
         try:
@@ -145,7 +165,8 @@ class Bus:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
         else:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
-        return await self.js.subscribe(f"{self.names.events_prefix}.>", ordered_consumer=True, config=config)
+        return await self.js.subscribe(
+            f"{self.names.events_prefix}.>", stream=self.names.events_stream, ordered_consumer=True, config=config)
 
     async def presence(self, kind: str, interval: float = 3.0) -> None:
         """Announce this process in the services bucket until cancelled (``nbpool status`` lists it)."""

@@ -1,4 +1,4 @@
-"""The ``nbpool`` command: ``up``, ``events``, ``status``."""
+"""The ``nbpool`` command: ``up``, ``events``, ``status``, ``bus-credentials``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import json
 import sys
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import nats.errors
-from nbpool import __version__
+from nbpool import __version__, busauth
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
+from nbpool.busauth import OPERATOR
 from nbpool.embedded import Supervisor, UpSettings
 from nbpool.models import BadMessage, Event, SandboxRecord, ServiceBeat, SpawnerBeat, decode
 from nbpool.names import Names
@@ -54,7 +56,7 @@ def format_event(event: Event) -> str:
 
 async def _events(args: argparse.Namespace, settings: CommonSettings) -> int:
     names = Names(settings.instance)
-    bus = await Bus.connect(settings.nats_url, names, "nbpool-events")
+    bus = await Bus.connect(settings.nats_url, names, "nbpool-events", credentials=settings.bus_credentials(OPERATOR))
     try:
         await bus.ensure()
         since = time.time() - args.since if args.since else None
@@ -83,7 +85,7 @@ async def _events(args: argparse.Namespace, settings: CommonSettings) -> int:
 
 async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
     names = Names(settings.instance)
-    bus = await Bus.connect(settings.nats_url, names, "nbpool-status")
+    bus = await Bus.connect(settings.nats_url, names, "nbpool-status", credentials=settings.bus_credentials(OPERATOR))
     try:
         await bus.ensure()
         mirrors: list[KVMirror[Any]] = [
@@ -139,6 +141,21 @@ def _up(args: argparse.Namespace) -> int:
     return asyncio.run(supervisor.run())
 
 
+def _bus_credentials(args: argparse.Namespace, settings: CommonSettings) -> int:
+    owner = None
+    if args.owner is not None:
+        try:
+            uid, gid = (int(part) for part in args.owner.split(":"))
+        except ValueError:
+            raise SettingsError(f"--owner {args.owner!r}: expected UID:GID, two numbers") from None
+        owner = (uid, gid)
+    conf = busauth.provision(args.folder, Names(settings.instance), split=args.split, owner=owner)
+    where = f"{args.folder}/<role>/" if args.split else f"{args.folder}/"
+    print(f"{conf}: nats-server's users and permissions (its -c file, or include it in yours)")
+    print(f"{where}<role>.password: give each service NBPOOL_NATS_CREDENTIALS, a folder with its own file")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="nbpool", description="Instant, temporary Jupyter servers from a warm pool.")
     parser.add_argument("--version", action="version", version=f"nbpool {__version__}")
@@ -162,10 +179,17 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--json", action="store_true")
     st.add_argument("--all", action="store_true", help="list warm sandboxes too")
 
+    cr = sub.add_parser("bus-credentials", help="write NATS users and permissions for the services into a folder")
+    cr.add_argument("folder", type=Path, help="made if missing; existing passwords are kept")
+    cr.add_argument("--split", action="store_true", help="each role's file in a folder of its own (<role>/, nats/), for containers")
+    cr.add_argument("--owner", metavar="UID:GID", help="owner of what is written (the services' user in their containers)")
+
     args = parser.parse_args(argv)
     try:
         if args.command == "up":
             code = _up(args)
+        elif args.command == "bus-credentials":
+            code = _bus_credentials(args, load(CommonSettings))
         else:
             settings = load(CommonSettings)
             runner = _events if args.command == "events" else _status

@@ -1,7 +1,7 @@
 """``nbpool up``: the whole of nbpool on one machine, as separate supervised processes.
 
-It starts nats-server (JetStream, data in the state folder) unless given a NATS URL, Traefik
-with a configuration written here, and the four services. A child that dies is reported with its
+It starts nats-server (JetStream, data in the state folder, a user per service: nbpool.busauth)
+unless given a NATS URL, Traefik with a configuration written here, and the four services. A child that dies is reported with its
 last log lines and restarted. Ctrl-C stops everything in order (gateways first, NATS last).
 Logs go to ``<state_dir>/logs/<child>.log``; warnings and errors are echoed to the terminal.
 """
@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from nbpool import busauth
+from nbpool.names import Names
 from nbpool.settings import CommonSettings
 from pydantic import Field
 
@@ -180,6 +182,8 @@ class Supervisor:
         self.state = settings.state_dir
         self.external_nats = nats_url
         self.nats_url = nats_url or f"nats://127.0.0.1:{settings.nats_port}"
+        #: The embedded NATS server's users (nbpool.busauth); with --nats-url, NBPOOL_NATS_CREDENTIALS.
+        self.credentials = self.state / "bus"
         self.n_spawners = spawners
         self.n_gateways = gateways
         self.verbose = verbose
@@ -228,6 +232,7 @@ class Supervisor:
             **os.environ,
             "NBPOOL_NATS_URL": self.nats_url,
             "NBPOOL_STATE_DIR": str(self.state),
+            **({"NBPOOL_NATS_CREDENTIALS": str(self.credentials)} if self.external_nats is None else {}),
             "NBPOOL_INSTANCE": s.instance,
             "NBPOOL_PUBLIC_URL": s.public_url,
             "NBPOOL_ROUTING": s.routing,
@@ -245,8 +250,9 @@ class Supervisor:
         children: list[Child] = []
         if self.external_nats is None:
             store = self.state / "nats"
+            conf = busauth.provision(self.credentials, Names(s.instance))
             children.append(Child("nats", [
-                _binary("nats-server"), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
+                _binary("nats-server"), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
                 "-n", f"{s.instance}-embedded",
             ], _go_env(s.gogc), logs / "nats.log"))
         dynamic = self.state / "traefik" / "dynamic"

@@ -29,6 +29,7 @@ def configure(name: str, settings_cls: type[_S]) -> _S:
     """The service's settings from the environment, with logging set up; exit 2 on bad settings."""
     try:
         settings = load(settings_cls)
+        settings.bus_credentials(name)  # readable now, or exit 2 here rather than at connect
     except SettingsError as err:
         print(f"nbpool-{name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -46,8 +47,8 @@ async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event]
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    bus = await Bus.connect(settings.nats_url, Names(settings.instance), name, stop)
-    await bus.ensure()
+    bus = await Bus.connect(settings.nats_url, Names(settings.instance), name, stop, settings.bus_credentials(name))
+    await bus.ensure(name)
     log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance})
     presence = asyncio.ensure_future(bus.presence(name))
     try:

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from nbpool import busauth
+from nbpool.busauth import Credentials
 from nbpool.origins import Origins, OriginsError, Routing
 from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +54,9 @@ class CommonSettings(BaseSettings):
 
     instance: str = Field(default="nbpool", pattern=r"^[a-z][a-z0-9_]{0,30}$")
     nats_url: str = "nats://127.0.0.1:4222"
+    nats_credentials: Path | None = Field(
+        default=None, description="folder of <role>.password files (nbpool.busauth); unset: connect without credentials",
+    )
     public_url: str = Field(default="http://127.0.0.1:8000", description="the gateway's origin, as visitors reach it")
     routing: Routing = Field(default="host", description="host: each sandbox on its own origin; path: one origin (trusted users only)")
     sandbox_url: str = Field(default="", description="each sandbox's origin, with {id}; default http://{id}.sb.localhost:<port>")
@@ -95,6 +100,21 @@ class CommonSettings(BaseSettings):
         self.admin_url = self._origins.admin_url
         self.sandbox_url = self._origins.sandbox_template
         return self
+
+    def bus_credentials(self, role: str) -> Credentials | None:
+        """How ``role`` logs in to NATS: from ``NBPOOL_NATS_CREDENTIALS``, else none (anonymous).
+
+        The operator (the ``nbpool`` command) also finds the folder ``nbpool up`` made in the state folder.
+        """
+        folder = self.nats_credentials
+        if folder is None and role == busauth.OPERATOR and (self.state_dir / "bus" / f"{role}.password").exists():
+            folder = self.state_dir / "bus"
+        if folder is None:
+            return None
+        try:
+            return busauth.load(folder.expanduser(), role)
+        except busauth.CredentialsError as err:
+            raise SettingsError(str(err)) from None
 
     @property
     def origins(self) -> Origins:

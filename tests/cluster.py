@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,14 @@ def free_ports(count: int) -> int:
     raise RuntimeError("no free ports")
 
 
+@dataclass(frozen=True)
+class NatsServer:
+    """A nats-server of a test's own, which requires the users in ``credentials`` (nbpool.busauth)."""
+
+    url: str
+    credentials: Path
+
+
 class Cluster:
     """One running nbpool (see the module docstring)."""
 
@@ -63,10 +72,10 @@ class Cluster:
         settings: dict[str, str] | None = None,
         spawners: int = 1,
         gateways: int = 1,
-        nats_url: str | None = None,
+        nats: NatsServer | None = None,
     ) -> None:
         self.state_dir = state_dir
-        self.external_nats = nats_url
+        self.external_nats = nats
         self.spawners = spawners
         self.gateways = gateways
         self.proxy_port = free_ports(1)
@@ -76,7 +85,9 @@ class Cluster:
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         # The admin and every sandbox have origins of their own (NBPOOL_ROUTING=host, the default).
         self.admin_url = f"http://admin.localhost:{self.proxy_port}"
-        self.nats_url = nats_url or f"nats://127.0.0.1:{self.nats_port}"
+        self.nats_url = nats.url if nats else f"nats://127.0.0.1:{self.nats_port}"
+        #: The NATS users' folder: what nbpool up makes, or the given server's.
+        self.nats_credentials = nats.credentials if nats else state_dir / "bus"
         env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
         env.update(
             NBPOOL_STATE_DIR=str(state_dir),
@@ -92,6 +103,8 @@ class Cluster:
             NBPOOL_RATE_BURST="100000",
             NBPOOL_MAX_SESSIONS_PER_CLIENT="1000",
         )
+        if nats:
+            env["NBPOOL_NATS_CREDENTIALS"] = str(nats.credentials)
         env.update(settings or {})
         self.env = env
         if env.get("NBPOOL_ROUTING") == "path":
@@ -107,7 +120,7 @@ class Cluster:
         log = open(self.log_path, "ab")
         args = [str(BIN / "nbpool"), "up", "--spawners", str(self.spawners), "--gateways", str(self.gateways)]
         if self.external_nats:
-            args += ["--nats-url", self.external_nats]
+            args += ["--nats-url", self.external_nats.url]
         self.proc = subprocess.Popen(args, env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         self.wait_warm(warm, timeout)
@@ -181,6 +194,20 @@ class Cluster:
             except psutil.Error:
                 continue
         return found
+
+    def bus_credentials(self) -> Any:
+        """The operator's NATS credentials (for tests and benchmarks that use the bus directly)."""
+        from nbpool.busauth import OPERATOR, load
+
+        return load(self.nats_credentials, OPERATOR)
+
+    def bus_refusals(self) -> list[str]:
+        """The lines of the embedded nats-server's log where it refused a client something."""
+        path = self.state_dir / "logs" / "nats.log"
+        if self.external_nats or not path.exists():
+            return []
+        # A service's refusals name its user ("$G/user:<role>"); a test's own anonymous probe does not.
+        return [line for line in path.read_text(errors="replace").splitlines() if "Violation" in line and "/user:" in line]
 
     def containers(self) -> list[Any]:
         """Docker containers of this cluster's nbpool instance."""

@@ -14,7 +14,7 @@ from typing import Any
 
 import psutil
 import pytest
-from cluster import BIN, Cluster, free_ports
+from cluster import BIN, Cluster, NatsServer, free_ports
 
 ROOT = Path(__file__).parent.parent
 
@@ -22,6 +22,9 @@ ROOT = Path(__file__).parent.parent
 def _teardown(cluster: Cluster) -> None:
     code = cluster.stop()
     assert code == 0, f"nbpool up exited with {code}\n{cluster.logs()}"
+    # Every service did its work within its NATS permissions (nbpool.busauth).
+    refusals = cluster.bus_refusals()
+    assert not refusals, "nats-server refused services:\n" + "\n".join(refusals[:20])
     # A clean stop leaves no Jupyter server or kernel behind.
     deadline = time.monotonic() + 10
     while cluster.sandbox_processes() and time.monotonic() < deadline:
@@ -55,9 +58,9 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
         spawners: int = 1,
         gateways: int = 1,
         warm: int = 1,
-        nats_url: str | None = None,
+        nats: NatsServer | None = None,
     ) -> Cluster:
-        cluster = Cluster(tmp_path / f"nbpool{len(made)}", settings, spawners, gateways, nats_url)
+        cluster = Cluster(tmp_path / f"nbpool{len(made)}", settings, spawners, gateways, nats)
         made.append(cluster)
         return cluster.start(warm=warm)
 
@@ -103,11 +106,16 @@ def docker_cluster(make_cluster: Callable[..., Cluster], docker_image: str) -> C
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[str]:
-    """A real nats-server with JetStream on a free port, with its store in a temporary folder; its URL."""
+def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server with JetStream on a free port, store in a temporary folder, users from
+    ``nbpool bus-credentials`` (instance nbpool), as an operator would run one of their own."""
     port = free_ports(1)
+    credentials = tmp_path / "nats-credentials"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
+    subprocess.run([str(BIN / "nbpool"), "bus-credentials", str(credentials)], env=env, check=True, capture_output=True)
     proc = subprocess.Popen(
-        [str(BIN / "nats-server"), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "nats-store")],
+        [str(BIN / "nats-server"), "-c", str(credentials / "nats.conf"), "-js", "-a", "127.0.0.1", "-p", str(port),
+         "-sd", str(tmp_path / "nats-store")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
@@ -117,7 +125,7 @@ def nats_server(tmp_path: Path) -> Iterator[str]:
             break
         except OSError:
             time.sleep(0.05)
-    yield f"nats://127.0.0.1:{port}"
+    yield NatsServer(f"nats://127.0.0.1:{port}", credentials)
     proc.terminate()
     proc.wait(timeout=10)
 

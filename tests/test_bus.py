@@ -7,7 +7,9 @@ from typing import Any
 
 import nats.js.kv
 import pytest
+from cluster import NatsServer
 from nbpool.bus import Bus, KVMirror
+from nbpool.busauth import OPERATOR, load
 from nbpool.models import SandboxRecord, State, encode
 from nbpool.names import Names
 
@@ -25,7 +27,7 @@ async def _mirror_sizes(bus: Bus, count: int) -> list[int]:
 
 
 @pytest.mark.parametrize("early_signal", [False, True])
-async def test_mirrors_start_with_every_record(nats_server: str, monkeypatch: pytest.MonkeyPatch,
+async def test_mirrors_start_with_every_record(nats_server: NatsServer, monkeypatch: pytest.MonkeyPatch,
                                               early_signal: bool) -> None:
     """A mirror is ready only with all the records there are.
 
@@ -47,7 +49,7 @@ async def test_mirrors_start_with_every_record(nats_server: str, monkeypatch: py
             return watcher
 
         monkeypatch.setattr(nats.js.kv.KeyValue, "watchall", early)
-    bus = await Bus.connect(nats_server, Names("mirror"), "test")
+    bus = await Bus.connect(nats_server.url, Names("mirror"), "test", credentials=load(nats_server.credentials, OPERATOR))
     try:
         await bus.ensure()
         kv = await bus.kv(bus.names.sandboxes)

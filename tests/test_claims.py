@@ -7,7 +7,7 @@ import time
 from typing import Any
 
 import httpx
-from cluster import Cluster
+from cluster import Cluster, NatsServer
 
 
 def _servers(cluster: Cluster) -> int:
@@ -87,9 +87,9 @@ def test_launch_waits_for_a_starting_sandbox(make_cluster: Any) -> None:
     assert httpx.get(f"{cluster.base(second)}api/status", params={"token": second["token"]}).status_code == 200
 
 
-def test_up_with_an_existing_nats_server(nats_server: str, make_cluster: Any) -> None:
+def test_up_with_an_existing_nats_server(nats_server: NatsServer, make_cluster: Any) -> None:
     # (nats_server first: it must outlive the cluster, which is torn down before it)
-    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1"}, warm=1, nats_url=nats_server)
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1"}, warm=1, nats=nats_server)
     assert "nats" not in cluster.children()
     session = cluster.new_session()
     assert httpx.get(f"{cluster.base(session)}api/status", params={"token": session["token"]}).status_code == 200

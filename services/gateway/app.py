@@ -161,8 +161,9 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         own_bus = bus is None
-        the_bus = bus or await Bus.connect(settings.nats_url, Names(settings.instance), "gateway")
-        await the_bus.ensure()
+        the_bus = bus or await Bus.connect(
+            settings.nats_url, Names(settings.instance), "gateway", credentials=settings.bus_credentials("gateway"))
+        await the_bus.ensure("gateway")
         names = the_bus.names
         spawners: KVMirror[SpawnerBeat] = KVMirror(the_bus, names.spawners, SpawnerBeat)
         records: KVMirror[SandboxRecord] = KVMirror(the_bus, names.sandboxes, SandboxRecord)
