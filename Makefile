@@ -4,12 +4,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: install engine image up test unit bench clean
+.PHONY: install engine image up test unit bench clean FORCE
 
-$(INSTALLED): pyproject.toml constraints.txt
+# nbpool is installed "strict editable": a tree of links named as the package is (nbpool.*),
+# which static tools (mypy) follow, unlike an import hook. A module added or removed changes
+# that tree, so the list of modules is a prerequisite too.
+STRICT := --config-settings editable_mode=strict
+MODULES := $(shell find shared services -name '*.py' -o -name py.typed -o -path 'shared/assets/*' | sort)
+$(VENV)/.modules: FORCE
+	@mkdir -p $(VENV)
+	@echo '$(MODULES)' | cmp -s - $@ || echo '$(MODULES)' > $@
+FORCE:
+
+$(INSTALLED): pyproject.toml constraints.txt $(VENV)/.modules
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test]' $(STRICT)
 	touch $@
 
 install: $(INSTALLED)
@@ -45,5 +55,5 @@ clean:
 bench: install
 	deploy/docker-engine.sh ensure --soft
 	deploy/localhost-names.sh ensure --soft
-	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]'
+	$(PY) -m pip install --quiet --constraint constraints.txt --editable '.[test,bench]' $(STRICT)
 	$(PY) bench/run.py

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import platform
@@ -23,13 +22,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, cast
 from urllib.parse import urlsplit
 
 import psutil
+
 from nbpool.origins import Origins, Routing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +37,7 @@ DOCS = ROOT / "docs"
 # tests/cluster.py runs a real `nbpool up`; tests/kernel.py is a minimal kernel client.
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cluster import BIN, Cluster, free_ports  # noqa: E402 - after the path is set
+from cluster import BIN, Cluster, free_ports, is_jupyter_server, sandbox_of  # noqa: E402 - after the path is set
 
 __all__ = [
     "BIN",
@@ -55,11 +54,13 @@ __all__ = [
     "docker_client",
     "ensure_wrk",
     "free_ports",
+    "is_jupyter_server",
     "kernel_channels",
     "machine",
     "memory",
     "progress",
     "sandbox_base",
+    "sandbox_of",
     "summarize",
     "synthetic_id",
     "synthetic_record",
@@ -435,23 +436,11 @@ class BenchCluster(Cluster):
         except AssertionError as err:
             progress(f"{self.label}: {str(err).splitlines()[0]}")
         self._keep_logs()
-        # What a clean stop should have ended: counted (the report says so), then ended by pid or id.
-        for proc in self.sandbox_processes():
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-                self.leaked += 1
-        if self.runtime == "docker":
-            client = docker_client()
-            if client is not None:
-                for container in client.containers.list(all=True, filters={"label": f"nbpool.instance={self.instance}"}):
-                    self.leaked += 1
-                    with contextlib.suppress(Exception):
-                        container.remove(force=True)
-                with contextlib.suppress(Exception):
-                    client.networks.prune(filters={"label": f"nbpool.instance={self.instance}"})
-            bridge = "nbp-" + hashlib.sha1(f"{self.instance}-sandboxes".encode()).hexdigest()[:10]
-            subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"],
-                           capture_output=True, check=False)
+        # What a clean stop should have ended: counted (the report says so), then ended.
+        try:
+            self.leaked += len(self.end_leftovers())
+        except Exception as err:  # no engine any more: the report still gets written
+            progress(f"{self.label}: leftovers not cleaned up: {err!r}")
         self._tmp.cleanup()
 
     def _keep_logs(self) -> None:
@@ -462,7 +451,7 @@ class BenchCluster(Cluster):
             return
         self.restarts = [line for line in up.splitlines() if "exited with code" in line]
         warned = [line for line in up.splitlines() if "level=warning" in line or "level=error" in line]
-        if self.restarts or warned:
+        if self.restarts or warned or self.hung:
             keep = Path(tempfile.gettempdir()) / "nbpool-bench-logs" / f"{self.label}-{self.instance}"
             shutil.copytree(self.state_dir / "logs", keep, dirs_exist_ok=True)
             shutil.copy(self.log_path, keep / "up.log")
@@ -473,8 +462,9 @@ class BenchCluster(Cluster):
         """Ctrl-C ``nbpool up``, as a user would, and wait for it to finish.
 
         A spawner that has removed all its sandboxes but does not exit within ``STOP_GRACE_S`` is
-        killed (by its pid; ``nbpool up`` would wait 30 s, then kill it itself). That happens when a
-        bus mirror swallows its cancellation (see docs/benchmarks.md); ``hung`` lists such stops.
+        killed (by its pid; ``nbpool up`` would wait 30 s, then kill it itself), after its Python
+        stacks are written to ``logs/<name>.stacks.txt`` (py-spy dump) to show where it waited;
+        ``hung`` lists such stops.
         """
         if self.proc is None or self.proc.poll() is not None:
             return
@@ -498,6 +488,7 @@ class BenchCluster(Cluster):
                 if time.monotonic() - at > self.STOP_GRACE_S and psutil.pid_exists(pid) and name not in self.hung:
                     with contextlib.suppress(psutil.Error):
                         if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                            self._dump_stacks(name, pid)
                             os.kill(pid, signal.SIGKILL)
                             self.hung.append(name)
                             progress(f"{self.label}: {name} removed its sandboxes but did not exit within "
@@ -507,6 +498,18 @@ class BenchCluster(Cluster):
             self.proc.kill()
             self.proc.wait()
             raise AssertionError(f"nbpool up did not stop within 120 s\n{self.logs()}")
+
+    def _dump_stacks(self, name: str, pid: int) -> None:
+        spy = BIN / "py-spy" if (BIN / "py-spy").exists() else shutil.which("py-spy")
+        out = self.state_dir / "logs" / f"{name}.stacks.txt"
+        if spy is None:
+            out.write_text("py-spy not installed (the bench extra): no stacks\n")
+            return
+        try:
+            dump = subprocess.run([str(spy), "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+            out.write_text(dump.stdout + dump.stderr)
+        except (OSError, subprocess.SubprocessError) as err:
+            out.write_text(f"py-spy dump failed: {err!r}\n")
 
     def stats(self) -> dict[str, Any]:
         import httpx
@@ -601,14 +604,3 @@ async def connect_bus(cluster: Cluster) -> Any:
     bus = await Bus.connect(cluster.nats_url, Names(cluster.env["NBPOOL_INSTANCE"]), "bench", credentials=cluster.bus_credentials())
     await bus.ensure()
     return bus
-
-
-@contextlib.contextmanager
-def timer() -> Iterator[list[float]]:
-    """``with timer() as t: ...``; afterwards ``t[0]`` is the elapsed seconds."""
-    out: list[float] = []
-    began = time.perf_counter()
-    try:
-        yield out
-    finally:
-        out.append(time.perf_counter() - began)

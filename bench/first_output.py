@@ -44,6 +44,7 @@ from common import (
     kernel_channels,
     progress,
     sandbox_base,
+    sandbox_of,
     summarize,
 )
 from kernel import execute_on
@@ -238,10 +239,9 @@ class _CPU:
                         stat = Path(f"/sys/fs/cgroup/system.slice/docker-{container.id}.scope/cpu.stat").read_text()
                         used[sid] = int(stat.split()[1]) / 1000
             return used
-        root = self.cluster.state_dir / "sandboxes"
         for proc in self.cluster.sandbox_processes():
-            with contextlib.suppress(psutil.Error, ValueError, IndexError):
-                sid = Path(proc.cwd()).relative_to(root).parts[0]
+            sid = sandbox_of(proc)
+            if sid is not None:
                 used[sid] = used.get(sid, 0.0) + _cpu_ms(proc.pid)
         return used
 

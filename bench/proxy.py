@@ -47,6 +47,7 @@ from common import (
     synthetic_record,
 )
 from kernel import execute_on
+
 from nbpool.models import encode
 
 __all__ = ["ProxyResults", "measure"]

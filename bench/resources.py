@@ -32,7 +32,15 @@ from typing import Any
 
 import psutil
 import websockets
-from common import BenchCluster, docker_client, end_sessions, kernel_channels, memory, sandbox_base
+from common import (
+    BenchCluster,
+    docker_client,
+    end_sessions,
+    is_jupyter_server,
+    kernel_channels,
+    memory,
+    sandbox_base,
+)
 from first_output import visit
 
 __all__ = ["ResourceResults", "control_plane_memory", "idle_sandbox_memory", "sockets_per_websocket"]
@@ -91,11 +99,6 @@ def _established(pid: int) -> list[_Conn]:
     return found
 
 
-def _serves(cmdline: str, sandbox_id: str) -> bool:
-    """Whether a process runtime's command line is that sandbox's: its root dir is ``…/servers/<id>/home``."""
-    return f"/servers/{sandbox_id}/" in cmdline
-
-
 def _jupyter_servers(client: Any, cluster: BenchCluster, ids: set[str]) -> list[psutil.Process]:
     """The Jupyter server processes of the given sandboxes (containers: the child of tini)."""
     found = []
@@ -104,15 +107,9 @@ def _jupyter_servers(client: Any, cluster: BenchCluster, ids: set[str]) -> list[
             if container.labels.get("nbpool.sandbox") not in ids:
                 continue
             init = psutil.Process(container.attrs["State"]["Pid"])
-            for proc in [init, *init.children(recursive=True)]:
-                if "jupyter-server" in " ".join(proc.cmdline()) or "jupyter_server" in " ".join(proc.cmdline()):
-                    found.append(proc)
-                    break
+            found += [proc for proc in [init, *init.children(recursive=True)] if is_jupyter_server(proc)][:1]
     else:
-        for proc in cluster.sandbox_processes():
-            cmd = " ".join(proc.cmdline())
-            if "jupyter" in cmd and "ipykernel" not in cmd and any(_serves(cmd, i) for i in ids):
-                found.append(proc)
+        found += [proc for sid, proc in cluster.server_processes().items() if sid in ids]
     return found
 
 
@@ -204,9 +201,8 @@ def idle_sandbox_memory(cluster: BenchCluster, profile: str | None = None) -> li
                 mib = (stats["usage"] - stats.get("stats", {}).get("inactive_file", 0)) / 2**20
             values.append(mib)
         return values
-    for proc in cluster.sandbox_processes():
-        cmd = " ".join(proc.cmdline())
-        if "ipykernel" not in cmd and any(_serves(cmd, i) for i in warm):
+    for sid, proc in cluster.server_processes().items():
+        if sid in warm:
             with contextlib.suppress(psutil.Error):
                 values.append(sum(p.memory_info().rss for p in [proc, *proc.children(recursive=True)]) / 2**20)
     return values

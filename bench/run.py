@@ -200,9 +200,8 @@ class Bench:
             r.notes.append(
                 f"On Ctrl-C, the spawner of {len(hung)} of {len(self.clusters)} clusters removed its sandboxes but did not "
                 f"exit ({', '.join(hung)}); the bench killed it after {BenchCluster.STOP_GRACE_S:g} s instead of "
-                "waiting the 30 s `nbpool up` would. Cause: a KV mirror task swallows its cancellation (Python 3.11's "
-                "`asyncio.wait_for` inside nats-py's `KeyWatcher.updates` returns the update instead of raising "
-                "`CancelledError` when both arrive together), so `Spawner.serve` waits forever for it.")
+                "waiting the 30 s `nbpool up` would. Where it waited: its stacks (py-spy dump) in "
+                + ", ".join(f"{c.kept_logs}/<spawner>.stacks.txt" for c in self.clusters if c.hung) + ".")
         for c in self.clusters:
             if c.leaked:
                 r.notes.append(f"After Ctrl-C, `nbpool up` of the {c.label} cluster left {c.leaked} sandboxes running; "

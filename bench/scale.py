@@ -45,6 +45,7 @@ from common import (
     synthetic_id,
     synthetic_record,
 )
+
 from nbpool.models import Activity, encode
 
 __all__ = ["ScaleResults", "measure"]

@@ -1,15 +1,25 @@
-"""Small asyncio helpers.
+"""Small asyncio helpers: owned background tasks, waiting with backoff, waits that stop when told.
 
 Python 3.11's ``asyncio.wait_for`` can swallow a cancellation when the awaited thing finishes at
-the same moment (fixed in 3.12): a loop built on it may then never stop. Loops that must stop
-when cancelled use these instead, built on ``asyncio.wait``, which never swallows one.
+the same moment (fixed in 3.12): a loop built on it may then never stop. Code here is built on
+``asyncio.wait``, which never swallows one; elsewhere, bound a wait with ``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from types import TracebackType
+from typing import Any, TypeVar
 
-__all__ = ["wait_event"]
+from nbpool import logs
+
+__all__ = ["Background", "cancel_and_wait", "poll_ready", "wait_event"]
+
+log = logs.get("nbpool.aio")
+
+T = TypeVar("T")
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:
@@ -22,3 +32,72 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         return bool(done)
     finally:
         waiter.cancel()
+
+
+async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel ``tasks`` and wait until every one has finished; what they raise on the way out is dropped."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class Background:
+    """The tasks one owner runs beside its work: :meth:`start` them, :meth:`close` cancels and awaits all.
+
+    ``async with Background() as background:`` closes them however the block is left. A task that
+    fails is logged as it ends, so no error is lost with it.
+    """
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def start(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._ended)
+        return task
+
+    def _ended(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception(), extra={"owner": self.owner})
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        await cancel_and_wait(*self._tasks)
+
+    async def __aenter__(self) -> Background:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+async def poll_ready(
+    check: Callable[[], Awaitable[T | None]],
+    deadline: float | None = None,
+    first: float = 0.05,
+    most: float = 0.5,
+    factor: float = 1.5,
+) -> T:
+    """``await check()`` until it returns something other than None, which is returned.
+
+    Between tries it sleeps ``first`` seconds, then ``factor`` times longer each time up to
+    ``most``. Past ``deadline`` (``time.monotonic()``), TimeoutError. What ``check`` raises is
+    not caught: a try that should count as "not yet" returns None.
+    """
+    delay = first
+    while True:
+        found = await check()
+        if found is not None:
+            return found
+        pause = delay
+        if deadline is not None:
+            pause = min(delay, deadline - time.monotonic())
+            if pause <= 0:
+                raise TimeoutError
+        await asyncio.sleep(pause)
+        delay = min(delay * factor, most)

@@ -21,11 +21,12 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import BaseModel
+
 from nbpool import logs
 from nbpool.busauth import ROLES, Credentials
 from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
 from nbpool.names import Names
-from pydantic import BaseModel
 
 __all__ = ["ADMIN_SESSION_MAX_TTL", "SPAWNER_TTL", "Bus", "KVMirror"]
 
@@ -161,7 +162,7 @@ class Bus:
         if everything:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
         elif since is not None:
-            start = datetime.fromtimestamp(since, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            start = datetime.fromtimestamp(since, UTC)
             config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=start)
         else:
             config = ConsumerConfig(deliver_policy=DeliverPolicy.NEW)
@@ -178,14 +179,14 @@ class Bus:
             while True:
                 try:
                     await kv.put(key, encode(doc.model_copy(update={"at": time.time()})))
-                except (TimeoutError, nats.errors.Error):
-                    pass
+                except (TimeoutError, nats.errors.Error) as err:
+                    log.debug("presence not written", extra={"error": repr(err)})
                 await asyncio.sleep(interval)
         finally:
             try:
                 await kv.delete(key)
-            except (TimeoutError, nats.errors.Error):
-                pass
+            except (TimeoutError, nats.errors.Error) as err:
+                log.debug("presence not deleted; it expires", extra={"error": repr(err)})
 
     async def close(self) -> None:
         """Stop taking work from the bus and flush what is pending."""
@@ -194,7 +195,8 @@ class Bus:
             return
         try:
             if self.nc.is_connected:
-                await asyncio.wait_for(self.nc.drain(), timeout=5)
+                async with asyncio.timeout(5):
+                    await self.nc.drain()
         except (TimeoutError, nats.errors.Error, OSError) as err:
             log.warning("bus not drained", extra={"error": repr(err)})
         finally:
@@ -223,10 +225,9 @@ class KVMirror(Generic[_M]):
         self._bus = bus
         self._bucket = bucket
         self._model = model
-        self._on_change = on_change
+        self.on_change = on_change
         self.items: dict[str, tuple[_M, int]] = {}
         self.ready = asyncio.Event()
-        self.synced_at = 0.0
 
     def get(self, key: str) -> _M | None:
         item = self.items.get(key)
@@ -264,7 +265,7 @@ class KVMirror(Generic[_M]):
             while True:
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
-                    pending = asyncio.ensure_future(watcher.__anext__())
+                    pending = asyncio.ensure_future(watcher.__anext__())  # type: ignore[no-untyped-call]
                 done, _ = await asyncio.wait({pending}, timeout=1.0)
                 if not done:
                     if self._bus.generation != generation:
@@ -305,7 +306,7 @@ class KVMirror(Generic[_M]):
             if pending is not None:
                 pending.cancel()
             try:
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]
             except Exception:  # the subscription may already be gone with the connection
                 pass
 
@@ -316,16 +317,15 @@ class KVMirror(Generic[_M]):
     def _replace(self, snapshot: dict[str, tuple[_M, int]]) -> None:
         old = self.items
         self.items = dict(snapshot)
-        self.synced_at = time.time()
         first = not self.ready.is_set()
         self.ready.set()
-        if self._on_change is None:
+        if self.on_change is None:
             return
         for key in old.keys() - snapshot.keys():
-            self._on_change(key, None)
+            self.on_change(key, None)
         for key, (doc, rev) in snapshot.items():
             if first or key not in old or old[key][1] != rev:
-                self._on_change(key, doc)
+                self.on_change(key, doc)
 
     def _apply(self, key: str, doc: _M | None, revision: int) -> None:
         if doc is None:
@@ -333,5 +333,5 @@ class KVMirror(Generic[_M]):
                 return
         else:
             self.items[key] = (doc, revision)
-        if self._on_change is not None:
-            self._on_change(key, doc)
+        if self.on_change is not None:
+            self.on_change(key, doc)

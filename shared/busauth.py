@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import bcrypt
+
 from nbpool.names import Names
 
 __all__ = ["OPERATOR", "ROLES", "Credentials", "CredentialsError", "Role", "load", "permissions", "provision"]

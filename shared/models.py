@@ -202,8 +202,12 @@ def encode(doc: BaseModel) -> bytes:
 def decode(cls: type[_D], data: bytes) -> _D:
     """Parse a document from the bus, raising :class:`BadMessage` with what was wrong."""
     try:
-        return cls.model_validate_json(data)
+        doc = cls.model_validate_json(data)
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "document"
         raise BadMessage(f"bad {cls.__name__}: {where}: {first['msg']}") from None
+    if getattr(doc, "v", SCHEMA_VERSION) > SCHEMA_VERSION:
+        # Written by a newer nbpool, in a form this one cannot be sure to read right.
+        raise BadMessage(f"bad {cls.__name__}: schema version {doc.v}; this nbpool reads up to {SCHEMA_VERSION}")  # type: ignore[attr-defined]
+    return doc

@@ -21,9 +21,10 @@ from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebso
 __all__ = ["NoDelayKernelConnection"]
 
 
-class NoDelayKernelConnection(ZMQChannelsWebsocketConnection):  # type: ignore[misc]
+class NoDelayKernelConnection(ZMQChannelsWebsocketConnection):
     """Jupyter's kernel websocket connection with TCP_NODELAY set on the socket."""
 
-    async def connect(self) -> Any:
+    # Jupyter's own connect is a coroutine function, whatever its annotation says.
+    async def connect(self) -> Any:  # type: ignore[override]
         self.websocket_handler.set_nodelay(True)
-        return await super().connect()
+        return await super().connect()  # type: ignore[misc]

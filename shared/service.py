@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import uvloop
+
 from nbpool import logs
+from nbpool.aio import cancel_and_wait
 from nbpool.bus import Bus
 from nbpool.names import Names
 from nbpool.settings import CommonSettings, SettingsError, load
 
-__all__ = ["configure", "run", "supervise_tasks"]
+__all__ = ["configure", "run"]
 
 _S = TypeVar("_S", bound=CommonSettings)
 
@@ -54,22 +56,6 @@ async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event]
     try:
         await body(settings, bus, stop)
     finally:
-        presence.cancel()
-        await asyncio.gather(presence, return_exceptions=True)
+        await cancel_and_wait(presence)
         await bus.close()
         log.info("stopped")
-
-
-async def supervise_tasks(stop: asyncio.Event, *coros: Awaitable[None]) -> None:
-    """Run background loops until ``stop`` is set or one of them fails; cancel and await them all."""
-    tasks = [asyncio.ensure_future(c) for c in coros]
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-    finally:
-        for task in [*tasks, stopper]:
-            task.cancel()
-        await asyncio.gather(*tasks, stopper, return_exceptions=True)

@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 from typing import Literal, TypeVar
 
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
 from nbpool import busauth
 from nbpool.busauth import Credentials
 from nbpool.origins import Origins, OriginsError, Routing
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
     "CommonSettings",

@@ -5,19 +5,21 @@ Everything listens on loopback ports chosen free for the test; state lives in a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psutil
+from waiting import poll_until
 
 BIN = Path(sys.executable).parent
 
@@ -61,6 +63,48 @@ class NatsServer:
 
     url: str
     credentials: Path
+
+
+_SANDBOX_FOLDER = re.compile(r"/servers/([0-9a-z]+)(?:/|$)")
+
+
+def sandbox_of(proc: psutil.Process) -> str | None:
+    """The sandbox a process of the process runtime belongs to (its folder is ``…/servers/<id>/``)."""
+    try:
+        found = _SANDBOX_FOLDER.search(proc.cwd()) or _SANDBOX_FOLDER.search(" ".join(proc.cmdline()))
+    except psutil.Error:
+        return None
+    return found.group(1) if found else None
+
+
+def is_jupyter_server(proc: psutil.Process) -> bool:
+    """A Jupyter server's process, not a kernel's."""
+    try:
+        cmd = " ".join(proc.cmdline())
+    except psutil.Error:
+        return False
+    return ("jupyter_server" in cmd or "jupyter-server" in cmd or "jupyter server" in cmd) and "ipykernel" not in cmd
+
+
+def end_docker_leftovers(instance: str, network: str) -> list[str]:
+    """Remove an nbpool instance's containers (named in the answer), its sandbox network, and the
+    spawner's firewall rule for that network's bridge."""
+    import docker
+
+    from nbpool.runtime.docker import LABEL
+    from nbpool.runtime.docker_network import FIREWALL_CHAIN, bridge_name
+
+    client = docker.from_env(timeout=30)
+    left = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.instance={instance}"}, ignore_removed=True):
+        left.append(f"container {container.name}")
+        with contextlib.suppress(docker.errors.APIError):
+            container.remove(force=True)
+    with contextlib.suppress(docker.errors.APIError):
+        client.networks.prune(filters={"label": f"{LABEL}.instance={instance}"})
+    subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge_name(network), "-j", FIREWALL_CHAIN],
+                   capture_output=True, check=False)
+    return left
 
 
 class Cluster:
@@ -127,18 +171,14 @@ class Cluster:
         return self
 
     def wait_warm(self, warm: int, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        stats: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+        """Wait until ``warm`` sandboxes are warm; the gateway's /api/stats then."""
+
+        def stats() -> dict[str, Any] | None:
             assert self.proc is not None and self.proc.poll() is None, f"nbpool up exited:\n{self.logs()}"
-            try:
-                stats = httpx.get(f"{self.url}/api/stats", timeout=2).json()
-                if stats.get("available", 0) >= warm:
-                    return stats
-            except (httpx.HTTPError, ValueError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError(f"pool not warm ({warm}) within {timeout} s: {stats}\n{self.logs()}")
+            answer: dict[str, Any] = httpx.get(f"{self.url}/api/stats", timeout=2).json()
+            return answer if answer.get("available", 0) >= warm else None
+
+        return poll_until(stats, timeout, lambda: f"{warm} warm\n{self.logs()}", errors=(httpx.HTTPError, ValueError))
 
     def stop(self, timeout: float = 60.0) -> int:
         """Ctrl-C, as a user would; the exit code."""
@@ -170,16 +210,12 @@ class Cluster:
         """kill -9 one child; wait until the supervisor has restarted it; the new pid."""
         old = self.children()[name]
         os.kill(old, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                new = self.children().get(name)
-            except (OSError, ValueError):
-                new = None
-            if new and new != old and psutil.pid_exists(new):
-                return new
-            time.sleep(0.1)
-        raise AssertionError(f"{name} was not restarted\n{self.logs()}")
+
+        def restarted() -> int | None:
+            new = self.children().get(name)
+            return new if new and new != old and psutil.pid_exists(new) else None
+
+        return poll_until(restarted, timeout, lambda: f"{name} restarted\n{self.logs()}", interval=0.1, errors=(OSError, ValueError))
 
     def sandbox_processes(self) -> list[psutil.Process]:
         """Jupyter servers and kernels started for this cluster's sandboxes."""
@@ -194,6 +230,33 @@ class Cluster:
             except psutil.Error:
                 continue
         return found
+
+    def server_processes(self) -> dict[str, psutil.Process]:
+        """The Jupyter server (not the kernels) of each process-runtime sandbox, by sandbox id."""
+        servers = {}
+        for proc in self.sandbox_processes():
+            sid = sandbox_of(proc)
+            if sid is not None and is_jupyter_server(proc):
+                servers[sid] = proc
+        return servers
+
+    def end_leftovers(self) -> list[str]:
+        """End what a clean stop should have ended; what that was (sandbox processes, containers).
+
+        Also removes the instance's sandbox network and the spawner's firewall rule for it, which
+        outlive a stop on purpose (the next ``up`` reuses them).
+        """
+        left = []
+        for proc in self.sandbox_processes():
+            try:
+                proc.kill()
+                left.append(f"process {proc.pid}")
+            except psutil.Error:
+                pass
+        if self.env.get("NBPOOL_RUNTIME") == "docker":
+            instance = self.env.get("NBPOOL_INSTANCE", "nbpool")
+            left += end_docker_leftovers(instance, self.env.get("NBPOOL_DOCKER_NETWORK") or f"{instance}-sandboxes")
+        return left
 
     def bus_credentials(self) -> Any:
         """The operator's NATS credentials (for tests and benchmarks that use the bus directly)."""

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import os
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from cluster import BIN, Cluster, NatsServer, free_ports
+from waiting import poll_until
 
 ROOT = Path(__file__).parent.parent
 
@@ -25,27 +24,11 @@ def _teardown(cluster: Cluster) -> None:
     # Every service did its work within its NATS permissions (nbpool.busauth).
     refusals = cluster.bus_refusals()
     assert not refusals, "nats-server refused services:\n" + "\n".join(refusals[:20])
-    # A clean stop leaves no Jupyter server or kernel behind.
-    deadline = time.monotonic() + 10
-    while cluster.sandbox_processes() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    left = cluster.sandbox_processes()
-    for proc in left:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    assert not left, f"processes left after stop: {[p.pid for p in left]}\n{cluster.logs()}"
-    if cluster.env.get("NBPOOL_RUNTIME") == "docker":
-        containers = cluster.containers()
-        for container in containers:
-            container.remove(force=True)
-        assert not containers, f"containers left after stop: {[c.name for c in containers]}\n{cluster.logs()}"
-        instance = cluster.env["NBPOOL_INSTANCE"]
-        _docker().networks.prune(filters={"label": f"nbpool.instance={instance}"})
-        # The spawner's host-firewall rule for the (now gone) bridge.
-        bridge = "nbp-" + hashlib.sha1(f"{instance}-sandboxes".encode()).hexdigest()[:10]
-        subprocess.run(["iptables", "-w", "-D", "INPUT", "-i", bridge, "-j", "NBPOOL-SANDBOX-IN"], capture_output=True)
+    # A clean stop leaves no Jupyter server, kernel or container behind.
+    with contextlib.suppress(AssertionError):
+        poll_until(lambda: not cluster.sandbox_processes(), 10, "no sandbox process left")
+    left = cluster.end_leftovers()
+    assert not left, f"left after stop: {left}\n{cluster.logs()}"
 
 
 @pytest.fixture
@@ -118,13 +101,8 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
          "-sd", str(tmp_path / "nats-store")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    poll_until(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True, 10,
+               "nats-server listening", interval=0.05, errors=(OSError,))
     yield NatsServer(f"nats://127.0.0.1:{port}", credentials)
     proc.terminate()
     proc.wait(timeout=10)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import httpx
 from cluster import Cluster
+from waiting import poll_until
 
 TOKEN = "an-admin-token-for-tests"
 
@@ -30,13 +30,13 @@ def test_drain_and_resume(make_cluster: Any) -> None:
     auth = {"Authorization": f"token {TOKEN}"}
     live = cluster.new_session()
     assert httpx.post(f"{cluster.admin_url}/admin/api/drain", json={"draining": True}, headers=auth).status_code == 200
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        records = cluster.status()["sandboxes"]
-        if [r["state"] for r in records] == ["claimed"]:
-            break
-        time.sleep(0.2)
-    assert [r["id"] for r in records] == [live["id"]]  # warm ones ended, the live session goes on
+
+    def only_claimed() -> list[dict[str, Any]] | None:
+        records: list[dict[str, Any]] = cluster.status()["sandboxes"]
+        return records if [r["state"] for r in records] == ["claimed"] else None
+
+    records = poll_until(only_claimed, 20, "the warm sandboxes ended")
+    assert [r["id"] for r in records] == [live["id"]]  # and the live session goes on
     refused = httpx.post(f"{cluster.url}/sessions")
     assert refused.status_code == 503 and "draining" in refused.json()["detail"]
     assert httpx.get(f"{cluster.base(live)}api/status", params={"token": live["token"]}).status_code == 200

@@ -8,6 +8,7 @@ from typing import Any
 import nats.js.kv
 import pytest
 from cluster import NatsServer
+
 from nbpool.bus import Bus, KVMirror
 from nbpool.busauth import OPERATOR, load
 from nbpool.models import SandboxRecord, State, encode

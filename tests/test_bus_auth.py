@@ -15,6 +15,7 @@ import nats
 import nats.errors
 import pytest
 from cluster import Cluster, NatsServer
+
 from nbpool.bus import Bus
 from nbpool.busauth import OPERATOR, load
 from nbpool.models import Event, decode

@@ -18,9 +18,10 @@ import docker
 import httpx
 import psutil
 import pytest
-from cluster import Cluster
+from cluster import Cluster, is_jupyter_server
 from kernel import execute, start_kernel
 from sockets import kernel_websocket_nodelay
+from waiting import poll_until, poll_until_async
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -74,8 +75,7 @@ async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     assert await _run(cluster, session, "1+1") == "2"
     # Its kernel websockets are sent without Nagle's delay (see shared/sandbox_ws.py).
     init = psutil.Process(container.attrs["State"]["Pid"])
-    (server,) = [p for p in [init, *init.children(recursive=True)] if "jupyter-server" in " ".join(p.cmdline())
-                 or "jupyter server" in " ".join(p.cmdline())]
+    (server,) = [p for p in [init, *init.children(recursive=True)] if is_jupyter_server(p)]
     assert await kernel_websocket_nodelay(server.pid, f"{target}{_record(cluster, session['id'])['path']}", session) is True
 
 
@@ -123,14 +123,8 @@ async def test_memory_limit_kills_the_kernel_not_the_host(docker_cluster: Any) -
     with pytest.raises((asyncio.TimeoutError, RuntimeError, ConnectionError, OSError)):
         await execute(cluster.base(session), session["token"], kernel, "x = b'x' * (1024 ** 3)", timeout=20)
     # The kernel died and Jupyter restarted it; the sandbox's server and nbpool are fine.
-    deadline = time.monotonic() + 30
-    result = None
-    while time.monotonic() < deadline:
-        try:
-            result = await execute(cluster.base(session), session["token"], kernel, "1+1", timeout=5)
-            break
-        except Exception:
-            await asyncio.sleep(0.5)
+    result = await poll_until_async(lambda: execute(cluster.base(session), session["token"], kernel, "1+1", timeout=5),
+                                    30, "the restarted kernel answers", interval=0.5, errors=(Exception,))
     assert result == "2"
     assert cluster.children() == children
     assert session["id"] in {e["sandbox_id"] for e in cluster.events() if e["type"] == "sandbox.oom"}
@@ -239,10 +233,7 @@ async def test_spawner_kill9_adopts_claimed_and_removes_orphans(docker_cluster: 
         labels={"nbpool.instance": instance, "nbpool.spawner": "s1", "nbpool.sandbox": "orphan0000", "nbpool.profile": "default"},
     )
     cluster.kill9("spawner")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and orphan.id in {c.id for c in cluster.containers()}:
-        await asyncio.sleep(0.3)
-    assert orphan.id not in {c.id for c in cluster.containers()}
+    poll_until(lambda: orphan.id not in {c.id for c in cluster.containers()}, 30, "the orphan container removed")
     assert await _run(cluster, session, "6*7") == "42"
     claimed = [c for c in cluster.containers() if c.labels["nbpool.sandbox"] == session["id"]]
     assert len(claimed) == 1
@@ -274,15 +265,16 @@ async def test_engine_down_then_back(docker_cluster: Any) -> None:
     stop = subprocess.run([os.path.join(ROOT, "deploy", "docker-engine.sh"), "stop"], capture_output=True, text=True)
     assert stop.returncode == 0, stop.stderr
     try:
-        deadline = time.monotonic() + 30
-        resp = httpx.post(f"{cluster.url}/sessions")
-        while resp.status_code != 503 and time.monotonic() < deadline:
-            if resp.status_code == 201:
+
+        def refused() -> httpx.Response | None:
+            resp = httpx.post(f"{cluster.url}/sessions")
+            if resp.status_code == 201:  # a sandbox still warm from before: give it back
                 session = resp.json()
                 httpx.delete(f"{cluster.url}/sessions/{session['id']}", params={"token": session["token"]})
-            time.sleep(0.5)
-            resp = httpx.post(f"{cluster.url}/sessions")
-        assert resp.status_code == 503 and "Retry-After" in resp.headers
+            return resp if resp.status_code == 503 else None
+
+        resp = poll_until(refused, 30, "launches refused", interval=0.5)
+        assert "Retry-After" in resp.headers
         assert "runtime unavailable" in resp.json()["detail"]
         assert httpx.get(f"{cluster.url}/api/stats").json()["healthy_spawners"] == 0
         assert cluster.children() == children  # nothing crashed

@@ -14,6 +14,7 @@ import websockets
 from cluster import BIN, Cluster
 from kernel import execute, execute_on, execute_reply, start_kernel
 from sockets import kernel_websocket_nodelay
+from waiting import poll_until
 
 
 async def test_session_runs_code_through_the_proxy(cluster: Cluster) -> None:
@@ -53,8 +54,7 @@ async def test_kernel_websocket_is_not_held_back_by_nagle(cluster: Cluster) -> N
     would otherwise wait up to 40 ms each for the client's delayed ACKs."""
     session = cluster.new_session()
     rec = next(r for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
-    (server,) = [p for p in cluster.sandbox_processes()
-                 if f"/servers/{session['id']}/" in " ".join(p.cmdline()) and "jupyter_server" in " ".join(p.cmdline())]
+    server = cluster.server_processes()[session["id"]]
     assert await kernel_websocket_nodelay(server.pid, f"{rec['target']}{rec['path']}", session) is True
 
 
@@ -73,11 +73,8 @@ def test_session_info_and_delete(cluster: Cluster) -> None:
     assert gone.status_code == 204
     # The server process is gone, and its route with it.
     assert len({p.pid for p in cluster.sandbox_processes()} & pids) < len(pids)
-    assert session["id"] not in cluster.status()["sandboxes"]
-    deadline = time.monotonic() + 5
-    while session["id"] in cluster.routes() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert session["id"] not in cluster.routes()
+    poll_until(lambda: session["id"] not in {r["id"] for r in cluster.status()["sandboxes"]}, 10, "its record deleted")
+    poll_until(lambda: session["id"] not in cluster.routes(), 5, "its route removed", interval=0.05)
     ended = httpx.get(f"{cluster.base(session)}api/status", headers=auth)
     assert ended.status_code == 404
     assert httpx.get(f"{cluster.url}/sessions/{session['id']}", headers=auth).status_code == 404

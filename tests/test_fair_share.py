@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 from cluster import Cluster
+from waiting import poll_until
 
 
 def test_a_client_at_its_cap_gets_429_another_client_still_a_sandbox(make_cluster: Any) -> None:
@@ -41,13 +42,9 @@ def test_a_spawn_link_nobody_follows_gets_no_sandbox(make_cluster: Any) -> None:
     time.sleep(3)  # time enough for the line to hand the sandbox to anyone who wanted it
     assert cluster.wait_warm(1)["in_use"] == 0
     # A visitor whose page is there (the page without scripts reloads this) gets it.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        resp = httpx.get(f"{cluster.url}/queue/{found.group(1)}", follow_redirects=False)
-        if resp.status_code == 302:
-            break
-        time.sleep(1)
-    assert resp.status_code == 302 and ".sb.localhost:" in resp.headers["location"]
+    resp = poll_until(lambda: (r := httpx.get(f"{cluster.url}/queue/{found.group(1)}", follow_redirects=False)).status_code == 302 and r,
+                      30, "the watched ticket sent on to its sandbox", interval=1)
+    assert ".sb.localhost:" in resp.headers["location"]
 
 
 def test_a_claimed_session_nobody_opens_is_ended(make_cluster: Any) -> None:
@@ -55,12 +52,8 @@ def test_a_claimed_session_nobody_opens_is_ended(make_cluster: Any) -> None:
                                      "NBPOOL_CULL_INTERVAL": "0.5", "NBPOOL_ACTIVITY_INTERVAL": "0.5"}, warm=2)
     unopened, opened = cluster.new_session(), cluster.new_session()
     assert httpx.get(f"{cluster.base(opened)}api/contents", params={"token": opened["token"]}).status_code == 200
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if httpx.get(f"{cluster.url}/sessions/{unopened['id']}", params={"token": unopened["token"]}).status_code == 404:
-            break
-        time.sleep(0.5)
-    assert httpx.get(f"{cluster.url}/sessions/{unopened['id']}", params={"token": unopened["token"]}).status_code == 404
+    poll_until(lambda: httpx.get(f"{cluster.url}/sessions/{unopened['id']}", params={"token": unopened["token"]}).status_code == 404,
+               30, "the unopened session ended", interval=0.5)
     info = httpx.get(f"{cluster.url}/sessions/{opened['id']}", params={"token": opened["token"]})
     assert info.status_code == 200 and info.json()["state"] == "claimed"
     decisions = [e for e in cluster.events() if e["type"] == "cull.decision"]

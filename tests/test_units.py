@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
@@ -261,6 +262,10 @@ def test_bad_messages_are_refused_with_what_was_wrong() -> None:
         decode(ClaimRequest, b"not json")
     req = ClaimRequest(profile="default", wait=2)
     assert decode(ClaimRequest, encode(req)) == req
+    # A document of a newer schema (a newer nbpool on the same bus) is refused, not half read.
+    with pytest.raises(BadMessage, match="schema version 2"):
+        decode(ClaimRequest, b'{"v": 2, "profile": "default"}')
+    assert decode(ClaimRequest, b'{"v": 1, "profile": "default", "added_later": true}').profile == "default"
 
 
 class TestLinks:

@@ -11,11 +11,13 @@ import time
 
 import nats.errors
 import nats.js.errors
+
 from nbpool import logs
-from nbpool.aio import wait_event
+from nbpool.aio import cancel_and_wait, wait_event
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, decide
-from nbpool.models import Activity, SandboxRecord, State, encode
+from nbpool.models import Activity, SandboxRecord, State
+from nbpool.records import transition
 from nbpool.settings import CullerSettings
 
 __all__ = ["Culler"]
@@ -44,9 +46,7 @@ class Culler:
                     log.warning("sweep failed", extra={"error": repr(err)})
                 await wait_event(stop, timeout=self.settings.cull_interval)
         finally:
-            for task in mirrors:
-                task.cancel()
-            await asyncio.gather(*mirrors, return_exceptions=True)
+            await cancel_and_wait(*mirrors)
 
     async def sweep(self, now: float) -> int:
         """End every sandbox whose verdict says so; returns how many."""
@@ -56,10 +56,11 @@ class Culler:
             verdict = decide(rec, self.activity.get(rec.id), now, self.policy)
             if not verdict.end:
                 continue
-            try:
-                await kv.update(rec.id, encode(rec.moved(State.ENDING, ending_reason=verdict.reason)), last=rev)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                continue  # it changed meanwhile (claimed, ended): judge it again next sweep
+            # Once: a record that changed meanwhile (claimed, ended) is judged again next sweep.
+            moved = await transition(kv, rec.id, State.ENDING, from_={rec.state}, known=(rec, rev), attempts=1,
+                                     ending_reason=verdict.reason)
+            if moved is None:
+                continue
             ended += 1
             log.info("culled", extra={"sandbox": rec.id, "reason": verdict.reason, "state": rec.state})
             await self.bus.event("cull.decision", rec.id, host=rec.host, cause=verdict.reason, data={"state": rec.state})

@@ -11,36 +11,20 @@ CORS grant, and the admin sends none.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import hashlib
-import secrets
 import time
-from typing import Any
 
-import nats.errors
-import nats.js.errors
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from nbpool import logs
-from nbpool.bus import Bus, KVMirror
-from nbpool.gateway.pages import admin_page, login_page
-from nbpool.gateway.tokens import from_authorization, same
-from nbpool.models import (
-    Activity,
-    AdminSession,
-    BadMessage,
-    Drain,
-    Event,
-    SandboxRecord,
-    State,
-    decode,
-    encode,
-)
-from nbpool.settings import GatewaySettings
 from pydantic import BaseModel
 
-__all__ = ["AdminSessions", "EventTail", "admin_router"]
+from nbpool import logs
+from nbpool.gateway.pages import admin_page, login_page
+from nbpool.gateway.state import the_gateway
+from nbpool.gateway.tokens import from_authorization, same
+from nbpool.models import AdminSession, Drain, State, encode
+from nbpool.settings import GatewaySettings
+
+__all__ = ["admin_router"]
 
 log = logs.get("nbpool.gateway.admin")
 
@@ -48,99 +32,18 @@ COOKIE = "nbpool_admin"
 CSRF_HEADER = "x-csrf-token"
 
 
-class AdminSessions:
-    """Signed-in admins, on the bus (see the module docstring)."""
-
-    def __init__(self, bus: Bus, ttl: float) -> None:
-        self._bus = bus
-        self.ttl = ttl
-
-    @staticmethod
-    def _key(session_id: str) -> str:
-        return hashlib.sha256(session_id.encode()).hexdigest()
-
-    async def start(self) -> tuple[str, AdminSession]:
-        """A new session: its id (for the cookie) and its record."""
-        session_id = secrets.token_urlsafe(32)
-        now = time.time()
-        session = AdminSession(csrf=secrets.token_urlsafe(32), created_at=now, expires_at=now + self.ttl)
-        kv = await self._bus.kv(self._bus.names.admin_sessions)
-        await kv.put(self._key(session_id), encode(session))
-        return session_id, session
-
-    async def get(self, session_id: str) -> AdminSession | None:
-        """The live session with this id; None if there is none (never was, ended, expired)."""
-        if not session_id or len(session_id) > 100:
-            return None
-        kv = await self._bus.kv(self._bus.names.admin_sessions)
-        try:
-            entry = await kv.get(self._key(session_id))
-            session = decode(AdminSession, entry.value or b"")
-        except (nats.js.errors.KeyNotFoundError, BadMessage):
-            return None
-        if session.expires_at <= time.time():
-            await self.end(session_id)
-            return None
-        return session
-
-    async def end(self, session_id: str) -> None:
-        """Revoke a session (sign-out); ending an unknown one is not an error."""
-        kv = await self._bus.kv(self._bus.names.admin_sessions)
-        try:
-            await kv.delete(self._key(session_id))
-        except (nats.js.errors.KeyNotFoundError, nats.errors.Error):
-            pass
-
-
-class EventTail:
-    """The most recent lifecycle events, for the admin page (the last 10 minutes, at most ``size``)."""
-
-    def __init__(self, bus: Bus, size: int = 100) -> None:
-        self._bus = bus
-        self.events: collections.deque[Event] = collections.deque(maxlen=size)
-
-    async def run(self) -> None:
-        while True:
-            try:
-                sub = await self._bus.follow_events(since=time.time() - 600)
-                generation = self._bus.generation
-                pending: asyncio.Future[Any] | None = None
-                try:
-                    while self._bus.generation == generation:
-                        # asyncio.wait, not next_msg's own timeout: that one can swallow a cancellation.
-                        pending = pending or asyncio.ensure_future(sub.next_msg(timeout=None))
-                        done, _ = await asyncio.wait({pending}, timeout=1.0)
-                        if not done:
-                            continue
-                        msg, pending = pending.result(), None
-                        try:
-                            self.events.append(decode(Event, msg.data))
-                        except BadMessage:
-                            continue
-                finally:
-                    if pending is not None:
-                        pending.cancel()
-                await sub.unsubscribe()
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:  # the bus went away: follow again once it is back
-                log.debug("event tail restarting", extra={"error": repr(err)})
-                await asyncio.sleep(1.0)
-
-
 class _DrainBody(BaseModel):
     draining: bool
 
 
-def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
-    """Routes under ``/admin``. ``state`` holds the bus, the mirrors, the event tail and the sessions."""
+def admin_router(settings: GatewaySettings) -> APIRouter:
+    """Routes under ``/admin``; each finds the app's :class:`Gateway` (its bus, mirrors, tail, sessions)."""
     router = APIRouter(include_in_schema=False)
     secret = settings.admin_token
     secure = settings.admin_url.startswith("https://")
 
     async def signed_in(request: Request) -> AdminSession | None:
-        sessions: AdminSessions = state["admin_sessions"]
-        return await sessions.get(request.cookies.get(COOKIE, ""))
+        return await the_gateway(request).admin_sessions.get(request.cookies.get(COOKIE, ""))
 
     async def require(request: Request, change: bool = False, form_csrf: str | None = None) -> None:
         """401 unless the admin token or a live admin session; 403 for a change without the CSRF token."""
@@ -167,11 +70,11 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
         return HTMLResponse(admin_page(session.csrf), headers={"Cache-Control": "no-store"})
 
     @router.post("/admin/login")
-    async def login(token: str = Form(default="")) -> Response:
+    async def login(request: Request, token: str = Form(default="")) -> Response:
         if not secret or not same(token, secret):
             log.warning("admin sign-in refused")
             return HTMLResponse(login_page("That is not the admin token."), 401)
-        session_id, session = await state["admin_sessions"].start()
+        session_id, session = await the_gateway(request).admin_sessions.start()
         response = RedirectResponse("/admin", status_code=303)
         # Host-only (no Domain): no other host, a sandbox least of all, ever gets it.
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=secure, path="/admin",
@@ -182,7 +85,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
     @router.post("/admin/logout")
     async def logout(request: Request, csrf: str = Form(default="")) -> Response:
         await require(request, change=True, form_csrf=csrf)
-        await state["admin_sessions"].end(request.cookies.get(COOKIE, ""))
+        await the_gateway(request).admin_sessions.end(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/admin", status_code=303)
         response.delete_cookie(COOKIE, path="/admin", secure=secure, httponly=True, samesite="strict")
         log.info("admin signed out")
@@ -192,23 +95,22 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
     async def admin_state(request: Request) -> JSONResponse:
         await require(request)
         now = time.time()
-        records: KVMirror[SandboxRecord] = state["records"]
-        activity: KVMirror[Activity] = state["activity"]
-        live = state["claimer"].live_spawners()
+        gw = the_gateway(request)
+        live = gw.claimer.live_spawners()
         sessions = []
-        for rec in sorted(records.values(), key=lambda r: r.claimed_at or 0):
+        for rec in sorted(gw.records.values(), key=lambda r: r.claimed_at or 0):
             if rec.state != State.CLAIMED:
                 continue
-            act = activity.get(rec.id)
+            act = gw.activity.get(rec.id)
             last = max(rec.claimed_at or 0, act.last_activity if act else 0)
             sessions.append({"id": rec.id, "profile": rec.pool, "host": rec.host, "owner": rec.owner,
                              "age_s": now - (rec.claimed_at or now), "idle_s": now - last})
-        drain = state["control"].get("drain")
+        drain = gw.control.get("drain")
         return JSONResponse({
             "spawners": [b.model_dump() for b in live],
             "available": sum(c.warm for b in live for c in b.pools.values()),
             "sessions": sessions,
-            "events": [e.model_dump() for e in reversed(state["tail"].events)][:50],
+            "events": [e.model_dump() for e in reversed(gw.tail.events)][:50],
             "draining": bool(drain and drain.draining),
         }, headers={"Cache-Control": "no-store"})
 
@@ -217,7 +119,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
         await require(request, change=True)
         if request.headers.get("content-type", "").split(";")[0] != "application/json":
             raise HTTPException(415, "send JSON (Content-Type: application/json)")
-        ended = await state["end_session"](session_id, "admin")
+        ended = await the_gateway(request).end_session(session_id, "admin")
         if not ended:
             raise HTTPException(404, f"no live session {session_id}")
         return Response(status_code=204)
@@ -225,7 +127,7 @@ def admin_router(settings: GatewaySettings, state: dict[str, Any]) -> APIRouter:
     @router.post("/admin/api/drain")
     async def drain(body: _DrainBody, request: Request) -> JSONResponse:
         await require(request, change=True)
-        bus: Bus = state["bus"]
+        bus = the_gateway(request).bus
         kv = await bus.kv(bus.names.control)
         await kv.put("drain", encode(Drain(draining=body.draining, by="admin")))
         await bus.event("pool.drain" if body.draining else "pool.resume", cause="admin")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import nats.errors
+
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
 from nbpool.models import BadMessage, ClaimReply, ClaimRequest, SandboxRecord, SpawnerBeat, decode, encode
 
@@ -55,8 +56,8 @@ class Claimer:
             raise NoCapacity("no spawner is running", retry_after=10)
         healthy = [b for b in live if b.healthy]
         if not healthy:
-            reasons = sorted({b.reason or "unhealthy" for b in live})
-            raise NoCapacity("no spawner can start sandboxes: " + "; ".join(reasons), retry_after=10)
+            unhealthy = sorted({b.reason or "unhealthy" for b in live})
+            raise NoCapacity("no spawner can start sandboxes: " + "; ".join(unhealthy), retry_after=10)
         healthy = [b for b in healthy if not b.draining]
         if not healthy:
             raise NoCapacity("nbpool is draining for maintenance: no new sessions for now", retry_after=60)

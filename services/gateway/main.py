@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+
 from nbpool.gateway.app import create_app
 from nbpool.service import configure
 from nbpool.settings import GatewaySettings

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
-from nbpool.origins import Origins
 from starlette.datastructures import Headers
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from nbpool.origins import Origins
 
 __all__ = ["OriginGuard"]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nbpool import logs
-from nbpool.aio import wait_event
+from nbpool.aio import cancel_and_wait, wait_event
 from nbpool.gateway.claims import Claimer, NoCapacity
 from nbpool.models import SandboxRecord
 
@@ -44,7 +44,6 @@ class Ticket:
     position: int = 0
     message: str = ""
     url: str | None = None
-    sandbox_id: str | None = None
     estimate_s: float | None = None
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
@@ -128,9 +127,7 @@ class LaunchQueue:
         return sum(len(line) for line in lines)
 
     async def close(self) -> None:
-        for worker in self._workers.values():
-            worker.cancel()
-        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        await cancel_and_wait(*self._workers.values())
 
     def _reposition(self, profile: str, full: bool = False) -> None:
         pace = self.pace.get(profile)
@@ -193,7 +190,6 @@ class LaunchQueue:
             old = self.pace.get(profile)
             self.pace[profile] = took if old is None else 0.7 * old + 0.3 * took
             head.state, head.message, head.position = "ready", "", 0
-            head.sandbox_id = record.id
             head.url = self._make_url(record, head.page)
             head.notify()
             log.info("served from the line", extra={"ticket": head.id, "sandbox": record.id,

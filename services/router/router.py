@@ -16,7 +16,9 @@ from typing import Any
 import httpx
 import nats.errors
 import nats.js.errors
+
 from nbpool import logs
+from nbpool.aio import cancel_and_wait, poll_ready
 from nbpool.bus import Bus, KVMirror
 from nbpool.models import Route, SandboxRecord, encode
 from nbpool.router.routes import RouteSpec, desired_routes, dynamic_config, render
@@ -55,12 +57,9 @@ class Router:
             self._dirty.set()
             loop = asyncio.ensure_future(self._loop())
             await stop.wait()
-            loop.cancel()
-            await asyncio.gather(loop, return_exceptions=True)
+            await cancel_and_wait(loop)
         finally:
-            for task in [*mirrors, *self._probing.values()]:
-                task.cancel()
-            await asyncio.gather(*mirrors, *self._probing.values(), return_exceptions=True)
+            await cancel_and_wait(*mirrors, *self._probing.values())
             await self._http.aclose()
 
     async def _loop(self) -> None:
@@ -116,18 +115,18 @@ class Router:
         origins = self.settings.origins
         host = {"Host": origins.sandbox_netloc(sid)} if origins.by_host else {}
         began = time.monotonic()
-        delay = 0.02
+
+        async def answers() -> bool | None:
+            return True if await self._answers(url, host) else None
+
         try:
-            while time.monotonic() - began < self.settings.route_check_timeout:
-                if await self._answers(url, host):
-                    kv = await self.bus.kv(self.bus.names.routes)
-                    await kv.put(sid, encode(Route(id=sid, path=path, target=target, ready_at=time.time())))
-                    took = round(time.monotonic() - began, 3)
-                    log.info("route ready", extra={"sandbox": sid, "took_s": took})
-                    await self.bus.event("route.ready", sid, data={"path": path, "took_s": took})
-                    return
-                await asyncio.sleep(delay)
-                delay = min(delay * 1.5, 0.5)
+            await poll_ready(answers, deadline=began + self.settings.route_check_timeout, first=0.02)
+            kv = await self.bus.kv(self.bus.names.routes)
+            await kv.put(sid, encode(Route(id=sid, path=path, target=target, ready_at=time.time())))
+            took = round(time.monotonic() - began, 3)
+            log.info("route ready", extra={"sandbox": sid, "took_s": took})
+            await self.bus.event("route.ready", sid, data={"path": path, "took_s": took})
+        except TimeoutError:
             log.warning("route never answered", extra={"sandbox": sid, "url": url})
             await self.bus.event("route.failed", sid, cause="no answer through the proxy", data={"path": path})
         finally:

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 
 import httpx
+
 from nbpool.models import Activity, SandboxRecord
 
 __all__ = ["read_activity"]

@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import websockets
+
 from nbpool.models import SandboxRecord
 
 __all__ = ["prestart_kernel"]

@@ -107,7 +107,8 @@ class WarmPool:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(profile, deque()).append(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         except TimeoutError:
             return None
         finally:

@@ -7,7 +7,7 @@ pools, claims or the bus: the spawner decides, the runtime carries out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 __all__ = ["ReportsEvents", "Runtime", "StartsInBackground", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
@@ -48,8 +48,6 @@ class RuntimeSandbox:
     target: str
     profile: str
     alive: bool
-    created_at: float
-    details: dict[str, str] = field(default_factory=dict)
 
 
 class Runtime(Protocol):

@@ -26,36 +26,33 @@ The Docker SDK is blocking: every call runs in a bounded thread pool (like tmpnb
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import shutil
 import socket
-import subprocess
 import threading
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import Any, TypeVar
 
 import docker
 import docker.errors
+import docker.types
 import requests.exceptions
 from docker.models.containers import Container
+
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
+from nbpool.runtime.docker_network import ensure_network, protect_host
 
 __all__ = ["LABEL", "DockerRuntime", "size_bytes"]
 
 log = logs.get("nbpool.runtime.docker")
 
 LABEL = "nbpool"
-_CHAIN = "NBPOOL-SANDBOX-IN"
 _PORT = 8888
 _NORMAL_CPU_SHARES = 1024  # what Docker gives a container that sets none
 _HOME = "/home/jovyan"
 _TMP_SIZE = "64m"
 # Docker keeps this much of a container's output (the spawner reads its last lines on failure).
-_LOG_CONFIG = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
+_LOG_CONFIG = docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"})
 _UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 
@@ -86,7 +83,6 @@ class DockerRuntime:
         start_cpu_shares: int = 128,
         workers: int = 8,
         timeout: float = 30.0,
-        base_url: str | None = None,
     ) -> None:
         self.instance = instance
         self.spawner_id = spawner_id
@@ -99,7 +95,6 @@ class DockerRuntime:
         self.pids = pids
         self.start_cpu_shares = start_cpu_shares
         self.timeout = timeout
-        self._base_url = base_url
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._client: docker.DockerClient | None = None
         self._network_id = ""
@@ -111,16 +106,14 @@ class DockerRuntime:
 
     def _docker(self) -> docker.DockerClient:
         if self._client is None:
-            if self._base_url:
-                self._client = docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
-            else:
-                self._client = docker.from_env(timeout=int(self.timeout))
+            self._client = docker.from_env(timeout=int(self.timeout))
         return self._client
 
     async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
         try:
-            return await asyncio.wait_for(loop.run_in_executor(self._pool, fn, *args), self.timeout + 5)
+            async with asyncio.timeout(self.timeout + 5):
+                return await loop.run_in_executor(self._pool, fn, *args)
         except TimeoutError:
             raise RuntimeUnavailable(f"the Docker engine did not answer within {self.timeout:g} s") from None
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as err:
@@ -146,75 +139,13 @@ class DockerRuntime:
     # ---- network ---------------------------------------------------------------------------
 
     def _ensure_network(self) -> str:
-        """The id of the sandbox network, created if missing."""
+        """The id of the sandbox network, created (and the host protected from it) if missing."""
         with self._network_lock:
-            if self._network_id:
-                return self._network_id
-            client = self._docker()
-            found = [n for n in client.networks.list(names=[self.network]) if n.name == self.network]
-            if not found:
-                client.networks.create(
-                    self.network,
-                    driver="bridge",
-                    internal=not self.egress,
-                    options={
-                        "com.docker.network.bridge.enable_icc": "false",
-                        # A known interface name, for the host's firewall rule below.
-                        "com.docker.network.bridge.name": "nbp-" + hashlib.sha1(self.network.encode()).hexdigest()[:10],
-                    },
-                    labels={f"{LABEL}.instance": self.instance},
-                    check_duplicate=True,
-                )
-                log.info("network created", extra={"network": self.network, "egress": self.egress})
-                found = [n for n in client.networks.list(names=[self.network]) if n.name == self.network]
-            # Two spawners creating it at once can leave twins (the engine does not stop that):
-            # everyone settles on the oldest, and empty younger twins are removed.
-            found.sort(key=lambda n: n.attrs.get("Created", ""))
-            for twin in found[1:]:
-                twin.reload()
-                if not twin.attrs.get("Containers"):
-                    try:
-                        twin.remove()
-                    except docker.errors.APIError:
-                        pass
-            chosen = found[0]
-            if (chosen.attrs.get("Options") or {}).get("com.docker.network.bridge.enable_icc") != "false":
-                log.warning("network lets sandboxes reach each other (enable_icc is not false)", extra={"network": self.network})
-            self._protect_host(chosen)
-            self._network_id = str(chosen.id)
+            if not self._network_id:
+                network = ensure_network(self._docker(), self.network, self.instance, self.egress)
+                protect_host(network)
+                self._network_id = str(network.id)
             return self._network_id
-
-    def _protect_host(self, network: Any) -> None:
-        """Drop connections that sandboxes open to the host itself.
-
-        Even on an ``internal`` network a container's default route is the bridge, which is the
-        host: without this, sandboxes reach every host service listening beyond loopback. Replies
-        to connections the host opened (the proxy's, the spawner's) still pass. Needs root (or
-        CAP_NET_ADMIN) in the host's network namespace; without it, a loud error.
-        """
-        bridge = (network.attrs.get("Options") or {}).get("com.docker.network.bridge.name") or f"br-{network.id[:12]}"
-        iptables = shutil.which("iptables") or "/usr/sbin/iptables"
-
-        def run(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([iptables, "-w", *args], capture_output=True, text=True, timeout=30)
-
-        try:
-            run("-N", _CHAIN)  # fails harmlessly when it exists
-            established = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]
-            if run("-C", _CHAIN, *established).returncode != 0:
-                run("-I", _CHAIN, "1", *established)
-            if run("-C", _CHAIN, "-j", "DROP").returncode != 0:
-                run("-A", _CHAIN, "-j", "DROP")
-            if run("-C", "INPUT", "-i", bridge, "-j", _CHAIN).returncode != 0:
-                done = run("-I", "INPUT", "1", "-i", bridge, "-j", _CHAIN)
-                if done.returncode != 0:
-                    raise OSError(done.stderr.strip())
-            log.info("host protected from sandboxes", extra={"bridge": bridge})
-        except (OSError, subprocess.SubprocessError) as err:
-            log.error(
-                "sandboxes can reach services listening on the host's own addresses: the firewall rule was not added",
-                extra={"bridge": bridge, "error": str(err)},
-            )
 
     # ---- the interface ---------------------------------------------------------------------
 
@@ -274,18 +205,11 @@ class DockerRuntime:
         networks = attrs["NetworkSettings"]["Networks"] or {}
         ip = (networks.get(self.network) or {}).get("IPAddress") or ""
         state = attrs.get("State") or {}
-        started = state.get("StartedAt") or attrs.get("Created") or ""
-        try:
-            created = datetime.fromisoformat(started[:26].rstrip("Z") + "+00:00").timestamp()
-        except ValueError:
-            created = time.time()
         return RuntimeSandbox(
             id=labels.get(f"{LABEL}.sandbox", ""),
             target=f"http://{ip}:{_PORT}" if ip else "",
             profile=labels.get(f"{LABEL}.profile", ""),
             alive=state.get("Status") == "running" and bool(ip),
-            created_at=created,
-            details={"container": container.short_id, "oom_killed": str(state.get("OOMKilled", False))},
         )
 
     async def promote(self, sandbox_id: str) -> None:
@@ -362,12 +286,13 @@ class DockerRuntime:
 
         def follow() -> None:
             # The event stream blocks: it gets a thread of its own, not a place in the worker pool.
+            lost = False
             while not stopping.is_set():
                 try:
-                    client = docker.from_env(timeout=int(self.timeout)) if not self._base_url else \
-                        docker.DockerClient(base_url=self._base_url, timeout=int(self.timeout))
+                    client = docker.from_env(timeout=int(self.timeout))
                     filters = {"type": "container", "event": ["oom", "die"], **self._filters()}
                     stream = client.events(decode=True, filters=filters)
+                    lost = False
                     for event in stream:
                         sandbox = (event.get("Actor", {}).get("Attributes") or {}).get(f"{LABEL}.sandbox")
                         kind = "oom" if event.get("Action") == "oom" else "died"
@@ -376,7 +301,10 @@ class DockerRuntime:
                         if stopping.is_set():
                             break
                     client.close()
-                except Exception:  # the engine went away: try again shortly
+                except Exception as err:  # the engine went away: try again shortly (said once an outage)
+                    if not stopping.is_set() and not lost:
+                        log.warning("not following the engine's events; trying every 2 s", extra={"error": repr(err)})
+                    lost = True
                     stopping.wait(2.0)
 
         thread = threading.Thread(target=follow, name="docker-oom-events", daemon=True)

@@ -14,6 +14,7 @@ temporary server has no use for it, and it would reach out to the internet).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import os
 import shlex
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, SandboxSpec, SpawnFailed
 
@@ -148,8 +150,6 @@ class ProcessRuntime:
             target=f"http://127.0.0.1:{meta['port']}",
             profile=meta["profile"],
             alive=self._alive(meta),
-            created_at=meta["created_at"],
-            details={"pid": str(meta["pid"]), "folder": str(self._dir(meta["id"]))},
         )
 
     def _alive(self, meta: dict[str, Any]) -> bool:
@@ -159,7 +159,8 @@ class ProcessRuntime:
         try:
             proc = psutil.Process(meta["pid"])
             # The same pid could belong to another process by now.
-            return abs(proc.create_time() - meta["pid_started"]) < 1 and proc.status() != psutil.STATUS_ZOMBIE
+            started: float = meta["pid_started"]
+            return abs(proc.create_time() - started) < 1 and proc.status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
 
@@ -173,15 +174,15 @@ class ProcessRuntime:
     async def list(self) -> list[RuntimeSandbox]:
         return await asyncio.to_thread(self._list)
 
-    def _list(self) -> list[RuntimeSandbox]:
-        found = []
+    def _list(self) -> builtins.list[RuntimeSandbox]:
+        found: builtins.list[RuntimeSandbox] = []
         if not self._root.is_dir():
             return found
         for folder in sorted(self._root.iterdir()):
             meta = self._read(folder.name)
             if meta is None:
                 # A folder without metadata is a create that died half-way: nothing runs there.
-                found.append(RuntimeSandbox(folder.name, "", "", False, folder.stat().st_mtime))
+                found.append(RuntimeSandbox(folder.name, "", "", False))
             else:
                 found.append(self._sandbox(meta))
         return found

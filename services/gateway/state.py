@@ -1,0 +1,188 @@
+"""The gateway's live state and the operations its routes share.
+
+A :class:`Gateway` is made with the app and started by its lifespan: it connects to the bus,
+follows the spawners' heartbeats, the records, the activity and the drain switch, and keeps the
+launch line and the admin's event tail. Routes get it by dependency injection
+(:func:`the_gateway`), typed. It holds no state of its own that matters beyond a restart: records
+and activity are read from the bus, claims go to the spawners over request/reply, and ending a
+session is a compare-and-set on the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import nats.js.errors
+from fastapi import HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+from nbpool import logs
+from nbpool.aio import cancel_and_wait, poll_ready
+from nbpool.bus import Bus, KVMirror
+from nbpool.culler.policy import CullPolicy, expires_at
+from nbpool.gateway.admin_sessions import AdminSessions
+from nbpool.gateway.claims import Claimer
+from nbpool.gateway.events import EventTail
+from nbpool.gateway.links import spawn_link
+from nbpool.gateway.pages import ended_page
+from nbpool.gateway.queue import LaunchQueue
+from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.models import Activity, Drain, SandboxRecord, SpawnerBeat, State
+from nbpool.names import Names
+from nbpool.records import read_record, transition
+from nbpool.settings import GatewaySettings
+
+__all__ = ["Gateway", "the_gateway"]
+
+log = logs.get("nbpool.gateway")
+
+
+class Gateway:
+    """See the module docstring. Until :meth:`start` returns, only the settings-based helpers work."""
+
+    def __init__(self, settings: GatewaySettings, bus: Bus | None = None) -> None:
+        self.settings = settings
+        self.origins = settings.origins
+        self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
+        self.policy = CullPolicy(settings.idle_timeout, settings.max_age, float("inf"))
+        self._given_bus = bus
+        self._tasks: list[asyncio.Future[Any]] = []
+
+    # ---- life ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        self.bus = self._given_bus or await Bus.connect(
+            settings.nats_url, Names(settings.instance), "gateway", credentials=settings.bus_credentials("gateway"))
+        await self.bus.ensure("gateway")
+        names = self.bus.names
+        self.spawners: KVMirror[SpawnerBeat] = KVMirror(self.bus, names.spawners, SpawnerBeat)
+        self.records: KVMirror[SandboxRecord] = KVMirror(self.bus, names.sandboxes, SandboxRecord)
+        self.activity: KVMirror[Activity] = KVMirror(self.bus, names.activity, Activity)
+        self.control: KVMirror[Drain] = KVMirror(self.bus, names.control, Drain)
+        self.tail = EventTail(self.bus)
+        self.claimer = Claimer(self.bus, self.spawners, settings.claim_timeout)
+        self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full)
+        self.admin_sessions = AdminSessions(self.bus, settings.admin_session_ttl)
+        mirrors: list[KVMirror[Any]] = [self.spawners, self.records, self.activity, self.control]
+        self._tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
+        self._tasks += [asyncio.ensure_future(self.bus.presence("gateway")), asyncio.ensure_future(self.tail.run())]
+        await asyncio.gather(*(m.ready.wait() for m in mirrors))
+        self.started = True
+        log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance, "routing": settings.routing,
+                                   "sandboxes": settings.sandbox_url, "admin": settings.admin_url})
+        if not self.origins.by_host:
+            log.warning("NBPOOL_ROUTING=path: every sandbox is served from the gateway's own origin, so a page in any "
+                        "sandbox can read and drive every other sandbox and the admin in a visitor's browser; "
+                        "only for people who trust each other")
+
+    async def close(self) -> None:
+        await self.queue.close()
+        await cancel_and_wait(*self._tasks)
+        if self._given_bus is None:
+            await self.bus.close()
+
+    @property
+    def connected(self) -> bool:
+        return getattr(self, "started", False) and self.bus.nc.is_connected
+
+    # ---- visitors --------------------------------------------------------------------------
+
+    def client_of(self, request: Request) -> str:
+        """The visitor's address: the peer's, or what a trusted proxy (Traefik) says it is."""
+        peer = request.client.host if request.client else "unknown"
+        if peer in self.settings.trusted_proxies:
+            # Traefik sets X-Real-Ip and drops what an untrusted client sent.
+            real = request.headers.get("x-real-ip")
+            if real:
+                return real.strip()
+        return peer
+
+    def lab_url(self, rec: SandboxRecord, page: str = "lab") -> str:
+        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
+        return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
+
+    def ended_answer(self, rest: str, accept: str) -> Response:
+        """404 for ``<a sandbox>/<rest>`` that has ended: a page (or JSON) that launches a fresh one there."""
+        again = self.settings.public_url + spawn_link(rest)
+        if "text/html" in accept:
+            return HTMLResponse(ended_page(again), 404, headers={"Cache-Control": "no-store"})
+        return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
+
+    def admit(self, request: Request, profile: str | None) -> tuple[str, str]:
+        """Check the profile, the client's live sessions and launch rate; the profile and the client."""
+        settings = self.settings
+        profile = settings.default_profile if profile is None else profile
+        if profile not in settings.profiles:
+            raise HTTPException(
+                422, f"unknown profile {profile!r}; choose one of: {', '.join(sorted(settings.profiles))}"
+            )
+        client = self.client_of(request)
+        live = sum(1 for rec in self.records.values() if rec.owner == client and rec.state == State.CLAIMED)
+        if live >= settings.max_sessions_per_client:
+            raise HTTPException(
+                429,
+                f"{client} already has {live} live sessions, the most one client may hold "
+                f"(NBPOOL_MAX_SESSIONS_PER_CLIENT); end one (DELETE /sessions/<id>) or wait for one to end",
+                headers={"Retry-After": "60"},
+            )
+        wait = self.limiter.take(client)
+        if wait > 0:
+            raise HTTPException(
+                429,
+                f"too many launches from {client}; try again in {wait:.0f} s",
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
+        return profile, client
+
+    async def launch(self, request: Request, profile: str | None) -> SandboxRecord:
+        """Admit the visitor and claim a sandbox for them (NoCapacity if there is none)."""
+        profile, client = self.admit(request, profile)
+        began = time.perf_counter()
+        rec = await self.claimer.claim(profile, owner=client)
+        # Debug: at INFO this line cost ~12% of the gateway's CPU per claim (the spawner's
+        # sandbox.claimed event already records every claim).
+        log.debug("claimed", extra={"sandbox": rec.id, "client": client, "ms": round((time.perf_counter() - began) * 1000, 2)})
+        return rec
+
+    async def end_session(self, session_id: str, reason: str) -> bool:
+        """Move a live session to ending and wait (bounded) until its server is gone; False if none."""
+        kv = await self.bus.kv(self.bus.names.sandboxes)
+        moved = await transition(kv, session_id, State.ENDING, from_={State.CLAIMED}, ending_reason=reason)
+        if moved is not None:
+            await self.bus.event("sandbox.ending", session_id, host=moved.record.host, cause=reason)
+        else:
+            current = await read_record(kv, session_id)
+            if current is None or current.record.state != State.ENDING:
+                return False  # no live session (any more)
+
+        # The owning spawner removes it; wait (bounded) so the caller can rely on it being gone.
+        async def gone() -> bool | None:
+            try:
+                await kv.get(session_id)
+                return None
+            except nats.js.errors.KeyNotFoundError:
+                return True
+
+        try:
+            await poll_ready(gone, deadline=time.monotonic() + 10.0, most=0.05)
+        except TimeoutError:
+            log.warning("session still ending after 10 s", extra={"sandbox": session_id})
+        return True
+
+    def _estimate_full(self, profile: str, position: int) -> float | None:
+        """Seconds until the ``position``-th claimed sandbox of ``profile`` ends if left idle (the line's estimate)."""
+        ends = sorted(
+            expires_at(rec, self.activity.get(rec.id), self.policy) or 0
+            for rec in self.records.values()
+            if rec.state == State.CLAIMED and rec.pool == profile
+        )
+        return None if len(ends) < position else max(0.0, ends[position - 1] - time.time()) + 3.0
+
+
+def the_gateway(request: Request) -> Gateway:
+    """The app's :class:`Gateway` (a FastAPI dependency)."""
+    gateway: Gateway = request.app.state.gateway
+    return gateway
