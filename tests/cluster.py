@@ -287,6 +287,10 @@ class Cluster:
         )
         return json.loads(out.stdout)  # type: ignore[no-any-return]
 
+    def record(self, sandbox_id: str) -> dict[str, Any] | None:
+        """A sandbox's record as ``nbpool status --json`` shows it (no token), or None."""
+        return next((r for r in self.status()["sandboxes"] if r["id"] == sandbox_id), None)
+
     def events(self) -> list[dict[str, Any]]:
         """Every lifecycle event stored on the bus so far, oldest first (``nbpool events --all --json``)."""
         out = subprocess.run(

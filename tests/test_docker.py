@@ -47,10 +47,6 @@ async def _run(cluster: Cluster, session: dict[str, Any], code: str, timeout: fl
     return await execute(cluster.base(session), session["token"], kernel, code, timeout=timeout)
 
 
-def _record(cluster: Cluster, sid: str) -> dict[str, Any]:
-    return next(r for r in cluster.status()["sandboxes"] if r["id"] == sid)
-
-
 def _network(cluster: Cluster) -> Any:
     name = f"{cluster.env['NBPOOL_INSTANCE']}-sandboxes"
     return next(n for n in docker.from_env().networks.list(names=[name]) if n.name == name)
@@ -59,7 +55,7 @@ def _network(cluster: Cluster) -> Any:
 async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2"}, warm=2)
     session = cluster.new_session()
-    target = _record(cluster, session["id"])["target"]
+    target = cluster.record(session["id"])["target"]
     # The proxy goes straight to the container's own address on nbpool's network: no published port.
     network = _network(cluster)
     network.reload()
@@ -76,14 +72,14 @@ async def test_container_sandbox_end_to_end(docker_cluster: Any) -> None:
     # Its kernel websockets are sent without Nagle's delay (see shared/sandbox_ws.py).
     init = psutil.Process(container.attrs["State"]["Pid"])
     (server,) = [p for p in [init, *init.children(recursive=True)] if is_jupyter_server(p)]
-    assert await kernel_websocket_nodelay(server.pid, f"{target}{_record(cluster, session['id'])['path']}", session) is True
+    assert await kernel_websocket_nodelay(server.pid, f"{target}{cluster.record(session['id'])['path']}", session) is True
 
 
 async def test_sandbox_is_isolated(docker_cluster: Any) -> None:
     cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2"}, warm=2)
     me, other = cluster.new_session(), cluster.new_session()
-    my_ip = _record(cluster, me["id"])["target"].removeprefix("http://").split(":")[0]
-    other_ip = _record(cluster, other["id"])["target"].removeprefix("http://").split(":")[0]
+    my_ip = cluster.record(me["id"])["target"].removeprefix("http://").split(":")[0]
+    other_ip = cluster.record(other["id"])["target"].removeprefix("http://").split(":")[0]
     network = _network(cluster)
     gateway_ip = network.attrs["IPAM"]["Config"][0]["Gateway"]
     assert network.attrs["Internal"] is True  # no egress by default
@@ -210,7 +206,7 @@ async def test_gvisor_profile_end_to_end_and_isolated(docker_cluster: Any) -> No
     # gVisor's own kernel answers inside, not the host's.
     inside = await _run(cluster, session, "import platform; print(platform.release())")
     assert inside.strip() != os.uname().release
-    my_ip = _record(cluster, session["id"])["target"].removeprefix("http://").split(":")[0]
+    my_ip = cluster.record(session["id"])["target"].removeprefix("http://").split(":")[0]
     gateway_ip = _network(cluster).attrs["IPAM"]["Config"][0]["Gateway"]
     control = [cluster.nats_port, cluster.ping_port, cluster.gateway_port, cluster.proxy_port, 2375, 2376]
     forbidden = [(host, port) for host in ("127.0.0.1", gateway_ip) for port in control]

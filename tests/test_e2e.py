@@ -53,7 +53,8 @@ async def test_kernel_websocket_is_not_held_back_by_nagle(cluster: Cluster) -> N
     """The sandbox sets TCP_NODELAY on kernel websockets: an execute's several small replies
     would otherwise wait up to 40 ms each for the client's delayed ACKs."""
     session = cluster.new_session()
-    rec = next(r for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
+    rec = cluster.record(session["id"])
+    assert rec is not None
     server = cluster.server_processes()[session["id"]]
     assert await kernel_websocket_nodelay(server.pid, f"{rec['target']}{rec['path']}", session) is True
 
@@ -73,7 +74,7 @@ def test_session_info_and_delete(cluster: Cluster) -> None:
     assert gone.status_code == 204
     # The server process is gone, and its route with it.
     assert len({p.pid for p in cluster.sandbox_processes()} & pids) < len(pids)
-    poll_until(lambda: session["id"] not in {r["id"] for r in cluster.status()["sandboxes"]}, 10, "its record deleted")
+    poll_until(lambda: cluster.record(session["id"]) is None, 10, "its record deleted")
     poll_until(lambda: session["id"] not in cluster.routes(), 5, "its route removed", interval=0.05)
     ended = httpx.get(f"{cluster.base(session)}api/status", headers=auth)
     assert ended.status_code == 404
@@ -144,7 +145,9 @@ def test_static_offload_serves_lab_files_from_the_gateway(make_cluster: Any) -> 
     assert scripts, "JupyterLab's page names no static script"
     path = scripts[0].split("?")[0]
     offloaded = httpx.get(f"{cluster.origin(session['id'])}{path}")
-    target = next(r["target"] for r in cluster.status()["sandboxes"] if r["id"] == session["id"])
+    rec = cluster.record(session["id"])
+    assert rec is not None
+    target = rec["target"]
     own = httpx.get(f"{target}{path}")  # the same file from the sandbox's own server
     assert offloaded.status_code == 200 and offloaded.content == own.content
     assert "uvicorn" in offloaded.headers.get("server", "")  # the gateway's, not the sandbox's Tornado

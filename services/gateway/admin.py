@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from nbpool import logs
 from nbpool.gateway.pages import admin_page, login_page
-from nbpool.gateway.state import the_gateway
+from nbpool.gateway.state import gateway_of
 from nbpool.gateway.tokens import from_authorization, same
 from nbpool.models import AdminSession, Drain, State, encode
 from nbpool.settings import GatewaySettings
@@ -43,7 +43,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
     secure = settings.admin_url.startswith("https://")
 
     async def signed_in(request: Request) -> AdminSession | None:
-        return await the_gateway(request).admin_sessions.get(request.cookies.get(COOKIE, ""))
+        return await gateway_of(request).admin_sessions.get(request.cookies.get(COOKIE, ""))
 
     async def require(request: Request, change: bool = False, form_csrf: str | None = None) -> None:
         """401 unless the admin token or a live admin session; 403 for a change without the CSRF token."""
@@ -74,7 +74,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
         if not secret or not same(token, secret):
             log.warning("admin sign-in refused")
             return HTMLResponse(login_page("That is not the admin token."), 401)
-        session_id, session = await the_gateway(request).admin_sessions.start()
+        session_id, session = await gateway_of(request).admin_sessions.start()
         response = RedirectResponse("/admin", status_code=303)
         # Host-only (no Domain): no other host, a sandbox least of all, ever gets it.
         response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=secure, path="/admin",
@@ -85,7 +85,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
     @router.post("/admin/logout")
     async def logout(request: Request, csrf: str = Form(default="")) -> Response:
         await require(request, change=True, form_csrf=csrf)
-        await the_gateway(request).admin_sessions.end(request.cookies.get(COOKIE, ""))
+        await gateway_of(request).admin_sessions.end(request.cookies.get(COOKIE, ""))
         response = RedirectResponse("/admin", status_code=303)
         response.delete_cookie(COOKIE, path="/admin", secure=secure, httponly=True, samesite="strict")
         log.info("admin signed out")
@@ -95,7 +95,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
     async def admin_state(request: Request) -> JSONResponse:
         await require(request)
         now = time.time()
-        gw = the_gateway(request)
+        gw = gateway_of(request)
         live = gw.claimer.live_spawners()
         sessions = []
         for rec in sorted(gw.records.values(), key=lambda r: r.claimed_at or 0):
@@ -119,7 +119,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
         await require(request, change=True)
         if request.headers.get("content-type", "").split(";")[0] != "application/json":
             raise HTTPException(415, "send JSON (Content-Type: application/json)")
-        ended = await the_gateway(request).end_session(session_id, "admin")
+        ended = await gateway_of(request).end_session(session_id, "admin")
         if not ended:
             raise HTTPException(404, f"no live session {session_id}")
         return Response(status_code=204)
@@ -127,7 +127,7 @@ def admin_router(settings: GatewaySettings) -> APIRouter:
     @router.post("/admin/api/drain")
     async def drain(body: _DrainBody, request: Request) -> JSONResponse:
         await require(request, change=True)
-        bus = the_gateway(request).bus
+        bus = gateway_of(request).bus
         kv = await bus.kv(bus.names.control)
         await kv.put("drain", encode(Drain(draining=body.draining, by="admin")))
         await bus.event("pool.drain" if body.draining else "pool.resume", cause="admin")

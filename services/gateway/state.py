@@ -34,7 +34,7 @@ from nbpool.names import Names
 from nbpool.records import read_record, transition
 from nbpool.settings import GatewaySettings
 
-__all__ = ["Gateway", "the_gateway"]
+__all__ = ["Gateway", "gateway_of", "the_gateway"]
 
 log = logs.get("nbpool.gateway")
 
@@ -182,7 +182,13 @@ class Gateway:
         return None if len(ends) < position else max(0.0, ends[position - 1] - time.time()) + 3.0
 
 
-def the_gateway(request: Request) -> Gateway:
-    """The app's :class:`Gateway` (a FastAPI dependency)."""
+def gateway_of(request: Request) -> Gateway:
+    """The app's :class:`Gateway`."""
     gateway: Gateway = request.app.state.gateway
     return gateway
+
+
+async def the_gateway(request: Request) -> Gateway:
+    """The app's :class:`Gateway`, as a FastAPI dependency: async, so that FastAPI calls it inline
+    rather than in its thread pool (a thread hop for every request: make bench, section 1)."""
+    return gateway_of(request)
