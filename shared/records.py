@@ -12,6 +12,11 @@ Every state change in every service goes through :func:`transition`: it reads th
 starts from a copy the caller has), checks the move, and writes it compare-and-set on the KV
 revision, reading again after a conflict. So a warm sandbox is claimed once however many race for
 it, and a service never moves a record its verdict was not about.
+
+Deleting a record is not a move: only the owning spawner deletes one, once the runtime has
+confirmed its sandbox gone. That is usually from ``ending`` or ``failed``, but a sandbox the
+spawner itself finds dead, silent or drained (warm or claimed) is removed and its record deleted
+at once, with the reason in the ``sandbox.ended`` event.
 """
 
 from __future__ import annotations
