@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -140,33 +141,38 @@ def _write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def provision(folder: Path, names: Names, split: bool = False, owner: tuple[int, int] | None = None) -> Path:
+def provision(folder: Path, names: Names, split: bool = False, owners: Mapping[str, tuple[int, int]] | None = None) -> Path:
     """Make (or refresh) a credentials folder for the instance ``names``; the nats.conf path.
 
     ``split`` puts each role's file in a folder of its own (``<role>/<role>.password``, and
-    ``nats/nats.conf``), for containers that each mount only theirs; ``owner`` (uid, gid) is given
-    every file and folder made (a service in a container runs as another user than this command).
+    ``nats/nats.conf``), for containers that each mount only theirs; the folder itself is left as
+    it is (in compose it holds the mounts). ``owners`` maps a role, or ``nats``, or ``*`` for all
+    the others, to the (uid, gid) given its folder and file: a service in a container runs as
+    another user than this command, and without capabilities even root reads only its own files.
     """
-    def place(sub: str) -> Path:
-        where = folder / sub if split else folder
-        where.mkdir(parents=True, exist_ok=True)
-        where.chmod(0o700)
-        if owner is not None:
-            os.chown(where, *owner)
-        return where
+    owners = dict(owners or {})
 
-    def private(path: Path, text: str) -> None:
-        _write_private(path, text)
+    def own(path: Path, part: str) -> None:
+        owner = owners.get(part, owners.get("*"))
         if owner is not None:
             os.chown(path, *owner)
 
-    place("")
+    def place(part: str) -> Path:
+        where = folder / part if split else folder
+        where.mkdir(parents=True, exist_ok=True)
+        where.chmod(0o700)
+        own(where, part if split else "*")
+        return where
+
+    if not split:
+        place("*")
     users = []
     for role in [*ROLES, OPERATOR]:
         path = place(role) / f"{role}.password"
         if not path.exists() or not path.read_text().strip():
-            private(path, secrets.token_urlsafe(32) + "\n")
+            _write_private(path, secrets.token_urlsafe(32) + "\n")
         path.chmod(0o600)
+        own(path, role if split else "*")
         hashed = bcrypt.hashpw(path.read_text().strip().encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
         user: dict[str, Any] = {"user": role, "password": hashed}
         if role != OPERATOR:
@@ -174,7 +180,8 @@ def provision(folder: Path, names: Names, split: bool = False, owner: tuple[int,
         users.append(user)
     conf = place("nats") / "nats.conf"
     # nats-server reads JSON as configuration; the hashes are quoted, so their "$" is no variable.
-    private(conf, json.dumps({"authorization": {"users": users}}, indent=1) + "\n")
+    _write_private(conf, json.dumps({"authorization": {"users": users}}, indent=1) + "\n")
+    own(conf, "nats" if split else "*")
     return conf
 
 

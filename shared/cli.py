@@ -145,14 +145,17 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _bus_credentials(args: argparse.Namespace, settings: CommonSettings) -> int:
-    owner = None
-    if args.owner is not None:
+    owners: dict[str, tuple[int, int]] = {}
+    for given in args.owner or []:
+        part, _, ids = given.rpartition("=")
         try:
-            uid, gid = (int(part) for part in args.owner.split(":"))
+            uid, gid = (int(number) for number in ids.split(":"))
         except ValueError:
-            raise SettingsError(f"--owner {args.owner!r}: expected UID:GID, two numbers") from None
-        owner = (uid, gid)
-    conf = busauth.provision(args.folder, Names(settings.instance), split=args.split, owner=owner)
+            raise SettingsError(f"--owner {given!r}: expected [ROLE=]UID:GID, e.g. 10001:10001 or spawner=0:0") from None
+        if part and part not in (*busauth.ROLES, busauth.OPERATOR, "nats"):
+            raise SettingsError(f"--owner {given!r}: {part!r} is not one of {', '.join([*busauth.ROLES, busauth.OPERATOR, 'nats'])}")
+        owners[part or "*"] = (uid, gid)
+    conf = busauth.provision(args.folder, Names(settings.instance), split=args.split, owners=owners)
     where = f"{args.folder}/<role>/" if args.split else f"{args.folder}/"
     print(f"{conf}: nats-server's users and permissions (its -c file, or include it in yours)")
     print(f"{where}<role>.password: give each service NBPOOL_NATS_CREDENTIALS, a folder with its own file")
@@ -185,7 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     cr = sub.add_parser("bus-credentials", help="write NATS users and permissions for the services into a folder")
     cr.add_argument("folder", type=Path, help="made if missing; existing passwords are kept")
     cr.add_argument("--split", action="store_true", help="each role's file in a folder of its own (<role>/, nats/), for containers")
-    cr.add_argument("--owner", metavar="UID:GID", help="owner of what is written (the services' user in their containers)")
+    cr.add_argument("--owner", metavar="[ROLE=]UID:GID", action="append",
+                    help="owner of what is written, for all or for one role (the services' users in their containers)")
 
     args = parser.parse_args(argv)
     try:

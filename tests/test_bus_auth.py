@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import stat
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -143,3 +144,28 @@ def test_nbpool_up_starts_nats_with_users_only(cluster: Cluster) -> None:
 
     _, answer = asyncio.run(_answer_to(cluster.nats_url, {}))
     assert answer == "-ERR 'Authorization Violation'"
+
+
+def test_split_credentials_give_each_role_only_its_own_folder(tmp_path: Path) -> None:
+    """What compose's bus-setup writes: a folder per role (each a volume), owned by the user the
+    service runs as; the folder holding them is left alone (in a container it is read-only)."""
+    import os
+    import subprocess
+
+    from cluster import BIN
+
+    top = tmp_path / "bus"
+    top.mkdir(mode=0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
+    subprocess.run([str(BIN / "nbpool"), "bus-credentials", "--split", "--owner", "10001:10001", "--owner", "spawner=0:0",
+                    str(top)], env=env, check=True, capture_output=True)
+    assert stat.S_IMODE(top.stat().st_mode) == 0o755
+    assert sorted(p.name for p in top.iterdir()) == ["culler", "gateway", "nats", "operator", "router", "spawner"]
+    for folder in top.iterdir():
+        (only,) = list(folder.iterdir())
+        assert only.name == ("nats.conf" if folder.name == "nats" else f"{folder.name}.password")
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and stat.S_IMODE(only.stat().st_mode) == 0o600
+        assert only.stat().st_uid == (0 if folder.name == "spawner" else 10001)
+    refused = subprocess.run([str(BIN / "nbpool"), "bus-credentials", "--owner", "nobody=1:1", str(top)], env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "'nobody' is not one of" in refused.stderr
