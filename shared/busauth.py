@@ -20,7 +20,7 @@ role      buckets                                                     events it 
 ========  ==========================================================  =======================  ==========
 gateway   sandboxes rw, activity r, spawners r, control rw,           sandbox.ending, pool.*;  asks
           admin_sessions rw, services w                               reads the stream
-spawner   sandboxes rw, activity rw, routes r, control r,             sandbox.*, spawner.*     answers
+spawner   sandboxes rw, activity w, routes r, control r,              sandbox.*, spawner.*     answers
           spawners w, services w
 router    sandboxes r, routes rw, services w                          route.*                  -
 culler    sandboxes rw, activity r, services w                        cull.*                   -
@@ -70,7 +70,7 @@ ROLES: dict[str, Role] = {
         events=("sandbox.ending", "pool.*"), reads_events=True, claims="asks",
     ),
     "spawner": Role(
-        buckets={"sandboxes": "rw", "activity": "rw", "routes": "r", "control": "r", "spawners": "w", "services": "w"},
+        buckets={"sandboxes": "rw", "activity": "w", "routes": "r", "control": "r", "spawners": "w", "services": "w"},
         events=("sandbox.*", "spawner.*"), claims="answers",
     ),
     "router": Role(buckets={"sandboxes": "r", "routes": "rw", "services": "w"}, events=("route.*",)),
@@ -97,7 +97,7 @@ def _reading(stream: str) -> list[str]:
     """Subjects a client publishes to follow (ordered consumers) and get from a stream."""
     return [
         f"{_API}.CONSUMER.CREATE.{stream}", f"{_API}.CONSUMER.CREATE.{stream}.>",
-        f"{_API}.CONSUMER.INFO.{stream}.>", f"{_API}.CONSUMER.DELETE.{stream}.>",
+        f"{_API}.CONSUMER.INFO.{stream}.>",
         f"{_API}.DIRECT.GET.{stream}", f"{_API}.DIRECT.GET.{stream}.>", f"{_API}.STREAM.MSG.GET.{stream}",
         f"$JS.FC.{stream}.>",  # flow-control answers of push consumers
     ]
@@ -128,7 +128,8 @@ def permissions(names: Names, role: str) -> dict[str, Any]:
         subscribe.append(names.claim_subject("*"))
     perms: dict[str, Any] = {"publish": {"allow": publish}, "subscribe": {"allow": subscribe}}
     if spec.claims == "answers":
-        perms["allow_responses"] = {"max": 1, "expires": "1m"}
+        # A claim may wait in line up to 300 s (ClaimRequest.wait): the reply must still be allowed then.
+        perms["allow_responses"] = {"max": 1, "expires": "6m"}
     return perms
 
 

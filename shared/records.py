@@ -41,6 +41,10 @@ LEGAL: dict[State, frozenset[State]] = {
 }
 
 
+#: state -> the states a record may move to it from (LEGAL read the other way).
+_SOURCES: dict[State, frozenset[State]] = {to: frozenset(s for s, targets in LEGAL.items() if to in targets) for to in State}
+
+
 class IllegalMove(ValueError):
     """A caller asked for a move the table does not allow from any state it named."""
 
@@ -91,7 +95,7 @@ async def transition(
     saves the first read. Returns the record as written, or None when there is no record, or it
     is in a state it may not move from, or it kept changing for ``attempts`` writes.
     """
-    allowed = frozenset(s for s, targets in LEGAL.items() if to in targets)
+    allowed = _SOURCES[to]
     if from_ is not None:
         if not (named := frozenset(from_)) <= allowed:
             raise IllegalMove(f"{', '.join(sorted(named - allowed))} -> {to} is not a legal move")

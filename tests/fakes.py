@@ -76,6 +76,7 @@ class StandIn:
 class _Sandbox:
     spec: SandboxSpec
     server: StandIn
+    owner: tuple[str, str]
     alive: bool = True
 
 
@@ -84,14 +85,22 @@ class FakeRuntime:
 
     name = "fake"
 
-    def __init__(self, start_delay: float = 0.0, answers: bool = True, refuse: bool = False) -> None:
+    def __init__(self, start_delay: float = 0.0, answers: bool = True, refuse: bool = False,
+                 engine: dict[str, _Sandbox] | None = None, owner: tuple[str, str] = ("nbpool", "s1")) -> None:
         self.start_delay = start_delay
         self.answers = answers
         self.refuse = refuse
         #: As if the engine were stopped: every call raises RuntimeUnavailable.
         self.gone = False
-        self.sandboxes: dict[str, _Sandbox] = {}
+        #: The "engine": shared by fakes of several spawners or instances, each sees only its own.
+        self.engine: dict[str, _Sandbox] = {} if engine is None else engine
+        self.owner = owner
         self.created = 0
+
+    @property
+    def sandboxes(self) -> dict[str, _Sandbox]:
+        """This runtime's own sandboxes (instance, spawner id), by id."""
+        return {sid: sb for sid, sb in self.engine.items() if sb.owner == self.owner}
 
     def _reachable(self) -> None:
         if self.gone:
@@ -108,15 +117,14 @@ class FakeRuntime:
             raise SpawnFailed("the fake runtime refuses to start sandboxes")
         await asyncio.sleep(self.start_delay)
         server = await StandIn(spec.base_path, self.answers).start()
-        self.sandboxes[spec.id] = _Sandbox(spec, server)
+        self.engine[spec.id] = _Sandbox(spec, server, self.owner)
         self.created += 1
         return self._view(self.sandboxes[spec.id])
 
     async def remove(self, sandbox_id: str) -> None:
         self._reachable()
-        sandbox = self.sandboxes.pop(sandbox_id, None)
-        if sandbox is not None:
-            await sandbox.server.close()
+        if sandbox_id in self.sandboxes:
+            await self.engine.pop(sandbox_id).server.close()
 
     async def list(self) -> list[RuntimeSandbox]:
         self._reachable()

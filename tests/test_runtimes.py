@@ -28,6 +28,7 @@ async def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
     instance = f"rt{uuid.uuid4().hex[:8]}"
     made: list[Runtime] = []
     image = request.getfixturevalue("docker_image") if kind == "docker" else None
+    engine: dict[str, Any] = {}  # the fakes' one "engine", as the real ones share one host
 
     def make(spawner_id: str, other_instance: bool = False) -> Runtime:
         owner = f"{instance}x" if other_instance else instance
@@ -41,7 +42,7 @@ async def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
             runtime = DockerRuntime(instance=owner, spawner_id=spawner_id, image=image or "", network=f"{instance}-sandboxes")
         else:
-            runtime = FakeRuntime()
+            runtime = FakeRuntime(engine=engine, owner=(owner, spawner_id))
         made.append(runtime)
         return runtime
 

@@ -190,7 +190,9 @@ async def test_a_server_that_never_answers_is_failed_and_removed(rig: Any) -> No
     failed = [e for e in await r.seen_events() if e.type == "sandbox.failed"]
     assert failed and failed[0].cause == "did not answer or was not routed in time"
     assert not r.in_state(State.WARM) and not r.in_state(State.CLAIMED)
-    await r.until(lambda: len(r.runtime.sandboxes) <= 1, "failed sandboxes removed")
+    gone = failed[0].sandbox_id
+    assert gone is not None
+    await r.until(lambda: gone not in r.runtime.sandboxes and r.records.get(gone) is None, "the failed sandbox removed")
 
 
 async def test_a_dead_sandbox_is_replaced(rig: Any) -> None:

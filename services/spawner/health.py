@@ -26,39 +26,48 @@ class HealthWatch:
         self._unanswered: dict[str, int] = {}
 
     async def run(self) -> None:
-        s = self.state
+        """A round every heartbeat interval; a round that fails is logged, and the next one comes."""
         rounds = 0
         while True:
-            await asyncio.sleep(s.settings.heartbeat_interval)
+            await asyncio.sleep(self.state.settings.heartbeat_interval)
             rounds += 1
-            # The listing can take a while under load: it is judged against what this spawner
-            # knew when it began, so nothing that changed meanwhile looks dead or orphaned.
-            serving_before = {rec.id for rec, _ in s.mine() if rec.state in (State.WARM, State.CLAIMED)}
-            ours_before = s.ours()
             try:
-                found = {sb.id: sb for sb in await s.runtime.list()}
-            except RuntimeUnavailable as err:
-                s.set_health(False, f"runtime unavailable: {err}")
+                await self._round(rounds)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("health round failed; the next one comes in a heartbeat interval")
+
+    async def _round(self, rounds: int) -> None:
+        s = self.state
+        # The listing can take a while under load: it is judged against what this spawner
+        # knew when it began, so nothing that changed meanwhile looks dead or orphaned.
+        serving_before = {rec.id for rec, _ in s.mine() if rec.state in (State.WARM, State.CLAIMED)}
+        ours_before = s.ours()
+        try:
+            found = {sb.id: sb for sb in await s.runtime.list()}
+        except RuntimeUnavailable as err:
+            s.set_health(False, f"runtime unavailable: {err}")
+            return
+        if not s.healthy:
+            s.set_health(True, "")
+            s.changed()
+        await retry_stuck(s)
+        for rec, _ in s.mine():
+            if rec.id not in serving_before or rec.id in s.starting or rec.id in s.removing:
                 continue
-            if not s.healthy:
-                s.set_health(True, "")
-                s.changed()
-            await retry_stuck(s)
-            for rec, _ in s.mine():
-                if rec.id not in serving_before or rec.id in s.starting or rec.id in s.removing:
-                    continue
-                sandbox = found.get(rec.id)
-                if rec.state in (State.WARM, State.CLAIMED) and (sandbox is None or not sandbox.alive):
-                    log.warning("sandbox died", **s.log(rec.id, state=rec.state))
-                    await remove(s, rec, "died")
-            for sid in found.keys() - ours_before - s.ours():
-                # A server with no record (its record was deleted behind our back).
-                log.warning("removing sandbox without record", **s.log(sid))
-                await s.runtime.remove(sid)
-                s.known.discard(sid)
-                s.changed()
-            if rounds % 5 == 0:
-                await self._check_pool()
+            sandbox = found.get(rec.id)
+            if rec.state in (State.WARM, State.CLAIMED) and (sandbox is None or not sandbox.alive):
+                log.warning("sandbox died", **s.log(rec.id, state=rec.state))
+                await remove(s, rec, "died")
+        for sid in found.keys() - ours_before - s.ours():
+            # A server with no record (its record was deleted behind our back).
+            log.warning("removing sandbox without record", **s.log(sid))
+            await s.runtime.remove(sid)
+            s.known.discard(sid)
+            s.changed()
+        if rounds % 5 == 0:
+            await self._check_pool()
 
     async def _check_pool(self) -> None:
         """Ask each warm sandbox's server if it answers; one that fails twice in a row is replaced."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 
+import nats.errors
 import nats.js.errors
 
 from nbpool import logs
@@ -23,7 +24,7 @@ __all__ = ["discard", "remove", "remove_all", "retry_stuck"]
 log = logs.get("nbpool.spawner")
 
 
-async def discard(state: SpawnerState, sid: str, record_exists: bool = True) -> bool:
+async def discard(state: SpawnerState, sid: str, record_exists: bool = True, reason: str = "ended") -> bool:
     """Remove the runtime sandbox, then its record and activity (in that order: no orphan servers).
 
     False when the runtime is away: nothing was removed, the record is left for a later try.
@@ -32,16 +33,16 @@ async def discard(state: SpawnerState, sid: str, record_exists: bool = True) -> 
         await state.runtime.remove(sid)
     except RuntimeUnavailable as err:
         log.warning("not removed: runtime unavailable; will retry", **state.log(sid, error=str(err)))
-        state.stuck.add(sid)
+        state.stuck.setdefault(sid, reason)
         return False
-    state.stuck.discard(sid)
+    state.stuck.pop(sid, None)
     state.known.discard(sid)
     if record_exists:
         await (await state.sandboxes()).delete(sid)
     activity = await state.bus.kv(state.bus.names.activity)
     try:
         await activity.delete(sid)
-    except nats.js.errors.Error as err:
+    except (nats.errors.Error, TimeoutError) as err:  # nats.js.errors are nats.errors too
         log.debug("activity not deleted", **state.log(sid, error=repr(err)))
     return True
 
@@ -53,7 +54,7 @@ async def remove(state: SpawnerState, rec: SandboxRecord, reason: str) -> None:
     state.removing.add(rec.id)
     try:
         state.pool.discard(rec.id)
-        if await discard(state, rec.id):
+        if await discard(state, rec.id, reason=reason):
             log.info("removed", **state.log(rec.id, reason=reason))
             await state.bus.event("sandbox.ended", rec.id, host=state.id, cause=reason, data={"profile": rec.pool})
     except BUS_ERRORS as err:
@@ -65,14 +66,14 @@ async def remove(state: SpawnerState, rec: SandboxRecord, reason: str) -> None:
 
 async def retry_stuck(state: SpawnerState) -> None:
     """Try again to remove the sandboxes the runtime could not remove before."""
-    for sid in list(state.stuck):
+    for sid, reason in list(state.stuck.items()):
         if sid in state.removing or sid in state.starting:
             continue
         rec = state.records.get(sid)
         if rec is not None:
-            await remove(state, rec, rec.ending_reason or "ended")
-        elif await discard(state, sid, record_exists=False):
-            log.info("removed", **state.log(sid, reason="retried"))
+            await remove(state, rec, reason)
+        elif await discard(state, sid, record_exists=False, reason=reason):
+            log.info("removed", **state.log(sid, reason=reason))
             state.changed()
 
 

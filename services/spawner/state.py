@@ -48,7 +48,7 @@ class SpawnerState:
         self.starting: dict[str, str] = {}
         self.removing: set[str] = set()
         #: Sandboxes the runtime could not remove (it was away): tried again until it confirms.
-        self.stuck: set[str] = set()
+        self.stuck: dict[str, str] = {}  # id -> why it is being removed
         self.healthy = True
         self.reason = ""
         #: Set once the spawner is on its way out: the runtime's reports of sandboxes ending are ours.
