@@ -59,6 +59,7 @@ __all__ = [
     "machine",
     "memory",
     "progress",
+    "py_spy",
     "sandbox_base",
     "sandbox_of",
     "summarize",
@@ -67,6 +68,12 @@ __all__ = [
 ]
 
 _BEGAN = time.monotonic()
+
+
+def py_spy() -> str | None:
+    """The py-spy of the bench extra (beside this Python), or one on the PATH; None without."""
+    here = BIN / "py-spy"
+    return str(here) if here.exists() else shutil.which("py-spy")
 
 
 def progress(message: str) -> None:
@@ -500,7 +507,7 @@ class BenchCluster(Cluster):
             raise AssertionError(f"nbpool up did not stop within 120 s\n{self.logs()}")
 
     def _dump_stacks(self, name: str, pid: int) -> None:
-        spy = BIN / "py-spy" if (BIN / "py-spy").exists() else shutil.which("py-spy")
+        spy = py_spy()
         out = self.state_dir / "logs" / f"{name}.stacks.txt"
         if spy is None:
             out.write_text("py-spy not installed (the bench extra): no stacks\n")

@@ -14,7 +14,6 @@ Sampling costs the service a little CPU of its own (py-spy reads its memory from
 from __future__ import annotations
 
 import contextlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,20 +22,15 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from common import BIN, progress
+from common import progress, py_spy
 
 __all__ = ["sampling", "summarize"]
-
-
-def _py_spy() -> str | None:
-    here = BIN / "py-spy"
-    return str(here) if here.exists() else shutil.which("py-spy")
 
 
 @contextlib.contextmanager
 def sampling(pids: dict[str, int], out_dir: Path, label: str, rate: int = 500, enabled: bool = True) -> Iterator[None]:
     """Sample each process in ``pids`` while the block runs; summaries go to ``out_dir/<label>-<name>.txt``."""
-    spy = _py_spy() if enabled else None
+    spy = py_spy() if enabled else None
     if spy is None:
         if enabled:
             progress("py-spy not found: install the bench extra (pip install -e '.[bench]') to profile")

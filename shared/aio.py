@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Coroutine
-from types import TracebackType
 from typing import Any, TypeVar
 
 from nbpool import logs
@@ -44,8 +43,7 @@ async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
 class Background:
     """The tasks one owner runs beside its work: :meth:`start` them, :meth:`close` cancels and awaits all.
 
-    ``async with Background() as background:`` closes them however the block is left. A task that
-    fails is logged as it ends, so no error is lost with it.
+    A task that fails is logged as it ends, so no error is lost with it.
     """
 
     def __init__(self, owner: str) -> None:
@@ -63,17 +61,8 @@ class Background:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task failed", exc_info=task.exception(), extra={"owner": self.owner})
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     async def close(self) -> None:
         await cancel_and_wait(*self._tasks)
-
-    async def __aenter__(self) -> Background:
-        return self
-
-    async def __aexit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
 
 async def poll_ready(
