@@ -42,6 +42,7 @@ up: install
 test: install
 	deploy/docker-engine.sh ensure --soft
 	deploy/chromium.sh ensure --soft
+	deploy/prometheus.sh ensure --soft
 	deploy/localhost-names.sh ensure --soft
 	$(PY) -m pytest
 

@@ -7,9 +7,12 @@ bucket after the bus comes back, so watchers never silently go stale.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import socket
+import ssl
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
@@ -25,8 +28,10 @@ from pydantic import BaseModel
 
 from nbpool import logs
 from nbpool.busauth import ROLES, Credentials
+from nbpool.metrics import BUS_ERRORS
 from nbpool.models import BadMessage, Event, ServiceBeat, decode, encode
 from nbpool.names import Names
+from nbpool.transient import retrying
 
 __all__ = ["ADMIN_SESSION_MAX_TTL", "SPAWNER_TTL", "Bus", "KVMirror"]
 
@@ -57,9 +62,12 @@ class Bus:
     async def connect(
         cls, url: str, names: Names, source: str, stop: asyncio.Event | None = None, credentials: Credentials | None = None,
     ) -> Bus:
-        """Connect, retrying until the server answers (or ``stop`` is set), then keep reconnecting forever.
+        """Connect, retrying until a server answers (or ``stop`` is set), then keep reconnecting forever.
 
-        With ``credentials`` (see :mod:`nbpool.busauth`) as that user, with inboxes under its prefix.
+        ``url`` may name several servers of one cluster, comma-separated: the client moves to
+        another when its server goes away. With ``credentials`` (see :mod:`nbpool.busauth`) as
+        that user, with inboxes under its prefix, and with TLS checked against their CA if they
+        have one.
         """
         holder: list[Bus] = []
 
@@ -70,25 +78,31 @@ class Bus:
 
         async def disconnected() -> None:
             if holder and not holder[0].closing:
+                BUS_ERRORS.labels("disconnect").inc()
                 log.warning("bus disconnected", extra={"url": url})
 
         async def error(err: Exception) -> None:
             if "violation" in str(err).lower():
                 # A subject outside this service's permissions, or refused credentials: a bug or
                 # a misconfiguration, never routine.
+                BUS_ERRORS.labels("refused").inc()
                 log.error("bus refused", extra={"error": str(err)})
             else:
+                BUS_ERRORS.labels("error").inc()
                 log.debug("bus error", extra={"error": repr(err)})
 
         login: dict[str, Any] = {}
         if credentials is not None:
             login = {"user": credentials.user, "password": credentials.password, "inbox_prefix": credentials.inbox_prefix}
+            if credentials.ca is not None:
+                login["tls"] = ssl.create_default_context(cafile=str(credentials.ca))
+        servers = [part.strip() for part in url.split(",") if part.strip()]
 
         delay = 0.2
         while True:
             try:
                 nc = await nats.connect(
-                    url,
+                    servers,
                     name=source,
                     max_reconnect_attempts=-1,
                     reconnect_time_wait=0.5,
@@ -109,34 +123,41 @@ class Bus:
         holder.append(bus)
         return bus
 
-    async def ensure(self, role: str | None = None) -> None:
+    async def ensure(self, role: str | None = None, replicas: int = 1) -> None:
         """Create the buckets ``role`` uses (all without one) and the events stream if they are missing.
 
-        Idempotent. Only without a role (the operator) is an events stream of other settings updated.
+        Each is kept by ``replicas`` servers (``NBPOOL_BUS_REPLICAS``: 3 in a cluster; 1 for one
+        server). Idempotent, and retried through a bus election. Only without a role (the
+        operator) is an events stream of other settings updated.
         """
         n = self.names
         ttls = {"spawners": SPAWNER_TTL, "services": SPAWNER_TTL, "admin_sessions": ADMIN_SESSION_MAX_TTL}
-        used = ROLES[role].buckets if role is not None else ["sandboxes", "activity", "routes", "spawners", "services", "control", "admin_sessions"]
+        used = ROLES[role].buckets if role is not None else ["sandboxes", "activity", "routes", "spawners", "services", "control", "hosts", "admin_sessions"]
         for attr in used:
-            await self._ensure_bucket(getattr(n, attr), ttls.get(attr))
+            await retrying(functools.partial(self._ensure_bucket, getattr(n, attr), ttls.get(attr), replicas), "create bucket")
         config = StreamConfig(
             name=n.events_stream,
             subjects=[f"{n.events_prefix}.>"],
             storage=StorageType.FILE,
             max_age=24 * 3600,
             max_msgs=200_000,
+            num_replicas=replicas,
         )
-        try:
-            await self.js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            if role is None:
-                await self.js.update_stream(config)
 
-    async def _ensure_bucket(self, bucket: str, ttl: float | None) -> None:
+        async def stream() -> None:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                if role is None:
+                    await self.js.update_stream(config)
+
+        await retrying(stream, "create stream")
+
+    async def _ensure_bucket(self, bucket: str, ttl: float | None, replicas: int) -> None:
         try:
             self._kv[bucket] = await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
-            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE)
+            config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas)
             try:
                 self._kv[bucket] = await self.js.create_key_value(config)
             except nats.js.errors.BadRequestError:
@@ -150,10 +171,16 @@ class Bus:
         return self._kv[bucket]
 
     async def event(self, event_type: str, sandbox_id: str | None = None, **fields: Any) -> None:
-        """Publish a lifecycle event; a bus outage is logged, never raised."""
+        """Publish a lifecycle event, retried through a bus election; an outage is logged, never raised.
+
+        A retry after a timeout may repeat a publish that was stored: the message id makes the
+        stream store it once (JetStream's duplicate window).
+        """
         doc = Event(type=event_type, source=self.source, sandbox_id=sandbox_id, **fields)
+        subject, data = self.names.event_subject(event_type), encode(doc)
+        headers = {"Nats-Msg-Id": uuid.uuid4().hex}
         try:
-            await self.js.publish(self.names.event_subject(event_type), encode(doc))
+            await retrying(lambda: self.js.publish(subject, data, headers=headers), "publish event")
         except (TimeoutError, nats.errors.Error) as err:
             log.warning("event not published", extra={"type": event_type, "sandbox": sandbox_id, "error": repr(err)})
 

@@ -8,6 +8,8 @@ for compose or a NATS server of your own) holds, each file 0600 in a 0700 folder
   folder is made again, so running services keep connecting.
 - ``nats.conf``: the ``authorization`` block for nats-server: bcrypt hashes of those passwords,
   and each user's permissions. No anonymous user: a client without credentials is refused.
+- ``ca.pem`` (only in a cluster's folders, see :mod:`nbpool.cluster`): the CA of the NATS
+  servers' TLS certificates; a client finding it connects with TLS and checks the server against it.
 
 A service given ``NBPOOL_NATS_CREDENTIALS=<folder>`` connects as the user named after its role,
 with the password from its file, and with inboxes under ``_INBOX.<role>.`` (the only replies it can
@@ -23,7 +25,7 @@ gateway   sandboxes rw, activity r, spawners r, control rw,           sandbox.en
 spawner   sandboxes rw, activity w, routes r, control r,              sandbox.*, spawner.*     answers
           spawners w, services w
 router    sandboxes r, routes rw, services w                          route.*                  -
-culler    sandboxes rw, activity r, services w                        cull.*                   -
+culler    sandboxes rw, activity r, spawners r, hosts rw, services w  cull.*, host.*           -
 operator  everything (``nbpool status``/``events``, tests, benchmarks)
 ========  ==========================================================  =======================  ==========
 """
@@ -42,7 +44,7 @@ import bcrypt
 
 from nbpool.names import Names
 
-__all__ = ["OPERATOR", "ROLES", "Credentials", "CredentialsError", "Role", "load", "permissions", "provision"]
+__all__ = ["OPERATOR", "ROLES", "Credentials", "CredentialsError", "Role", "load", "permissions", "provision", "write_private"]
 
 OPERATOR = "operator"
 _API = "$JS.API"
@@ -74,16 +76,19 @@ ROLES: dict[str, Role] = {
         events=("sandbox.*", "spawner.*"), claims="answers",
     ),
     "router": Role(buckets={"sandboxes": "r", "routes": "rw", "services": "w"}, events=("route.*",)),
-    "culler": Role(buckets={"sandboxes": "rw", "activity": "r", "services": "w"}, events=("cull.*",)),
+    "culler": Role(
+        buckets={"sandboxes": "rw", "activity": "r", "spawners": "r", "hosts": "rw", "services": "w"}, events=("cull.*", "host.*"),
+    ),
 }
 
 
 @dataclass(frozen=True)
 class Credentials:
-    """How one service logs in to NATS."""
+    """How one service logs in to NATS (and, for a cluster's servers, the CA their TLS certificates are from)."""
 
     user: str
     password: str
+    ca: Path | None = None
 
     @property
     def inbox_prefix(self) -> str:
@@ -133,7 +138,7 @@ def permissions(names: Names, role: str) -> dict[str, Any]:
     return perms
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``path`` readable by its owner only (made 0600 before any byte is in it)."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -171,7 +176,7 @@ def provision(folder: Path, names: Names, split: bool = False, owners: Mapping[s
     for role in [*ROLES, OPERATOR]:
         path = place(role) / f"{role}.password"
         if not path.exists() or not path.read_text().strip():
-            _write_private(path, secrets.token_urlsafe(32) + "\n")
+            write_private(path, secrets.token_urlsafe(32) + "\n")
         path.chmod(0o600)
         own(path, role if split else "*")
         hashed = bcrypt.hashpw(path.read_text().strip().encode(), bcrypt.gensalt(rounds=10, prefix=b"2a")).decode()
@@ -181,7 +186,7 @@ def provision(folder: Path, names: Names, split: bool = False, owners: Mapping[s
         users.append(user)
     conf = place("nats") / "nats.conf"
     # nats-server reads JSON as configuration; the hashes are quoted, so their "$" is no variable.
-    _write_private(conf, json.dumps({"authorization": {"users": users}}, indent=1) + "\n")
+    write_private(conf, json.dumps({"authorization": {"users": users}}, indent=1) + "\n")
     own(conf, "nats" if split else "*")
     return conf
 
@@ -195,4 +200,6 @@ def load(folder: Path, role: str) -> Credentials:
         raise CredentialsError(f"NBPOOL_NATS_CREDENTIALS: cannot read {path} ({err.strerror})") from None
     if not password:
         raise CredentialsError(f"NBPOOL_NATS_CREDENTIALS: {path} is empty")
-    return Credentials(role, password)
+    # A cluster's folders (nbpool cluster init) also hold the CA that signed the servers' certificates.
+    ca = folder / "ca.pem"
+    return Credentials(role, password, ca if ca.exists() else None)

@@ -1,4 +1,4 @@
-"""The ``nbpool`` command: ``up``, ``events``, ``status``, ``bus-credentials``."""
+"""The ``nbpool`` command: ``up``, ``events``, ``status``, ``bus-credentials``, ``cluster init``."""
 
 from __future__ import annotations
 
@@ -13,12 +13,12 @@ from typing import Any
 
 import nats.errors
 
-from nbpool import __version__, busauth
+from nbpool import __version__, busauth, cluster, logs
 from nbpool.aio import cancel_and_wait
 from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
 from nbpool.busauth import OPERATOR
 from nbpool.embedded import Supervisor, UpSettings
-from nbpool.models import BadMessage, Event, SandboxRecord, ServiceBeat, SpawnerBeat, decode
+from nbpool.models import BadMessage, Event, HostLoss, SandboxRecord, ServiceBeat, SpawnerBeat, decode
 from nbpool.names import Names
 from nbpool.settings import CommonSettings, SettingsError, load
 
@@ -94,6 +94,7 @@ async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
             KVMirror(bus, names.spawners, SpawnerBeat),
             KVMirror(bus, names.sandboxes, SandboxRecord),
             KVMirror(bus, names.services, ServiceBeat),
+            KVMirror(bus, names.hosts, HostLoss),
         ]
         tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
         try:
@@ -104,17 +105,38 @@ async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
     finally:
         await bus.close()
     now = time.time()
-    spawners = [b for b in mirrors[0].values() if now - b.at < SPAWNER_TTL]
+    timeout = settings.host_timeout
+    spawners = [b for b in mirrors[0].values() if now - b.at < timeout]
     records = sorted(mirrors[1].values(), key=lambda r: r.created_at)
     services = sorted((s for s in mirrors[2].values() if now - s.at < SPAWNER_TTL), key=lambda s: (s.kind, s.host, s.pid))
+    # Every host heard of: by its heartbeat (while the bucket keeps it), its records, or its loss.
+    beats = {b.id: b for b in mirrors[0].values()}
+    lost = {loss.host: loss for loss in mirrors[3].values()}
+    hosts = []
+    for host in sorted(beats.keys() | lost.keys() | {r.host for r in records}):
+        beat = beats.get(host)
+        state = "live" if beat is not None and now - beat.at < timeout else "lost" if host in lost else "silent"
+        hosts.append({
+            "id": host, "state": state, "beat_age_s": None if beat is None else round(now - beat.at, 1),
+            "sandboxes": sum(1 for r in records if r.host == host),
+            "claimed": sum(1 for r in records if r.host == host and r.state == "claimed"),
+            "warm": sum(c.warm for c in beat.pools.values()) if beat and state == "live" else 0,
+            "capacity": beat.capacity if beat else None, "lost_at": lost[host].at if host in lost else None,
+        })
     if args.json:
         print(json.dumps({
+            "hosts": hosts,
             "spawners": [b.model_dump() for b in spawners],
             "sandboxes": [r.model_dump(exclude={"token"}) for r in records],
             "services": [s.model_dump() for s in services],
         }, indent=1))
         return 0
-    print("POOL")
+    print("HOSTS")
+    rows = [[h["id"], h["state"].upper() if h["state"] != "live" else "live", h["warm"], h["claimed"], h["sandboxes"],
+             "-" if h["beat_age_s"] is None else _ago(h["beat_age_s"]),
+             "" if h["lost_at"] is None else f"lost {_ago(now - h['lost_at'])} ago"] for h in hosts]
+    print(_table(["HOST", "STATE", "WARM", "CLAIMED", "RECORDS", "BEAT", ""], rows) if rows else "(none)")
+    print("\nPOOL")
     rows = []
     for beat in spawners:
         for name, c in beat.pools.items():
@@ -133,6 +155,20 @@ async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
 
 def _up(args: argparse.Namespace) -> int:
     settings = load(UpSettings)
+    node = args.node
+    if args.role != "all":
+        if args.cluster is None:
+            raise SettingsError(f"--role {args.role} needs --cluster FOLDER (a folder of `nbpool cluster init`)")
+        if args.nats_url:
+            raise SettingsError("--nats-url and --cluster do not go together: the cluster folder names the bus nodes")
+        spec = cluster.read_spec(args.cluster)
+        if args.role == "bus":
+            node = node or args.cluster.resolve().name.removeprefix("bus-")
+            spec.node(node)  # a clear error if it is not one
+            if not (args.cluster / "node.pem").exists():
+                raise SettingsError(f"{args.cluster}: no node.pem; a bus node needs its bus-<name> folder")
+    elif args.cluster is not None:
+        raise SettingsError("--cluster needs --role bus, host or proxy")
     supervisor = Supervisor(
         settings,
         nats_url=args.nats_url,
@@ -140,8 +176,24 @@ def _up(args: argparse.Namespace) -> int:
         gateways=args.gateways,
         verbose=args.verbose,
         keep_sandboxes=args.keep_sandboxes,
+        role=args.role,
+        cluster=args.cluster,
+        node=node,
     )
     return asyncio.run(supervisor.run())
+
+
+def _cluster_init(args: argparse.Namespace) -> int:
+    nodes = [cluster.parse_node(text) for text in args.bus]
+    spec = cluster.init(args.folder, nodes, instance=args.instance, replicas=args.replicas, sync=args.sync)
+    print(f"{args.folder}: a cluster of {len(nodes)} bus nodes, {spec.replicas} replicas, sync {spec.sync}")
+    for node in spec.bus:
+        print(f"  bus-{node.name}/  -> the machine at {node.host}: nbpool up --role bus --cluster <its copy>")
+    print("  host/       -> every sandbox host: nbpool up --role host --cluster <its copy>")
+    print("  proxy/      -> every proxy machine: nbpool up --role proxy --cluster <its copy>")
+    print("  operator/   -> NBPOOL_NATS_CREDENTIALS and NBPOOL_NATS_URL for nbpool status/events")
+    print(f"  ca/         -> keep it here: the CA's key signs new certificates\nNBPOOL_NATS_URL={spec.nats_url}")
+    return 0
 
 
 def _bus_credentials(args: argparse.Namespace, settings: CommonSettings) -> int:
@@ -173,6 +225,20 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--gateways", type=int, default=1, help="gateway replicas, on consecutive ports (default 1)")
     up.add_argument("--keep-sandboxes", action="store_true", help="leave sandboxes running on stop, for the next up to adopt")
     up.add_argument("-v", "--verbose", action="store_true", help="echo every log line, not only warnings")
+    up.add_argument("--role", choices=["all", "bus", "host", "proxy"], default="all",
+                    help="all: everything on this machine (default); in a cluster: a bus node, a sandbox host, or the proxy tier")
+    up.add_argument("--cluster", type=Path, metavar="FOLDER", help="this machine's folder of `nbpool cluster init`")
+    up.add_argument("--node", help="--role bus: which node (default: from the folder's name, bus-<node>)")
+
+    cl = sub.add_parser("cluster", help="several machines: make a cluster's certificates and credentials")
+    cl_sub = cl.add_subparsers(dest="cluster_command", required=True)
+    ci = cl_sub.add_parser("init", help="write a folder per kind of machine (kept on a second run: delete a file to renew it)")
+    ci.add_argument("folder", type=Path)
+    ci.add_argument("--bus", action="append", required=True, metavar="NAME=HOST[:CLIENT_PORT[:ROUTE_PORT]]",
+                    help="a NATS node (3 or 5 of them; ports default to 4222 and 6222)")
+    ci.add_argument("--instance", default="nbpool", help="NBPOOL_INSTANCE of the cluster")
+    ci.add_argument("--replicas", type=int, default=3, help="servers keeping each bucket and stream (default 3)")
+    ci.add_argument("--sync", default="default", help="JetStream's flush to disk: default (every 2 min), always, or a duration")
 
     ev = sub.add_parser("events", help="print lifecycle events live, one line each")
     ev.add_argument("--json", action="store_true", help="print the raw JSON documents")
@@ -192,16 +258,19 @@ def main(argv: list[str] | None = None) -> None:
                     help="owner of what is written, for all or for one role (the services' users in their containers)")
 
     args = parser.parse_args(argv)
+    logs.hush_tls_eof()
     try:
         if args.command == "up":
             code = _up(args)
         elif args.command == "bus-credentials":
             code = _bus_credentials(args, load(CommonSettings))
+        elif args.command == "cluster":
+            code = _cluster_init(args)
         else:
             settings = load(CommonSettings)
             runner = _events if args.command == "events" else _status
             code = asyncio.run(runner(args, settings))
-    except SettingsError as err:
+    except (SettingsError, cluster.ClusterError) as err:
         print(f"nbpool: {err}", file=sys.stderr)
         code = 2
     except KeyboardInterrupt:

@@ -25,6 +25,7 @@ from pydantic import Field
 from nbpool import busauth
 from nbpool.aio import cancel_and_wait, poll_ready, wait_event
 from nbpool.children import Child, binary, go_env
+from nbpool.cluster import nats_config, read_spec
 from nbpool.names import Names
 from nbpool.settings import CommonSettings
 
@@ -40,6 +41,9 @@ class UpSettings(CommonSettings):
     gateway_port: int = Field(default=8001, ge=1, le=65535)
     nats_port: int = Field(default=4222, ge=1, le=65535)
     gogc: int = Field(default=50, ge=1, description="GOGC of nats-server and Traefik (see children.go_env)")
+    metrics_port: int = Field(
+        default=9180, ge=0, le=65535, description="the first of the services' /metrics ports (one each, in order); 0: none",
+    )
 
 
 def traefik_static_config(
@@ -110,15 +114,24 @@ class Supervisor:
         gateways: int = 1,
         verbose: bool = False,
         keep_sandboxes: bool = False,
+        role: str = "all",
+        cluster: Path | None = None,
+        node: str | None = None,
     ) -> None:
         self.settings = settings
         self.state = settings.state_dir
-        self.external_nats = nats_url
-        self.nats_url = nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-        #: The embedded NATS server's users (nbpool.busauth); with --nats-url, NBPOOL_NATS_CREDENTIALS.
-        self.credentials = self.state / "bus"
+        self.role = role
+        #: A cluster folder of ``nbpool cluster init`` (every role but "all").
+        self.cluster = cluster
+        self.spec = read_spec(cluster) if cluster is not None else None
+        self.node = node
+        self.external_nats = self.spec.nats_url if self.spec is not None else nats_url
+        self.nats_url = self.external_nats or f"nats://127.0.0.1:{settings.nats_port}"
+        #: The embedded NATS server's users (nbpool.busauth); in a cluster, the role's folder;
+        #: with --nats-url, NBPOOL_NATS_CREDENTIALS.
+        self.credentials = cluster if cluster is not None else self.state / "bus"
         self.n_spawners = spawners
-        self.n_gateways = gateways
+        self.n_gateways = gateways if role in ("all", "proxy") else 0
         self.verbose = verbose
         self.keep_sandboxes = keep_sandboxes
         self.children: list[Child] = []
@@ -165,8 +178,9 @@ class Supervisor:
             **os.environ,
             "NBPOOL_NATS_URL": self.nats_url,
             "NBPOOL_STATE_DIR": str(self.state),
-            **({"NBPOOL_NATS_CREDENTIALS": str(self.credentials)} if self.external_nats is None else {}),
-            "NBPOOL_INSTANCE": s.instance,
+            **({"NBPOOL_NATS_CREDENTIALS": str(self.credentials)} if self.external_nats is None or self.spec else {}),
+            "NBPOOL_INSTANCE": self.spec.instance if self.spec else s.instance,
+            **({"NBPOOL_BUS_REPLICAS": str(self.spec.replicas)} if self.spec else {}),
             "NBPOOL_PUBLIC_URL": s.public_url,
             "NBPOOL_ROUTING": s.routing,
             "NBPOOL_SANDBOX_URL": s.sandbox_url,
@@ -177,40 +191,93 @@ class Supervisor:
         return env
 
     def _plan(self) -> list[Child]:
+        """The processes of this machine's role: all of them (one machine), or one tier of a cluster."""
+        children: list[Child] = []
+        if self.role == "bus":
+            return [self._bus_node()]
+        if self.role == "all" and self.external_nats is None:
+            children.append(self._embedded_nats())
+        proxy = self._proxy_tier() if self.role in ("all", "proxy") else []
+        children += proxy[:2]  # Traefik and the router first: sandboxes are routed as they start
+        if self.role in ("all", "host"):
+            children += self._spawners()
+        return children + proxy[2:]
+
+    def _embedded_nats(self) -> Child:
+        s = self.settings
+        conf = busauth.provision(self.credentials, Names(s.instance))
+        return Child("nats", [
+            binary("nats-server"), "-c", str(conf), "-js", "-sd", str(self.state / "nats"), "-a", "127.0.0.1",
+            "-p", str(s.nats_port), "-n", f"{s.instance}-embedded",
+        ], go_env(s.gogc), self.state / "logs" / "nats.log")
+
+    def _bus_node(self) -> Child:
+        """A NATS server of the cluster: TLS to clients and routes, JetStream stored in the state folder."""
+        assert self.cluster is not None and self.node is not None
+        config = nats_config(self.cluster, self.node, self.state / "nats")
+        path = self.state / "nats-server.conf"
+        busauth.write_private(path, json.dumps(config, indent=1))  # JSON is nats-server configuration
+        return Child("nats", [binary("nats-server"), "-c", str(path)], go_env(self.settings.gogc), self.state / "logs" / "nats.log")
+
+    def _proxy_tier(self) -> list[Child]:
+        """Traefik and the router, then (after the spawners on one machine) the culler and the gateways."""
         s = self.settings
         logs = self.state / "logs"
         py = sys.executable
-        children: list[Child] = []
-        if self.external_nats is None:
-            store = self.state / "nats"
-            conf = busauth.provision(self.credentials, Names(s.instance))
-            children.append(Child("nats", [
-                binary("nats-server"), "-c", str(conf), "-js", "-sd", str(store), "-a", "127.0.0.1", "-p", str(s.nats_port),
-                "-n", f"{s.instance}-embedded",
-            ], go_env(s.gogc), logs / "nats.log"))
         dynamic = self.state / "traefik" / "dynamic"
         dynamic.mkdir(parents=True, exist_ok=True)
         static = self.state / "traefik" / "traefik.yml"
         addresses = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}" for host, port in self._proxy_addresses()]
         config = traefik_static_config(addresses, f"127.0.0.1:{s.proxy_ping_port}", dynamic)
         static.write_text(json.dumps(config, indent=1))  # JSON is valid YAML
-        children.append(Child("traefik", [binary("traefik"), f"--configFile={static}"], go_env(s.gogc), logs / "traefik.log"))
         gateway_ports = [s.gateway_port + i for i in range(self.n_gateways)]
         gateway_urls = ",".join(f"http://127.0.0.1:{p}" for p in gateway_ports)
-        children.append(Child("router", [py, "-m", "nbpool.router.main"], self._env(
-            NBPOOL_GATEWAY_URL=gateway_urls, NBPOOL_PROXY_URL=f"http://127.0.0.1:{s.proxy_port}"), logs / "router.log"))
-        runtime = self.choose_runtime()
-        for i in range(self.n_spawners):
-            name = "spawner" if self.n_spawners == 1 else f"spawner-{i + 1}"
-            extra = {"NBPOOL_REMOVE_ON_STOP": "false" if self.keep_sandboxes else "true", **runtime}
-            if self.n_spawners > 1 or "NBPOOL_SPAWNER_ID" not in os.environ:
-                extra["NBPOOL_SPAWNER_ID"] = name if self.n_spawners > 1 else os.environ.get("NBPOOL_SPAWNER_ID", "local")
-            children.append(Child(name, [py, "-m", "nbpool.spawner.main"], self._env(**extra), logs / f"{name}.log"))
-        children.append(Child("culler", [py, "-m", "nbpool.culler.main"], self._env(), logs / "culler.log"))
+        children = [
+            Child("traefik", [binary("traefik"), f"--configFile={static}"], go_env(s.gogc), logs / "traefik.log"),
+            Child("router", [py, "-m", "nbpool.router.main"], self._env(
+                NBPOOL_GATEWAY_URL=gateway_urls, NBPOOL_PROXY_URL=f"http://127.0.0.1:{s.proxy_port}"), logs / "router.log"),
+            Child("culler", [py, "-m", "nbpool.culler.main"], self._env(), logs / "culler.log"),
+        ]
         for i, port in enumerate(gateway_ports):
             name = "gateway" if self.n_gateways == 1 else f"gateway-{i + 1}"
             children.append(Child(name, [py, "-m", "nbpool.gateway.main"], self._env(NBPOOL_GATEWAY_PORT=str(port)), logs / f"{name}.log"))
         return children
+
+    def _spawners(self) -> list[Child]:
+        logs = self.state / "logs"
+        runtime = self.choose_runtime()
+        children = []
+        for i in range(self.n_spawners):
+            name = "spawner" if self.n_spawners == 1 else f"spawner-{i + 1}"
+            extra = {"NBPOOL_REMOVE_ON_STOP": "false" if self.keep_sandboxes else "true", **runtime}
+            if self.n_spawners > 1 or "NBPOOL_SPAWNER_ID" not in os.environ:
+                # A host of a cluster keeps its machine's name (stable across restarts); one machine, "local".
+                default = socket.gethostname().split(".")[0] if self.role == "host" else "local"
+                extra["NBPOOL_SPAWNER_ID"] = name if self.n_spawners > 1 else os.environ.get("NBPOOL_SPAWNER_ID", default)
+            children.append(Child(name, [sys.executable, "-m", "nbpool.spawner.main"], self._env(**extra), logs / f"{name}.log"))
+        return children
+
+    def _services(self) -> list[Child]:
+        """The children that are nbpool's own services (not nats-server or Traefik)."""
+        return [c for c in self.children if c.name not in ("nats", "traefik")]
+
+    def _give_metrics_ports(self) -> None:
+        """A /metrics port for each service, and the list of them for Prometheus (file-based discovery)."""
+        base = self.settings.metrics_port
+        if not base:
+            return
+        targets = []
+        for offset, child in enumerate(self._services()):
+            child.env["NBPOOL_METRICS_PORT"] = str(base + offset)
+            child.env["NBPOOL_METRICS_HOST"] = self.settings.metrics_host
+            kind = child.name.split("-")[0]
+            targets.append({"targets": [f"{self.settings.metrics_host}:{base + offset}"],
+                            "labels": {"service": kind, "process": child.name, "role": self.role}})
+        run = self.state / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        tmp = run / "prometheus-targets.json.tmp"
+        tmp.write_text(json.dumps(targets, indent=1))
+        os.replace(tmp, run / "prometheus-targets.json")
 
     def _proxy_addresses(self) -> list[tuple[str, int]]:
         """Where Traefik listens. On 127.0.0.1 also on ::1: ``*.localhost`` names (the sandboxes'
@@ -222,11 +289,16 @@ class Supervisor:
 
     def _check_ports(self) -> None:
         s = self.settings
-        wanted = [(host, port, "NBPOOL_PROXY_PORT") for host, port in self._proxy_addresses()]
-        wanted += [("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
-        wanted += [("127.0.0.1", s.gateway_port + i, "NBPOOL_GATEWAY_PORT") for i in range(self.n_gateways)]
-        if self.external_nats is None:
+        wanted = []
+        if self.role in ("all", "proxy"):
+            wanted += [(host, port, "NBPOOL_PROXY_PORT") for host, port in self._proxy_addresses()]
+            wanted += [("127.0.0.1", s.proxy_ping_port, "NBPOOL_PROXY_PING_PORT")]
+            wanted += [("127.0.0.1", s.gateway_port + i, "NBPOOL_GATEWAY_PORT") for i in range(self.n_gateways)]
+        if self.role == "all" and self.external_nats is None:
             wanted.append(("127.0.0.1", s.nats_port, "NBPOOL_NATS_PORT"))
+        if s.metrics_port:
+            count = {"all": 2 + self.n_spawners, "proxy": 2, "host": self.n_spawners, "bus": 0}[self.role] + self.n_gateways
+            wanted += [(s.metrics_host, s.metrics_port + i, "NBPOOL_METRICS_PORT") for i in range(count)]
         for host, port, var in wanted:
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -254,14 +326,23 @@ class Supervisor:
             self._say("in a visitor's browser. Only for people who trust each other.")
             self._say("!" * 78)
         self.children = self._plan()
+        self._give_metrics_ports()
         watchers = []
         for child in self.children:
             await child.start()
             watchers.append(asyncio.ensure_future(self._watch(child)))
             if child.name == "nats":
-                await self._wait_port(self.settings.nats_port, "nats-server")
+                if self.spec is not None and self.node is not None:
+                    node = self.spec.node(self.node)
+                    await self._wait_port(node.client_port, "nats-server", host=node.host)
+                else:
+                    await self._wait_port(self.settings.nats_port, "nats-server")
         self._write_pids()
-        ready = asyncio.ensure_future(self._announce())
+        if self.n_gateways:
+            ready = asyncio.ensure_future(self._announce())
+        else:
+            self._say(f"{self.role} up: {', '.join(c.name for c in self.children)} (Ctrl-C stops; logs in {self.state / 'logs'})")
+            ready = asyncio.ensure_future(asyncio.sleep(0))
         await self.stopping.wait()
         ready.cancel()
         self._say("stopping ...")
@@ -296,11 +377,11 @@ class Supervisor:
         tmp.write_text(json.dumps({"supervisor": os.getpid(), "children": pids}))
         os.replace(tmp, run / "children.json")
 
-    async def _wait_port(self, port: int, what: str, timeout: float = 20.0) -> None:
+    async def _wait_port(self, port: int, what: str, timeout: float = 20.0, host: str = "127.0.0.1") -> None:
 
         async def listening() -> bool | None:
             try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                _, writer = await asyncio.open_connection(host, port)
             except OSError:
                 return None
             writer.close()

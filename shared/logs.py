@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["get", "setup"]
+__all__ = ["get", "hush_tls_eof", "setup"]
 
 _RESERVED = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
@@ -41,6 +41,12 @@ def _quote(value: Any) -> str:
     return text
 
 
+def _not_tls_eof_chatter(record: logging.LogRecord) -> bool:
+    # asyncio warns when a protocol asks to keep a TLS connection half-open, which nats-py's does
+    # on every closed connection to a cluster's (TLS) servers: not a fault, and not ours to fix.
+    return "eof_received()" not in record.getMessage()
+
+
 def setup(service: str, level: str = "INFO", fmt: str = "text") -> None:
     """Send this process's logs to stderr, one structured line per event."""
     handler = logging.StreamHandler(sys.stderr)
@@ -51,6 +57,14 @@ def setup(service: str, level: str = "INFO", fmt: str = "text") -> None:
     # Libraries chat at INFO about every request; keep their warnings only.
     for noisy in ("httpx", "httpcore", "uvicorn.access", "nats"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    hush_tls_eof()
+
+
+def hush_tls_eof() -> None:
+    """Drop asyncio's warning about half-closed TLS connections (see :func:`_not_tls_eof_chatter`)."""
+    asyncio_log = logging.getLogger("asyncio")
+    if _not_tls_eof_chatter not in asyncio_log.filters:
+        asyncio_log.addFilter(_not_tls_eof_chatter)
 
 
 def get(name: str) -> logging.Logger:

@@ -20,6 +20,7 @@ __all__ = [
     "ClaimRequest",
     "Drain",
     "Event",
+    "HostLoss",
     "PoolCounts",
     "Route",
     "SandboxRecord",
@@ -149,6 +150,18 @@ class Drain(_Doc):
     draining: bool
     by: str = ""
     at: float = Field(default_factory=time.time)
+
+
+class HostLoss(_Doc):
+    """A sandbox host declared lost (KV ``<instance>_hosts``, key = spawner id; the culler writes).
+
+    Created once per loss by whichever culler replica gets there first (so ``host.lost`` is said
+    once), deleted when the host's heartbeat comes back (``host.returned``).
+    """
+
+    host: str
+    at: float = Field(default_factory=time.time)
+    silent_s: float = 0.0
 
 
 class AdminSession(_Doc):

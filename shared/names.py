@@ -11,6 +11,7 @@ KV bucket              ``nbpool_routes``            key sandbox id -> Route (rou
 KV bucket (TTL)        ``nbpool_spawners``          key spawner id -> SpawnerBeat
 KV bucket (TTL)        ``nbpool_services``          key <kind>-<host>-<pid> -> ServiceBeat
 KV bucket              ``nbpool_control``           key ``drain`` -> Drain (the admin writes)
+KV bucket              ``nbpool_hosts``             key spawner id -> HostLoss (a lost host; the culler writes)
 KV bucket (TTL)        ``nbpool_admin_sessions``    key SHA-256 of a session id -> AdminSession
 stream                 ``NBPOOL_EVENTS``            subjects ``nbpool.events.>``
 request/reply          ``nbpool.claim.<spawner>``   ClaimRequest -> ClaimReply
@@ -53,6 +54,10 @@ class Names:
     @property
     def control(self) -> str:
         return f"{self.instance}_control"
+
+    @property
+    def hosts(self) -> str:
+        return f"{self.instance}_hosts"
 
     @property
     def admin_sessions(self) -> str:

@@ -11,7 +11,9 @@
 Every state change in every service goes through :func:`transition`: it reads the record (or
 starts from a copy the caller has), checks the move, and writes it compare-and-set on the KV
 revision, reading again after a conflict. So a warm sandbox is claimed once however many race for
-it, and a service never moves a record its verdict was not about.
+it, and a service never moves a record its verdict was not about. While the bus elects a leader
+(several NATS servers), each call here retries for up to ``nbpool.transient.RETRY_BUDGET`` seconds;
+a write that timed out may have been applied, so it is read back before it is tried again.
 
 Deleting a record is not a move: only the owning spawner deletes one, once the runtime has
 confirmed its sandbox gone. That is usually from ``ending`` or ``failed``, but a sandbox the
@@ -28,6 +30,7 @@ import nats.js.errors
 from nats.js.kv import KeyValue
 
 from nbpool.models import BadMessage, SandboxRecord, State, decode, encode
+from nbpool.transient import RETRY_BUDGET, Backoff, retrying, transient
 
 __all__ = ["LEGAL", "IllegalMove", "Moved", "create_record", "read_record", "transition"]
 
@@ -59,7 +62,7 @@ class Moved(NamedTuple):
 async def read_record(kv: KeyValue, sandbox_id: str) -> Moved | None:
     """The record and its revision, or None if there is none (or it cannot be read)."""
     try:
-        entry = await kv.get(sandbox_id)
+        entry = await retrying(lambda: kv.get(sandbox_id), "read record")
     except nats.js.errors.KeyNotFoundError:
         return None
     if entry.value is None:
@@ -74,7 +77,19 @@ async def create_record(kv: KeyValue, record: SandboxRecord) -> int:
     """Write a new record (it must not exist yet); its revision."""
     if record.state != State.STARTING:
         raise IllegalMove(f"a record begins as starting, not {record.state}")
-    return int(await kv.create(record.id, encode(record)))
+    backoff = Backoff(op="create record")
+    while True:
+        try:
+            return int(await kv.create(record.id, encode(record)))
+        except Exception as err:
+            if not transient(err) or not await backoff.pause():
+                raise
+        # It timed out: it may have been written. Ours if it reads back as we wrote it.
+        found = await read_record(kv, record.id)
+        if found is not None:
+            if found.record == record:
+                return found.revision
+            raise nats.js.errors.KeyWrongLastSequenceError(description=f"record {record.id} exists")
 
 
 async def transition(
@@ -85,6 +100,7 @@ async def transition(
     from_: Iterable[State] | None = None,
     known: tuple[SandboxRecord, int] | None = None,
     attempts: int = 5,
+    budget: float = RETRY_BUDGET,
     **changes: Any,
 ) -> Moved | None:
     """Move the record to ``to`` (with ``changes``) by compare-and-set.
@@ -93,7 +109,8 @@ async def transition(
     caller whose decision was about one state names it, so a record that changed meanwhile is
     left alone. ``known`` is a (record, revision) the caller already has (a mirror's copy), which
     saves the first read. Returns the record as written, or None when there is no record, or it
-    is in a state it may not move from, or it kept changing for ``attempts`` writes.
+    is in a state it may not move from, or it kept changing for ``attempts`` writes. Through a
+    bus outage it keeps trying for ``budget`` seconds, then raises what the bus raised.
     """
     allowed = _SOURCES[to]
     if from_ is not None:
@@ -101,7 +118,9 @@ async def transition(
             raise IllegalMove(f"{', '.join(sorted(named - allowed))} -> {to} is not a legal move")
         allowed = named
     current: Moved | None = Moved(*known) if known is not None else None
-    for _ in range(attempts):
+    backoff = Backoff(budget, op="move record")
+    conflicts = 0
+    while conflicts < attempts:
         if current is None:
             current = await read_record(kv, sandbox_id)
             if current is None:
@@ -113,5 +132,17 @@ async def transition(
         try:
             return Moved(moved, int(await kv.update(sandbox_id, encode(moved), last=revision)))
         except nats.js.errors.KeyWrongLastSequenceError:
+            conflicts += 1
             current = None  # changed meanwhile: read again and judge anew
+            continue
+        except Exception as err:
+            if not transient(err) or not await backoff.pause():
+                raise
+        # Timed out: it may have been applied. Read back; ours if it is exactly what we wrote.
+        current = await read_record(kv, sandbox_id)
+        if current is None:
+            return None
+        if current.revision != revision and current.record == moved:
+            return current
+        # Not applied (same revision: try again), or someone else's change: judged anew.
     return None

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import uvloop
 
-from nbpool import logs
+from nbpool import logs, metrics
 from nbpool.aio import cancel_and_wait
 from nbpool.bus import Bus
 from nbpool.names import Names
@@ -36,6 +36,11 @@ def configure(name: str, settings_cls: type[_S]) -> _S:
         print(f"nbpool-{name}: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(name, settings.log_level, settings.log_format)
+    try:
+        metrics.serve(settings.metrics_port, settings.metrics_host)
+    except OSError as err:
+        print(f"nbpool-{name}: NBPOOL_METRICS_PORT {settings.metrics_port}: {err.strerror}", file=sys.stderr)
+        raise SystemExit(2) from None
     return settings
 
 
@@ -50,7 +55,7 @@ async def _main(name: str, settings: _S, body: Callable[[_S, Bus, asyncio.Event]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     bus = await Bus.connect(settings.nats_url, Names(settings.instance), name, stop, settings.bus_credentials(name))
-    await bus.ensure(name)
+    await bus.ensure(name, settings.bus_replicas)
     log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance})
     presence = asyncio.ensure_future(bus.presence(name))
     try:

@@ -6,6 +6,7 @@ One class per service, all sharing :class:`CommonSettings`. Defaults work on one
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -73,6 +74,13 @@ class CommonSettings(BaseSettings):
     )
     idle_timeout: float = Field(default=600.0, gt=0)
     max_age: float = Field(default=7200.0, gt=0)
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="where /metrics is served (Prometheus); 0: not served")
+    metrics_host: str = Field(default="127.0.0.1", description="the address /metrics listens on")
+    bus_replicas: int = Field(default=1, ge=1, le=5, description="servers that keep each bucket and stream (3 in a cluster)")
+    host_timeout: float = Field(
+        default=8.0, gt=0, le=300,
+        description="seconds without a spawner's heartbeat before its host is lost (no claims, sessions ended)",
+    )
     _origins: Origins = PrivateAttr()
 
     @field_validator("profiles")
@@ -160,6 +168,9 @@ class SpawnerSettings(CommonSettings):
     heartbeat_interval: float = Field(default=2.0, gt=0)
     activity_interval: float = Field(default=3.0, gt=0)
     jupyter_command: str = Field(default=f"{sys.executable} -m jupyter_server", description="process runtime")
+    process_address: str = Field(
+        default="127.0.0.1", description="process runtime: where servers listen (in a cluster, an address the proxy tier reaches)",
+    )
     prestart_kernel: bool = Field(default=True, description="start the notebook's kernel while the sandbox is pooled")
     prestart_notebook: str = Field(default="Welcome.ipynb", description="the notebook whose session is pre-started")
     remove_on_stop: bool = Field(default=False, description="end this spawner's sandboxes when it stops")
@@ -179,11 +190,47 @@ class SpawnerSettings(CommonSettings):
     )
     docker_workers: int = Field(default=8, ge=1, description="docker runtime: Docker API calls at a time")
     docker_timeout: float = Field(default=30.0, gt=0, description="docker runtime: seconds per Docker API call")
+    docker_subnet: str = Field(
+        default="", description="docker runtime: the sandbox network's subnet (CIDR); in a cluster, one per host, routed to it",
+    )
+    proxy_sources: list[str] = Field(
+        default_factory=list,
+        description="docker runtime, in a cluster: the proxy tier's addresses (CIDR) allowed in to the sandboxes' port",
+    )
+
+    @field_validator("docker_subnet")
+    @classmethod
+    def _subnet(cls, value: str) -> str:
+        if value:
+            try:
+                ipaddress.ip_network(value)
+            except ValueError as err:
+                raise ValueError(f"not a network in CIDR form ({err})") from None
+        return value
+
+    @field_validator("proxy_sources")
+    @classmethod
+    def _sources(cls, value: list[str]) -> list[str]:
+        for source in value:
+            try:
+                ipaddress.ip_network(source, strict=False)
+            except ValueError as err:
+                raise ValueError(f"{source!r} is not an address or network in CIDR form ({err})") from None
+        return value
 
     @property
     def network(self) -> str:
         """The Docker network sandboxes join."""
         return self.docker_network or f"{self.instance}-sandboxes"
+
+    @model_validator(mode="after")
+    def _beats_within_host_timeout(self) -> SpawnerSettings:
+        if self.host_timeout < 2 * self.heartbeat_interval:
+            raise ValueError(
+                f"NBPOOL_HOST_TIMEOUT ({self.host_timeout:g} s) must be at least twice NBPOOL_HEARTBEAT_INTERVAL "
+                f"({self.heartbeat_interval:g} s): one late heartbeat must not lose a host"
+            )
+        return self
 
     @field_validator("spawner_id")
     @classmethod

@@ -126,6 +126,7 @@ class Cluster:
         self.gateway_port = free_ports(gateways)
         self.nats_port = free_ports(1)
         self.ping_port = free_ports(1)
+        self.metrics_port = free_ports(3 + spawners + gateways)
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         # The admin and every sandbox have origins of their own (NBPOOL_ROUTING=host, the default).
         self.admin_url = f"http://admin.localhost:{self.proxy_port}"
@@ -139,6 +140,7 @@ class Cluster:
             NBPOOL_PROXY_PING_PORT=str(self.ping_port),
             NBPOOL_GATEWAY_PORT=str(self.gateway_port),
             NBPOOL_NATS_PORT=str(self.nats_port),
+            NBPOOL_METRICS_PORT=str(self.metrics_port),
             NBPOOL_PUBLIC_URL=self.url,
             NBPOOL_LOG_LEVEL="DEBUG",
             NBPOOL_RUNTIME="process",

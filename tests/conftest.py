@@ -108,6 +108,18 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     proc.wait(timeout=10)
 
 
+@pytest.fixture(scope="session")
+def netns_ready() -> None:
+    """Root and iproute2 for namespaces as machines (tests/netns.py), or a skip (a failure under CI)."""
+    from netns import unavailable
+
+    reason = unavailable()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the namespace tests cannot run: {reason}")
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """One cluster shared by a module's tests: pool of 3, default settings otherwise."""

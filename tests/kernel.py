@@ -34,10 +34,16 @@ def _request(code: str, session: str, store_history: bool = False) -> dict[str, 
     }
 
 
-async def execute(base: str, token: str, kernel_id: str, code: str, timeout: float = 30.0) -> str:
-    """Run ``code`` and return its result (``execute_result`` text/plain, or stdout)."""
+async def execute(base: str, token: str, kernel_id: str, code: str, timeout: float = 30.0,
+                  via: tuple[str, int] | None = None) -> str:
+    """Run ``code`` and return its result (``execute_result`` text/plain, or stdout).
+
+    ``via``: connect to this (address, port) instead of the URL's host, which still names the
+    server (the Host header), as a proxy reached by address rather than by name.
+    """
     ws_url = base.replace("http://", "ws://", 1) + f"api/kernels/{kernel_id}/channels?token={token}"
-    async with websockets.connect(ws_url, open_timeout=timeout, close_timeout=2) as ws:
+    where = {"host": via[0], "port": via[1]} if via else {}
+    async with websockets.connect(ws_url, open_timeout=timeout, close_timeout=2, **where) as ws:
         return await execute_on(ws, code, timeout)
 
 

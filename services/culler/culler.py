@@ -2,12 +2,16 @@
 
 Ending is a compare-and-set of the record to ``ending``; the owning spawner removes the sandbox
 and the router its route. A culler restart loses nothing: records and activity live on the bus.
+Several replicas may run: each move is a compare-and-set, so each sandbox is ended (and its
+``cull.decision`` said) by one of them. Every second it also looks for lost hosts
+(:mod:`nbpool.culler.hosts`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import nats.errors
 import nats.js.errors
@@ -15,7 +19,9 @@ import nats.js.errors
 from nbpool import logs
 from nbpool.aio import cancel_and_wait, wait_event
 from nbpool.bus import Bus, KVMirror
+from nbpool.culler.hosts import LostHosts
 from nbpool.culler.policy import CullPolicy, decide
+from nbpool.metrics import CULLS
 from nbpool.models import Activity, SandboxRecord, State
 from nbpool.records import transition
 from nbpool.settings import CullerSettings
@@ -23,6 +29,9 @@ from nbpool.settings import CullerSettings
 __all__ = ["Culler"]
 
 log = logs.get("nbpool.culler")
+
+#: Seconds between looks for lost hosts: a host is found lost at most this long after its timeout.
+HOST_CHECK_INTERVAL = 1.0
 
 
 class Culler:
@@ -34,17 +43,23 @@ class Culler:
         self.policy = CullPolicy(settings.idle_timeout, settings.max_age, settings.pool_max_age, settings.unopened_timeout)
         self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord)
         self.activity: KVMirror[Activity] = KVMirror(bus, bus.names.activity, Activity)
+        self.hosts = LostHosts(bus, self.records, settings.host_timeout)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        mirrors = [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self.activity.run())]
+        followed: list[KVMirror[Any]] = [self.records, self.activity, self.hosts.watch.beats, self.hosts.lost]
+        mirrors = [asyncio.ensure_future(m.run()) for m in followed]
         try:
-            await asyncio.gather(self.records.ready.wait(), self.activity.ready.wait())
+            await asyncio.gather(*(m.ready.wait() for m in followed))
+            next_cull = 0.0
             while not stop.is_set():
                 try:
-                    await self.sweep(time.time())
+                    await self.hosts.sweep()
+                    if time.monotonic() >= next_cull:
+                        next_cull = time.monotonic() + self.settings.cull_interval
+                        await self.sweep(time.time())
                 except (TimeoutError, nats.errors.Error) as err:
                     log.warning("sweep failed", extra={"error": repr(err)})
-                await wait_event(stop, timeout=self.settings.cull_interval)
+                await wait_event(stop, timeout=HOST_CHECK_INTERVAL)
         finally:
             await cancel_and_wait(*mirrors)
 
@@ -62,6 +77,7 @@ class Culler:
             if moved is None:
                 continue
             ended += 1
+            CULLS.labels(verdict.reason).inc()
             log.info("culled", extra={"sandbox": rec.id, "reason": verdict.reason, "state": rec.state})
             await self.bus.event("cull.decision", rec.id, host=rec.host, cause=verdict.reason, data={"state": rec.state})
         return ended

@@ -1,8 +1,11 @@
 """Claiming a sandbox for a visitor: which spawner to ask, and what to do when none has one.
 
-The gateway follows the spawners' heartbeats (KV, TTL) and asks the spawner with the most warm
-sandboxes first, over NATS request/reply. If no spawner has one warm, it waits in line at the
-spawner most likely to warm one soon, for at most ``claim_timeout`` seconds.
+The gateway follows the spawners' heartbeats (:class:`nbpool.hosts.HostWatch`: a host silent for
+``NBPOOL_HOST_TIMEOUT`` gets no claims) and asks the spawner with the most warm sandboxes first,
+over NATS request/reply. If no spawner has one warm, it waits in line at the spawner most likely
+to warm one soon, for at most ``claim_timeout`` seconds. A spawner retries its compare-and-set
+through a bus election for up to :data:`nbpool.spawner.claims.CLAIM_BUS_BUDGET` seconds, so the
+gateway waits for its answer that much longer than the request's own wait (:data:`ASK_SLACK`).
 """
 
 from __future__ import annotations
@@ -11,10 +14,17 @@ import time
 
 import nats.errors
 
-from nbpool.bus import SPAWNER_TTL, Bus, KVMirror
+from nbpool.bus import Bus
+from nbpool.hosts import HostWatch
+from nbpool.metrics import CLAIM_SECONDS, LAUNCHES
 from nbpool.models import BadMessage, ClaimReply, ClaimRequest, SandboxRecord, SpawnerBeat, decode, encode
 
-__all__ = ["Claimer", "NoCapacity"]
+__all__ = ["ASK_SLACK", "Claimer", "NoCapacity"]
+
+#: Seconds the gateway waits for a spawner's answer beyond the claim's own wait: a bus election
+#: (seconds) plus a slow compare-and-set. A reply that comes later is lost, and the sandbox it
+#: claimed is ended as unopened by the culler: never handed to anyone else.
+ASK_SLACK = 10.0
 
 
 class NoCapacity(Exception):
@@ -34,15 +44,14 @@ class NoCapacity(Exception):
 class Claimer:
     """Turns a visitor's launch into a claimed sandbox record."""
 
-    def __init__(self, bus: Bus, spawners: KVMirror[SpawnerBeat], claim_timeout: float) -> None:
+    def __init__(self, bus: Bus, hosts: HostWatch, claim_timeout: float) -> None:
         self._bus = bus
-        self._spawners = spawners
+        self._hosts = hosts
         self._claim_timeout = claim_timeout
 
-    def live_spawners(self, now: float | None = None) -> list[SpawnerBeat]:
+    def live_spawners(self) -> list[SpawnerBeat]:
         """Spawners whose heartbeat is fresh."""
-        now = time.time() if now is None else now
-        return [beat for beat in self._spawners.values() if now - beat.at < SPAWNER_TTL]
+        return self._hosts.live()
 
     async def claim(self, profile: str, owner: str | None, wait: float | None = None) -> SandboxRecord:
         """A claimed sandbox of ``profile``, or :class:`NoCapacity`.
@@ -50,6 +59,17 @@ class Claimer:
         With no warm sandbox anywhere, waits up to ``wait`` seconds (default: the claim timeout)
         in line for one that is starting.
         """
+        began = time.perf_counter()
+        try:
+            rec = await self._claim(profile, owner, wait)
+        except NoCapacity:
+            LAUNCHES.labels("no_capacity").inc()
+            raise
+        CLAIM_SECONDS.observe(time.perf_counter() - began)
+        LAUNCHES.labels("ok").inc()
+        return rec
+
+    async def _claim(self, profile: str, owner: str | None, wait: float | None) -> SandboxRecord:
         wait = self._claim_timeout if wait is None else wait
         live = self.live_spawners()
         if not live:
@@ -68,7 +88,7 @@ class Claimer:
 
         reasons: list[str] = []
         for beat in sorted((b for b in healthy if pool(b)[0] > 0), key=lambda b: -pool(b)[0]):
-            reply = await self._ask(beat.id, ClaimRequest(profile=profile, wait=0, owner=owner), timeout=2.0)
+            reply = await self._ask(beat.id, ClaimRequest(profile=profile, wait=0, owner=owner), timeout=ASK_SLACK)
             if reply.ok and reply.record is not None:
                 return reply.record
             reasons.append(reply.reason)
@@ -80,7 +100,7 @@ class Claimer:
         # The spawner with the most starts in flight per claim already waiting there, then the most room.
         best = max(candidates, key=lambda b: (pool(b)[1] - pool(b)[2], b.headroom()))
         request = ClaimRequest(profile=profile, wait=wait, owner=owner)
-        reply = await self._ask(best.id, request, timeout=wait + 2.0)
+        reply = await self._ask(best.id, request, timeout=wait + ASK_SLACK)
         if reply.ok and reply.record is not None:
             return reply.record
         raise NoCapacity(f"no sandbox became free within {wait:g} s ({reply.reason})", retry_after=5)

@@ -132,4 +132,4 @@ async def ended(request: Request, gw: TheGateway, session_id: str, rest: str = "
     if rec is not None and rec.state == State.CLAIMED:
         query = request.url.query
         return RedirectResponse(gw.origins.sandbox_url(rec.id) + rest + (f"?{query}" if query else ""), status_code=302)
-    return gw.ended_answer(rest, request.headers.get("accept", ""))
+    return gw.ended_answer(session_id, rest, request.headers.get("accept", ""))

@@ -34,7 +34,7 @@ def _is_admin_path(path: str) -> bool:
 class OriginGuard:
     """ASGI middleware: each origin gets only its own part of the gateway (see the module docstring).
 
-    ``ended(rest, accept)`` is the answer for ``<ended sandbox origin>/<rest>``. With
+    ``ended(sandbox_id, rest, accept)`` is the answer for ``<ended sandbox origin>/<rest>``. With
     ``static_paths`` (static offload), those paths are served on sandbox hosts as they are.
     """
 
@@ -43,7 +43,7 @@ class OriginGuard:
         app: ASGIApp,
         origins: Origins,
         csp: str,
-        ended: Callable[[str, str], Response],
+        ended: Callable[[str, str, str], Response],
         static_paths: tuple[str, ...] = (),
     ) -> None:
         self.app = app
@@ -62,7 +62,8 @@ class OriginGuard:
         send = self._with_headers(send)
         static = bool(self.static_paths) and path.startswith(self.static_paths)
         if kind == "sandbox" and not static:
-            await self.ended(path.lstrip("/"), headers.get("accept", ""))(scope, receive, send)
+            sandbox_id = headers.get("host", "").split(".", 1)[0]
+            await self.ended(sandbox_id, path.lstrip("/"), headers.get("accept", ""))(scope, receive, send)
         elif kind == "admin" and path == "/":
             await self._redirect(send, "/admin")
         elif kind == "admin" and not (_is_admin_path(path) or path == "/healthz"):

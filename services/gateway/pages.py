@@ -182,12 +182,20 @@ def _describe(state: dict[str, Any]) -> str:
     return "Your server is starting." + eta
 
 
-def ended_page(again: str) -> str:
-    """An old ``/user/<id>/...`` link after its server ended."""
+#: Why a server ended, for its visitor, by ending reason (others get the general words).
+_WHY = {
+    "host.lost": "The machine it ran on stopped answering, so it was ended.",
+    "idle": "It was idle for a while.",
+    "max_age": "It reached its maximum age.",
+}
+
+
+def ended_page(again: str, reason: str | None = None) -> str:
+    """An old link to a server that has ended (``reason``: its ending reason, if still known)."""
+    why = _WHY.get(reason or "", "Temporary servers end when they have been idle for a while, or reach their maximum age.")
     body = f"""
 <h1>This server has ended</h1>
-<p>Temporary servers end when they have been idle for a while, or reach their maximum age.
-Anything saved in it is gone.</p>
+<p>{html.escape(why)} Anything saved in it is gone.</p>
 <p><a class=button href="{html.escape(again)}" id=again>Start a new server</a></p>
 <p class=muted>It opens the same page in a fresh server.</p>
 """

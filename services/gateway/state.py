@@ -29,6 +29,8 @@ from nbpool.gateway.links import spawn_link
 from nbpool.gateway.pages import ended_page
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.hosts import HostWatch
+from nbpool.metrics import HOSTS, SESSIONS
 from nbpool.models import Activity, Drain, SandboxRecord, SpawnerBeat, State
 from nbpool.names import Names
 from nbpool.records import read_record, transition
@@ -56,20 +58,25 @@ class Gateway:
         settings = self.settings
         self.bus = self._given_bus or await Bus.connect(
             settings.nats_url, Names(settings.instance), "gateway", credentials=settings.bus_credentials("gateway"))
-        await self.bus.ensure("gateway")
+        await self.bus.ensure("gateway", settings.bus_replicas)
         names = self.bus.names
-        self.spawners: KVMirror[SpawnerBeat] = KVMirror(self.bus, names.spawners, SpawnerBeat)
+        self.hosts = HostWatch(self.bus, settings.host_timeout)
+        self.spawners: KVMirror[SpawnerBeat] = self.hosts.beats
         self.records: KVMirror[SandboxRecord] = KVMirror(self.bus, names.sandboxes, SandboxRecord)
         self.activity: KVMirror[Activity] = KVMirror(self.bus, names.activity, Activity)
         self.control: KVMirror[Drain] = KVMirror(self.bus, names.control, Drain)
         self.tail = EventTail(self.bus)
-        self.claimer = Claimer(self.bus, self.spawners, settings.claim_timeout)
+        self.claimer = Claimer(self.bus, self.hosts, settings.claim_timeout)
         self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full)
         self.admin_sessions = AdminSessions(self.bus, settings.admin_session_ttl)
         mirrors: list[KVMirror[Any]] = [self.spawners, self.records, self.activity, self.control]
         self._tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
         self._tasks += [asyncio.ensure_future(self.bus.presence("gateway")), asyncio.ensure_future(self.tail.run())]
         await asyncio.gather(*(m.ready.wait() for m in mirrors))
+        # Read when Prometheus scrapes (another thread: list() copies a dict in one step).
+        SESSIONS.set_function(lambda: sum(1 for r in list(self.records.values()) if r.state == State.CLAIMED))
+        HOSTS.labels("live").set_function(lambda: len(self.hosts.live()))
+        HOSTS.labels("silent").set_function(lambda: len(self.spawners.items) - len(self.hosts.live()))
         self.started = True
         log.info("started", extra={"nats": settings.nats_url, "instance": settings.instance, "routing": settings.routing,
                                    "sandboxes": settings.sandbox_url, "admin": settings.admin_url})
@@ -104,12 +111,16 @@ class Gateway:
         """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
         return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
 
-    def ended_answer(self, rest: str, accept: str) -> Response:
-        """404 for ``<a sandbox>/<rest>`` that has ended: a page (or JSON) that launches a fresh one there."""
+    def ended_answer(self, sandbox_id: str, rest: str, accept: str) -> Response:
+        """404 for ``<a sandbox>/<rest>`` that has ended: a page (or JSON) that launches a fresh one there,
+        saying why when the record still does (its machine was lost, say)."""
         again = self.settings.public_url + spawn_link(rest)
+        rec = self.records.get(sandbox_id)
+        reason = rec.ending_reason if rec is not None and rec.state == State.ENDING else None
         if "text/html" in accept:
-            return HTMLResponse(ended_page(again), 404, headers={"Cache-Control": "no-store"})
-        return JSONResponse({"detail": "this notebook server has ended or never existed", "spawn": again}, 404)
+            return HTMLResponse(ended_page(again, reason), 404, headers={"Cache-Control": "no-store"})
+        body = {"detail": "this notebook server has ended or never existed", "spawn": again}
+        return JSONResponse({**body, "reason": reason} if reason else body, 404)
 
     def admit(self, request: Request, profile: str | None) -> tuple[str, str]:
         """Check the profile, the client's live sessions and launch rate; the profile and the client."""

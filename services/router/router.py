@@ -20,6 +20,7 @@ import nats.js.errors
 from nbpool import logs
 from nbpool.aio import cancel_and_wait, poll_ready
 from nbpool.bus import Bus, KVMirror
+from nbpool.metrics import ROUTE_SECONDS, ROUTES
 from nbpool.models import Route, SandboxRecord, encode
 from nbpool.router.routes import RouteSpec, desired_routes, dynamic_config, render
 from nbpool.settings import RouterSettings
@@ -82,6 +83,7 @@ class Router:
             added = desired.keys() - (self.applied or {}).keys()
             removed = (self.applied or {}).keys() - desired.keys()
             self.applied = desired
+            ROUTES.set(len(desired))
             log.info("routes written", extra={"routes": len(desired), "added": len(added), "removed": len(removed)})
             for sid in removed:
                 await self.bus.event("route.removed", sid)
@@ -124,6 +126,7 @@ class Router:
             kv = await self.bus.kv(self.bus.names.routes)
             await kv.put(sid, encode(Route(id=sid, path=path, target=target, ready_at=time.time())))
             took = round(time.monotonic() - began, 3)
+            ROUTE_SECONDS.observe(took)
             log.info("route ready", extra={"sandbox": sid, "took_s": took})
             await self.bus.event("route.ready", sid, data={"path": path, "took_s": took})
         except TimeoutError:

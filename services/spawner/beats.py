@@ -8,6 +8,7 @@ import httpx
 
 from nbpool import logs
 from nbpool.aio import wait_event
+from nbpool.metrics import POOL, POOL_CAPACITY
 from nbpool.models import SandboxRecord, SpawnerBeat, State, encode
 from nbpool.spawner.activity import read_activity
 from nbpool.spawner.state import BUS_ERRORS, SpawnerState
@@ -18,6 +19,12 @@ log = logs.get("nbpool.spawner")
 
 
 def beat(s: SpawnerState) -> SpawnerBeat:
+    """The heartbeat now (and the pool's gauges, which say the same)."""
+    pools = s.counts()
+    for profile, counts in pools.items():
+        for state in ("warm", "starting", "claimed"):
+            POOL.labels(s.id, profile, state).set(getattr(counts, state))
+    POOL_CAPACITY.labels(s.id).set(s.settings.max_sandboxes)
     return SpawnerBeat(
         id=s.id,
         runtime=s.runtime.name,
@@ -25,7 +32,7 @@ def beat(s: SpawnerState) -> SpawnerBeat:
         reason=s.reason,
         capacity=s.settings.max_sandboxes,
         total=s.total(),
-        pools=s.counts(),
+        pools=pools,
         waiting=sum(s.waiting().values()),
         draining=s.draining,
     )

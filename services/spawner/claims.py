@@ -7,12 +7,17 @@ import time
 from nats.aio.msg import Msg
 
 from nbpool import logs
+from nbpool.metrics import CLAIMS
 from nbpool.models import BadMessage, ClaimReply, ClaimRequest, State, decode, encode
 from nbpool.records import transition
 from nbpool.spawner.starting import Starter
 from nbpool.spawner.state import BUS_ERRORS, SpawnerState
 
-__all__ = ["ClaimDesk"]
+__all__ = ["CLAIM_BUS_BUDGET", "ClaimDesk"]
+
+#: Seconds a claim's compare-and-set is retried through a bus election (they take seconds); the
+#: gateway waits this long and more for the answer (nbpool.gateway.claims.ASK_SLACK).
+CLAIM_BUS_BUDGET = 8.0
 
 log = logs.get("nbpool.spawner")
 
@@ -60,15 +65,23 @@ class ClaimDesk:
                 s.wake.set()  # a waiting claim raises the pool's want
             sid = await s.pool.take(req.profile, max(0.0, wait))
             if sid is None:
+                CLAIMS.labels(s.id, "none").inc()
                 return ClaimReply(ok=False, reason=s.reason or "full")
             # The mirror's copy, if it already shows warm; else (it may lag behind our own write
             # of "warm") transition reads the bucket itself.
             item = s.records.items.get(sid)
             known = item if item is not None and item[0].state == State.WARM else None
-            moved = await transition(kv, sid, State.CLAIMED, from_={State.WARM}, known=known, attempts=3,
-                                     claimed_at=time.time(), owner=req.owner)
+            try:
+                moved = await transition(kv, sid, State.CLAIMED, from_={State.WARM}, known=known, attempts=3,
+                                         budget=CLAIM_BUS_BUDGET, claimed_at=time.time(), owner=req.owner)
+            except BaseException:
+                # The bus stayed away: back in the pool. If the write was applied after all, the
+                # next claim of it finds it claimed (compare-and-set) and takes another.
+                s.pool.put(req.profile, sid)
+                raise
             if moved is not None:
                 self.starter.refills.claimed(time.monotonic())
                 s.changed()
                 s.event("sandbox.claimed", sid, data={"profile": req.profile})
+                CLAIMS.labels(s.id, "claimed").inc()
                 return ClaimReply(ok=True, record=moved.record)

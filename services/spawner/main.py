@@ -31,8 +31,11 @@ def make_runtime(settings: SpawnerSettings) -> Runtime:
             start_cpu_shares=settings.docker_start_cpu_shares,
             workers=settings.docker_workers,
             timeout=settings.docker_timeout,
+            subnet=settings.docker_subnet,
+            proxy_sources=settings.proxy_sources,
         )
-    return ProcessRuntime(settings.state_dir, settings.instance, settings.spawner_id, settings.jupyter_command)
+    return ProcessRuntime(settings.state_dir, settings.instance, settings.spawner_id, settings.jupyter_command,
+                          settings.process_address)
 
 
 async def _body(settings: SpawnerSettings, bus: Bus, stop: asyncio.Event) -> None:

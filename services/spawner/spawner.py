@@ -57,6 +57,9 @@ class Spawner:
             return
         if rec.host != s.id:
             return
+        if rec.state == State.CLAIMED and s.pool.discard(key):
+            # Claimed while it was back in the pool: a claim whose write timed out but was applied.
+            s.changed()
         if rec.state == State.ENDING:
             s.pool.discard(key)
             s.background.start(remove(s, rec, rec.ending_reason or "ended"))
@@ -127,6 +130,11 @@ class Spawner:
         adopted = removed = 0
         for rec, _ in s.mine():
             sandbox = found.pop(rec.id, None)
+            if rec.id in s.removing:
+                # Already on its way out (an ending record, seen by the mirror before this ran):
+                # counting it here would outlive that removal and hold its room forever.
+                removed += 1
+                continue
             alive = sandbox is not None and sandbox.alive
             if alive:
                 s.known.add(rec.id)

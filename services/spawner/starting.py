@@ -17,6 +17,7 @@ import httpx
 
 from nbpool import logs
 from nbpool.aio import poll_ready, wait_event
+from nbpool.metrics import START_FAILURES, START_SECONDS
 from nbpool.models import Route, SandboxRecord, State
 from nbpool.records import create_record, transition
 from nbpool.runtime import RuntimeUnavailable, SandboxSpec, SpawnFailed
@@ -150,6 +151,7 @@ class Starter:
                 return
             s.pool.put(profile, sid)
             took = round(time.monotonic() - began, 3)
+            START_SECONDS.labels(s.id).observe(took)
             log.info("warm", **s.log(sid, startup_s=took))
             s.event("sandbox.warm", sid, data={"profile": profile, "startup_s": took, "answered_s": round(answered - began, 3)})
         except asyncio.CancelledError:
@@ -200,6 +202,7 @@ class Starter:
     async def _fail(self, sid: str, rec: SandboxRecord | None, rev: int, cause: str, profile: str) -> None:
         s = self.state
         delay = self.backoff[profile].failed()
+        START_FAILURES.labels(s.id).inc()
         log.warning("start failed", **s.log(sid, cause=cause, retry_in_s=delay))
         await s.bus.event("sandbox.failed", sid, host=s.id, cause=cause, data={"profile": profile, "retry_in_s": delay})
         if rec is not None and rev:

@@ -40,7 +40,7 @@ from docker.models.containers import Container
 
 from nbpool import logs
 from nbpool.runtime.base import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
-from nbpool.runtime.docker_network import ensure_network, protect_host
+from nbpool.runtime.docker_network import admit_proxies, ensure_network, protect_host
 
 __all__ = ["LABEL", "DockerRuntime", "size_bytes"]
 
@@ -83,6 +83,8 @@ class DockerRuntime:
         start_cpu_shares: int = 128,
         workers: int = 8,
         timeout: float = 30.0,
+        subnet: str = "",
+        proxy_sources: list[str] | None = None,
     ) -> None:
         self.instance = instance
         self.spawner_id = spawner_id
@@ -95,6 +97,8 @@ class DockerRuntime:
         self.pids = pids
         self.start_cpu_shares = start_cpu_shares
         self.timeout = timeout
+        self.subnet = subnet
+        self.proxy_sources = proxy_sources or []
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="docker")
         self._client: docker.DockerClient | None = None
         self._network_id = ""
@@ -142,8 +146,10 @@ class DockerRuntime:
         """The id of the sandbox network, created (and the host protected from it) if missing."""
         with self._network_lock:
             if not self._network_id:
-                network = ensure_network(self._docker(), self.network, self.instance, self.egress)
+                network = ensure_network(self._docker(), self.network, self.instance, self.egress, self.subnet)
                 protect_host(network)
+                if self.proxy_sources:
+                    admit_proxies(network, self.proxy_sources, _PORT)
                 self._network_id = str(network.id)
             return self._network_id
 

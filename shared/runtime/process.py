@@ -40,10 +40,14 @@ log = logs.get("nbpool.runtime.process")
 _META = "sandbox.json"
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((address, 0))
         return int(sock.getsockname()[1])
+
+
+def _url(address: str, port: int) -> str:
+    return f"http://[{address}]:{port}" if ":" in address else f"http://{address}:{port}"
 
 
 class ProcessRuntime:
@@ -51,8 +55,11 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, state_dir: Path, instance: str, spawner_id: str, command: str) -> None:
+    def __init__(self, state_dir: Path, instance: str, spawner_id: str, command: str, address: str = "127.0.0.1") -> None:
         base = state_dir / "sandboxes" / instance / spawner_id
+        #: Where the servers listen: loopback on one machine; in a cluster, an address of this
+        #: host that the proxy tier reaches (NBPOOL_PROCESS_ADDRESS).
+        self.address = address
         self._root = base / "servers"
         self._config = base / "config"
         self._command = shlex.split(command)
@@ -82,7 +89,7 @@ class ProcessRuntime:
         home.mkdir(parents=True, exist_ok=False)
         welcome = resources.files("nbpool").joinpath("assets/Welcome.ipynb").read_bytes()
         (home / "Welcome.ipynb").write_bytes(welcome)
-        port = _free_port()
+        port = _free_port(self.address)
         env = {
             **os.environ,
             "HOME": str(home),
@@ -96,7 +103,7 @@ class ProcessRuntime:
         args = [
             *self._command,
             "--no-browser",
-            "--ServerApp.ip=127.0.0.1",
+            f"--ServerApp.ip={self.address}",
             f"--ServerApp.port={port}",
             "--ServerApp.port_retries=0",
             f"--ServerApp.base_url={spec.base_path}",
@@ -138,6 +145,7 @@ class ProcessRuntime:
             "pid": proc.pid,
             "pid_started": psutil.Process(proc.pid).create_time(),
             "port": port,
+            "address": self.address,
             "profile": spec.profile,
             "created_at": created,
         }
@@ -147,7 +155,7 @@ class ProcessRuntime:
     def _sandbox(self, meta: dict[str, Any]) -> RuntimeSandbox:
         return RuntimeSandbox(
             id=meta["id"],
-            target=f"http://127.0.0.1:{meta['port']}",
+            target=_url(meta.get("address", "127.0.0.1"), meta["port"]),
             profile=meta["profile"],
             alive=self._alive(meta),
         )
