@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, cast
@@ -63,6 +64,7 @@ __all__ = [
     "sandbox_base",
     "sandbox_of",
     "summarize",
+    "synthetic_host_beating",
     "synthetic_id",
     "synthetic_record",
 ]
@@ -585,8 +587,8 @@ def synthetic_id() -> str:
     return "syn" + secrets.token_hex(6)
 
 
-def synthetic_record(origins: Origins, sandbox_id: str, target: str) -> Any:
-    """A claimed sandbox record whose server is ``target`` (a stub), owned by no spawner.
+def synthetic_record(origins: Origins, sandbox_id: str, target: str, host: str = SYNTHETIC_HOST) -> Any:
+    """A claimed sandbox record whose server is ``target`` (a stub), owned by no spawner (``host``).
 
     Its ``path`` is the base path ``origins`` gives the sandbox (``/`` with host routing): the
     router routes only records whose path is that.
@@ -597,10 +599,38 @@ def synthetic_record(origins: Origins, sandbox_id: str, target: str) -> Any:
 
     now = time.time()
     return SandboxRecord(
-        id=sandbox_id, host=SYNTHETIC_HOST, pool="default", state=State.CLAIMED, target=target,
+        id=sandbox_id, host=host, pool="default", state=State.CLAIMED, target=target,
         path=origins.base_path(sandbox_id), token=secrets.token_urlsafe(24), created_at=now, warm_at=now,
         claimed_at=now, owner="bench",
     )
+
+
+@contextlib.asynccontextmanager
+async def synthetic_host_beating(bus: Any, hosts: tuple[str, ...] = (SYNTHETIC_HOST,),
+                                 interval: float = 2.0) -> AsyncIterator[None]:
+    """While inside: heartbeats of the synthetic records' hosts, as their spawners would send them,
+    so that the culler does not take them for lost hosts and end their records. They report no
+    warm sandbox and no room, so no gateway sends them a claim."""
+    from nbpool.models import SpawnerBeat, encode
+
+    kv = await bus.kv(bus.names.spawners)
+
+    async def beat() -> None:
+        while True:
+            for host in hosts:
+                await kv.put(host, encode(SpawnerBeat(id=host, runtime="bench", healthy=True, capacity=0, total=0, pools={})))
+            await asyncio.sleep(interval)
+
+    task = asyncio.ensure_future(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        for host in hosts:
+            with contextlib.suppress(Exception):
+                await kv.delete(host)
 
 
 async def connect_bus(cluster: Cluster) -> Any:

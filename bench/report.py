@@ -21,6 +21,7 @@ from claims import ClaimResults
 from common import Figure, Summary
 from first_output import FloorResults, TTFOResults
 from gvisor import GVisorResults
+from hosts import HostsResults
 from plots import draw
 from proxy import ProxyResults
 from resources import ResourceResults
@@ -53,6 +54,7 @@ class Results:
     memory_idle: dict[str, dict[str, float]] = field(default_factory=dict)
     scale: ScaleResults | None = None
     gvisor: GVisorResults | None = None
+    hosts: HostsResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -355,8 +357,16 @@ def _resources_section(r: Results, out: list[str]) -> None:
 
 
 def _scale_section(r: Results, out: list[str]) -> None:
-    s = r.scale
-    assert s is not None
+    assert r.scale is not None
+    _scale_tables(r.scale, out, "## 6. The control plane at scale", "(NATS, Traefik, 4 services)", plot=True)
+
+
+def _control_plane(name: str) -> bool:
+    """Whether a process is of the control plane (in a cluster: "nats b1", "spawner h2" ...)."""
+    return name.split()[0] in CONTROL_PLANE
+
+
+def _scale_tables(s: ScaleResults, out: list[str], title: str, what: str, plot: bool) -> None:
     rows = []
     for name in s.cpu_load:
         base, load = s.cpu_base.get(name), s.cpu_load[name]
@@ -364,12 +374,13 @@ def _scale_section(r: Results, out: list[str]) -> None:
                      ratio(load.pooled.p50, base.pooled.p50) if base else "–"])
     mem = [[k, n(s.memory_base.get(k, {}).get("rss", float("nan"))), n(v["rss"]), n(v["pss"])]
            for k, v in s.memory_load.items()]
-    for label, metric in (("**control plane** (NATS, Traefik, 4 services)", "rss"),):
-        mem.append([label, n(sum(s.memory_base[k][metric] for k in CONTROL_PLANE if k in s.memory_base)),
-                    n(sum(s.memory_load[k][metric] for k in CONTROL_PLANE if k in s.memory_load)),
-                    n(sum(s.memory_load[k]["pss"] for k in CONTROL_PLANE if k in s.memory_load))])
-    out += ["## 6. The control plane at scale", "",
-            (f"{s.records} synthetic sandbox records (claimed, owned by a spawner id no spawner has, pointing at "
+    for label, metric in ((f"**control plane** {what}", "rss"),):
+        mem.append([label, n(sum(v[metric] for k, v in s.memory_base.items() if _control_plane(k))),
+                    n(sum(v[metric] for k, v in s.memory_load.items() if _control_plane(k))),
+                    n(sum(v["pss"] for k, v in s.memory_load.items() if _control_plane(k)))])
+    owners = "a spawner id no spawner has" if s.hosts == 1 else f"{s.hosts} spawner ids no spawner has, in turn"
+    out += [title, "",
+            (f"{s.records} synthetic sandbox records (claimed, owned by {owners}, each beating as a spawner would, pointing at "
             "`bench/stub.py`) are written to the instance's KV bucket in batches of "
             f"{s.batch}; the router routes and probes every one through Traefik. Then an activity heartbeat for each "
             f"every 5 s, and CPU per process over {n(s.window_s, 's')} in 5-second slices, against a baseline of the "
@@ -390,7 +401,9 @@ def _scale_section(r: Results, out: list[str]) -> None:
                 ["synthetic routes gone after deleting the records", n(s.cleanup_s, "s")],
             ]), "",
             "Memory, MiB:", "", table(["process", "RSS, pool only", f"RSS, {s.records} records", f"PSS, {s.records} records"], mem),
-            "", "![control plane at scale](bench-scale.png)", ""]
+            ""]
+    if plot:
+        out += ["![control plane at scale](bench-scale.png)", ""]
 
 
 def _p50(figures: dict[str, Figure], runtime: str) -> float:
@@ -485,6 +498,44 @@ def _gvisor_section(r: Results, out: list[str]) -> None:
 # ---- the document ---------------------------------------------------------------------------------
 
 
+def _hosts_section(r: Results, out: list[str]) -> None:
+    h = r.hosts
+    assert h is not None
+    out += ["## 8. Several hosts", "",
+            ("A cluster on this machine's loopback, made as the README's *Several machines* says: `nbpool cluster init`, "
+             "three `nbpool up --role bus` (NATS JetStream, TLS, 3 replicas of everything), `--role host` per sandbox "
+             f"host (stub sandboxes, a pool of {h.pool} each) and `--role proxy`. Claims: `POST /sessions` through "
+             "Traefik with one host, then with a second one added, in the same run (the one-host figure is the "
+             "floor of the two-host one); `GET /healthz` through the same Traefik is each one's own floor."), ""]
+    one, two = h.claims.get(1), h.claims.get(2)
+    if one and two:
+        rows = []
+        for level in sorted(one.claims):
+            a, b = one.claims[level], two.claims.get(level)
+            if b is None:
+                continue
+            rows.append([f"{level} concurrent", n(a.pooled.p50, "ms"), n(a.pooled.p99, "ms"), n(b.pooled.p50, "ms"),
+                         n(b.pooled.p99, "ms"), ratio(b.pooled.p50, a.pooled.p50), n(one.healthz[level].pooled.p50, "ms"),
+                         str(one.failures.get(level, 0) + two.failures.get(level, 0))])
+        out += [table(["claims", "1 host p50", "1 host p99", "2 hosts p50", "2 hosts p99", "2 / 1 (p50)",
+                       "healthz p50 (floor)", "failed"], rows), ""]
+    out += [("Failover, with the default settings (a heartbeat every "
+             f"{h.heartbeat_s:g} s, `NBPOOL_HOST_TIMEOUT` {h.host_timeout_s:g} s): a host's spawner, or the bus node "
+             "leading the sessions' bucket, gets SIGKILL and stays dead; medians over the runs."), "",
+            table(["", "median", "runs", "floor"], [
+                ["host killed → the gateway sends it no more claims", n(h.host_gone.pooled.p50, "s"), spread(h.host_gone),
+                 f"{h.host_timeout_s:g} s timeout, less the time since its last heartbeat"],
+                ["host killed → its sessions ended (`host.lost`)", n(h.host_ended.pooled.p50, "s"), spread(h.host_ended),
+                 "the same, plus the culler's look (every 1 s)"],
+                ["bus leader killed → first successful claim", n(h.leader_claim.pooled.p50, "s"), spread(h.leader_claim),
+                 f"a launch with every node up: {n(h.launch_floor.pooled.p50 * 1000, 'ms')}"],
+            ]), ""]
+    if h.scale is not None:
+        _scale_tables(h.scale, out, f"### The control plane, {h.scale.hosts} hosts × {h.scale.records} records",
+                      "(3 NATS nodes, Traefik, gateway, router, culler, 3 spawners)", plot=False)
+    out += [f"> {note}" for note in h.notes]
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -514,6 +565,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _scale_section(r, out)
     if r.gvisor:
         _gvisor_section(r, out)
+    if r.hosts:
+        _hosts_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

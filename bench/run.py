@@ -16,7 +16,9 @@ The groups, each in its own module:
 - ``scale``: the control plane with 1000 sandboxes' records and heartbeats;
 - ``burst``: 100 visitors in 10 s at a pool of 20;
 - ``gvisor``: start time, first output and idle memory of sandboxes under gVisor (``runsc``)
-  beside runc, in one cluster with a pool of each.
+  beside runc, in one cluster with a pool of each;
+- ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
+  with two hosts against one, a host's death and the bus leader's, each until claims go on.
 
 Shared by them: ``common`` (statistics, a lean HTTP client, clusters, processes), ``stub`` (a
 fast stand-in for a Jupyter server), ``profiling`` (py-spy, with ``--profile``); and for the
@@ -46,13 +48,14 @@ import burst
 import claims
 import first_output
 import gvisor
+import hosts
 import proxy
 import report
 import resources
 import scale
 from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine, progress
 
-GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor")
+GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "hosts")
 _T = TypeVar("_T")
 
 
@@ -86,6 +89,12 @@ class Sizes:
     burst_max_sandboxes: int = 120
     #: warm sandboxes under each runtime (runc, runsc); each is then claimed by one visitor, the first untimed.
     gvisor_pool: int = 10
+    #: several hosts: warm stub sandboxes per host, claims per concurrency, and failover runs of each kind.
+    hosts_pool: int = 30
+    hosts_per_level: int = 120
+    hosts_levels: list[int] = field(default_factory=lambda: [1, 10, 30])
+    hosts_runs: int = 5
+    hosts_records: int = 1000
 
 
 def quick() -> Sizes:
@@ -95,6 +104,7 @@ def quick() -> Sizes:
         proxy_blocks=2, proxy_per_block=50, proxy_load_s=2, proxy_load_reps=1, websockets_open=4,
         scale_records=200, scale_base_slices=1, scale_load_slices=2, scale_propagation=3,
         burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30, gvisor_pool=4,
+        hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200,
     )
 
 
@@ -194,6 +204,15 @@ class Bench:
 
         if self.wants("gvisor"):
             await self.phase("gvisor", self._gvisor)
+
+        if self.wants("hosts"):
+            import tempfile
+
+            r.hosts = hosts.HostsResults(pool=s.hosts_pool)
+            with tempfile.TemporaryDirectory(prefix="nbpool-bench-hosts-") as root:
+                await self.phase("hosts", lambda: hosts.measure(
+                    r.hosts, Path(root), s.hosts_per_level, s.hosts_levels, s.hosts_runs, s.hosts_records,  # type: ignore[arg-type]
+                    (s.scale_base_slices, s.scale_load_slices, s.scale_propagation)))
 
         hung = [f"{c.label} ({', '.join(c.hung)})" for c in self.clusters if c.hung]
         if hung:

@@ -30,10 +30,12 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import nats.js.errors
 import profiling
 from common import (
+    SYNTHETIC_HOST,
     BenchCluster,
     Figure,
     HTTPConnection,
@@ -42,6 +44,7 @@ from common import (
     cpu_seconds,
     memory,
     progress,
+    synthetic_host_beating,
     synthetic_id,
     synthetic_record,
 )
@@ -77,6 +80,8 @@ class ScaleResults:
     timeouts: int = 0
     cleanup_s: float = float("nan")
     window_s: float = 0.0
+    #: The synthetic records' hosts (each with a heartbeat, as a spawner's).
+    hosts: int = 1
 
 
 async def _cpu_slices(pids: dict[str, int], slices: int, into: dict[str, Figure]) -> None:
@@ -149,21 +154,37 @@ async def _count_routes(bus: object, ids: set[str]) -> int:
 
 
 async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_slices: int = 3, load_slices: int = 9,
-                  propagation: int = 8, batch: int = 100, profile_dir: Path | None = None) -> ScaleResults:
+                  propagation: int = 8, batch: int = 100, profile_dir: Path | None = None,
+                  hosts: int = 1) -> ScaleResults:
     """The whole scale experiment on a cluster with a warm pool of ``pool`` (see the module docstring).
 
     With ``profile_dir``, the router is sampled (py-spy) while the records are routed, and the
     router, culler and spawner while the heartbeats run.
     """
-    results = ScaleResults(records=records, window_s=load_slices * SLICE_S, batch=batch)
+    results = ScaleResults(records=records, window_s=load_slices * SLICE_S, batch=batch, hosts=hosts)
     results.propagation_load.name = f"route propagation, {records} records"
     results.removal_load.name = f"route removal, {records} records"
     results.heartbeat_burst.name = f"{records} heartbeats written"
-    pids = {name: pid for name, pid in cluster.pids().items() if name in WATCHED}
+    # A cluster of machines names its processes "nats b1", "spawner h2" ...
+    pids = {name: pid for name, pid in cluster.pids().items() if name.split()[0] in WATCHED}
     bus = await connect_bus(cluster)
     records_kv = await bus.kv(bus.names.sandboxes)
     activity_kv = await bus.kv(bus.names.activity)
     ids = [synthetic_id() for _ in range(records)]
+    owners = (SYNTHETIC_HOST,) if hosts == 1 else tuple(f"{SYNTHETIC_HOST}-{i + 1}" for i in range(hosts))
+    # Each record on one of the synthetic hosts, in turn.
+    host_of = {sid: owners[i % len(owners)] for i, sid in enumerate(ids)}
+    try:
+        async with synthetic_host_beating(bus, owners):
+            return await _measure(cluster, pool, records, base_slices, load_slices, propagation, batch, profile_dir,
+                                  results, pids, bus, records_kv, activity_kv, ids, host_of)
+    finally:
+        await bus.close()
+
+
+async def _measure(cluster: BenchCluster, pool: int, records: int, base_slices: int, load_slices: int, propagation: int,
+                   batch: int, profile_dir: Path | None, results: ScaleResults, pids: dict[str, int], bus: Any,
+                   records_kv: Any, activity_kv: Any, ids: list[str], host_of: dict[str, str]) -> ScaleResults:
     with Stub() as stub:
         await asyncio.to_thread(cluster.wait_quiet, pool)  # the baseline is a full, idle pool
         results.timeouts += await _propagation(cluster, records_kv, stub.url, propagation, results.propagation_base, None)
@@ -173,14 +194,14 @@ async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_sl
 
         began = time.perf_counter()
         wanted = set(ids)
-        routing = profiling.sampling({"router": pids["router"]}, profile_dir or Path("."), "scale-routing",
+        routing = profiling.sampling({"router": pids["router"]} if "router" in pids else {}, profile_dir or Path("."), "scale-routing",
                                      enabled=profile_dir is not None)
         routing.__enter__()
         for i in range(0, records, batch):
             chunk = ids[i:i + batch]
             started = time.perf_counter()
             for j in range(0, len(chunk), 100):
-                await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(cluster.origins, sid, stub.url)))
+                await asyncio.gather(*(records_kv.put(sid, encode(synthetic_record(cluster.origins, sid, stub.url, host_of[sid])))
                                        for sid in chunk[j:j + 100]))
             # Bounded: a batch that is not routed within the limit is reported as such.
             while time.perf_counter() - started < 90:
@@ -234,5 +255,4 @@ async def measure(cluster: BenchCluster, pool: int, records: int = 1000, base_sl
                 results.cleanup_s = time.perf_counter() - began
                 break
             await asyncio.sleep(0.5)
-        await bus.close()
     return results

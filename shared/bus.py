@@ -44,6 +44,12 @@ ADMIN_SESSION_MAX_TTL = 24 * 3600.0
 
 _M = TypeVar("_M", bound=BaseModel)
 
+#: Seconds between a mirror's checks that it is not behind its bucket (see KVMirror._follow).
+STALE_CHECK_S = 3.0
+
+#: JetStream's "stream name already in use with a different configuration".
+_EXISTS = 10058
+
 
 class Bus:
     """One service's connection to the bus."""
@@ -147,7 +153,9 @@ class Bus:
         async def stream() -> None:
             try:
                 await self.js.add_stream(config)
-            except nats.js.errors.BadRequestError:
+            except nats.js.errors.BadRequestError as err:
+                if err.err_code != _EXISTS:
+                    raise  # not "exists": "no suitable peers" while a cluster forms is retried
                 if role is None:
                     await self.js.update_stream(config)
 
@@ -160,8 +168,10 @@ class Bus:
             config = KeyValueConfig(bucket=bucket, history=1, ttl=ttl, storage=StorageType.FILE, replicas=replicas)
             try:
                 self._kv[bucket] = await self.js.create_key_value(config)
-            except nats.js.errors.BadRequestError:
-                # Another service created it between our two calls.
+            except nats.js.errors.BadRequestError as err:
+                if err.err_code != _EXISTS:
+                    raise
+                # Another service created it between our two calls (with other settings).
                 self._kv[bucket] = await self.js.key_value(bucket)
 
     async def kv(self, bucket: str) -> KeyValue:
@@ -287,9 +297,24 @@ class KVMirror(Generic[_M]):
             # when the server pushed every value before answering its consumer-info request;
             # trusted, a restarting spawner would see no records and remove every sandbox as an
             # orphan. So its signal ends the first read only if the bucket holds nothing, and
-            # otherwise after a deadline (for values expiring meanwhile).
+            # otherwise at a deadline, and then only if everything up to the bucket's last entry
+            # arrived (values that expired meanwhile never come; the last one cannot have
+            # expired while others are left). A read that stalled (its consumer lost to a bus
+            # node that died) is started again rather than taken for the whole bucket.
             give_up_at: float | None = None
+            seen = 0  # the stream sequence of the last entry handed over
+            check_at, behind = time.monotonic() + STALE_CHECK_S, 0
             while True:
+                if not initial and time.monotonic() >= check_at:
+                    check_at = time.monotonic() + STALE_CHECK_S
+                    last = await self._last_sequence()
+                    if last is not None and behind and behind > seen:
+                        # A gap that a whole check interval did not close: the server-side consumer
+                        # is gone (its bus node died). nats-py notices only after missed heartbeats,
+                        # and gives up if recreating it fails during the election: read afresh.
+                        log.warning("mirror stalled, reading again", extra={"bucket": self._bucket, "behind": behind - seen})
+                        return
+                    behind = last if last is not None and last > seen else 0
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
                     pending = asyncio.ensure_future(watcher.__anext__())  # type: ignore[no-untyped-call]
@@ -298,10 +323,16 @@ class KVMirror(Generic[_M]):
                     if self._bus.generation != generation:
                         return  # reconnected: the watcher may have missed changes, read afresh
                     if initial and give_up_at is not None and time.monotonic() > give_up_at:
+                        last = await self._last_sequence()
+                        if last is None or last > seen:
+                            log.warning("first read incomplete, reading again", extra={"bucket": self._bucket})
+                            return
                         self._replace(snapshot)
                         initial = False
                     continue
                 entry, pending = pending.result(), None
+                if entry is not None:
+                    seen = max(seen, entry.revision or 0)
                 if entry is None:
                     if initial:
                         if await self._holds_messages():
@@ -336,6 +367,15 @@ class KVMirror(Generic[_M]):
                 await watcher.stop()  # type: ignore[no-untyped-call]
             except Exception:  # the subscription may already be gone with the connection
                 pass
+
+    async def _last_sequence(self) -> int | None:
+        """The bucket's last stream sequence, or None when the bus does not say within a second."""
+        try:
+            async with asyncio.timeout(1.0):
+                info = await self._bus.js.stream_info(f"KV_{self._bucket}")
+        except (TimeoutError, nats.errors.Error):
+            return None
+        return int(info.state.last_seq)
 
     async def _holds_messages(self) -> bool:
         info = await self._bus.js.stream_info(f"KV_{self._bucket}")

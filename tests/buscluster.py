@@ -1,5 +1,6 @@
-"""A real NATS JetStream cluster for tests, made the way the README says: ``nbpool cluster init``,
-then ``nbpool up --role bus`` once per node (here all on loopback, each node on ports of its own).
+"""A real NATS JetStream cluster for tests and the benchmark, made the way the README says:
+``nbpool cluster init``, then ``nbpool up --role bus`` once per node (here all on loopback, each
+node on ports of its own); and :class:`Deck`, nbpool's services on it in one process.
 
 A node can be killed (its nats-server gets SIGKILL while its supervisor is paused, so nothing
 restarts it) and revived (the supervisor goes on, sees its child dead and restarts it).
@@ -7,19 +8,37 @@ restarts it) and revived (the supervisor goes on, sees its child dead and restar
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import socket
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from cluster import BIN, free_ports
-from waiting import poll_until
+from fakes import FakeRuntime
+from waiting import poll_until, poll_until_async
 
+from nbpool.bus import Bus, KVMirror
 from nbpool.busauth import OPERATOR, Credentials, load
+from nbpool.culler.culler import Culler
+from nbpool.gateway.claims import Claimer
+from nbpool.hosts import HostWatch
+from nbpool.models import Event, Route, SandboxRecord, State, decode, encode
+from nbpool.names import Names
+from nbpool.settings import CullerSettings, SpawnerSettings
+from nbpool.spawner.spawner import Spawner
 
-__all__ = ["BusCluster"]
+__all__ = ["HOST_TIMEOUT", "NAMES", "REPLICAS", "BusCluster", "Deck"]
+
+NAMES = Names("nbpool")
+REPLICAS = 3
+#: Shorter than the default (8 s), so that host-loss tests take seconds.
+HOST_TIMEOUT = 4.0
 
 #: Which folder of ``cluster init`` holds each role's password.
 FOLDER_OF = {"spawner": "host", "gateway": "proxy", "router": "proxy", "culler": "proxy", OPERATOR: "operator"}
@@ -114,3 +133,116 @@ class BusCluster:
                 proc.kill()
                 codes.append(proc.wait())
         return codes
+
+
+class Deck:
+    """The services of a cluster, in this process, on a real bus cluster."""
+
+    def __init__(self, bc: BusCluster, host_timeout: float = HOST_TIMEOUT) -> None:
+        self.bc = bc
+        self.host_timeout = host_timeout
+        self.buses: list[Bus] = []
+        self.tasks: list[asyncio.Future[Any]] = []
+        self.spawners: dict[str, tuple[asyncio.Event, asyncio.Future[None], Bus]] = {}
+        self.engine: dict[str, Any] = {}  # one fake "engine" per host id
+        self.runtimes: dict[str, FakeRuntime] = {}
+
+    async def bus(self, role: str) -> Bus:
+        bus = await Bus.connect(self.bc.url, NAMES, role, credentials=self.bc.credentials(role))
+        await bus.ensure(None if role == OPERATOR else role, REPLICAS)
+        self.buses.append(bus)
+        return bus
+
+    async def start(self) -> Deck:
+        self.operator = await self.bus(OPERATOR)
+        self.records: KVMirror[SandboxRecord] = KVMirror(self.operator, NAMES.sandboxes, SandboxRecord)
+        self.events = await self.operator.follow_events(everything=True)
+        self.seen: list[Event] = []
+        router = await self.bus("router")
+        self.tasks += [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self._route_everything(router))]
+        await self.records.ready.wait()
+        return self
+
+    async def _route_everything(self, router: Bus) -> None:
+        """The router's part: each starting sandbox's route is ready (the fakes need no proxy)."""
+        routes = await router.kv(NAMES.routes)
+        seen: set[str] = set()
+        while True:
+            for rec in self.records.values():
+                if rec.state == State.STARTING and rec.id not in seen:
+                    seen.add(rec.id)
+                    try:
+                        await routes.put(rec.id, encode(Route(id=rec.id, path=rec.path, target=rec.target, ready_at=time.time())))
+                    except Exception:
+                        seen.discard(rec.id)  # the bus is electing: next round
+            await asyncio.sleep(0.05)
+
+    async def start_spawner(self, host: str, **settings: Any) -> FakeRuntime:
+        """The spawner of sandbox host ``host``, with that host's fake engine (kept across restarts)."""
+        runtime = FakeRuntime(engine=self.engine.setdefault(host, {}), owner=("nbpool", host))
+        self.runtimes[host] = runtime
+        config = SpawnerSettings(spawner_id=host, runtime="process", prestart_kernel=False, heartbeat_interval=0.5,
+                                 activity_interval=1.0, refill_delay=0, host_timeout=self.host_timeout, bus_replicas=REPLICAS,
+                                 **settings)
+        bus = await self.bus("spawner")
+        stop = asyncio.Event()
+        self.spawners[host] = (stop, asyncio.ensure_future(Spawner(config, bus, runtime).serve(stop)), bus)
+        return runtime
+
+    async def stop_spawner(self, host: str) -> None:
+        """The host's spawner goes away; its sandboxes stay (as when a host dies or is cut off)."""
+        stop, task, bus = self.spawners.pop(host)
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        await bus.close()
+        self.buses.remove(bus)
+
+    async def claimer(self) -> Claimer:
+        """A gateway's claim logic, with its own connection and its own view of the hosts."""
+        bus = await self.bus("gateway")
+        hosts = HostWatch(bus, self.host_timeout)
+        self.tasks.append(asyncio.ensure_future(hosts.beats.run()))
+        await hosts.beats.ready.wait()
+        return Claimer(bus, hosts, claim_timeout=5.0)
+
+    async def culler(self) -> Culler:
+        bus = await self.bus("culler")
+        culler = Culler(CullerSettings(host_timeout=self.host_timeout, bus_replicas=REPLICAS), bus)
+        stop = asyncio.Event()
+        self.tasks.append(asyncio.ensure_future(culler.serve(stop)))
+        return culler
+
+    def in_state(self, state: State, host: str | None = None) -> list[SandboxRecord]:
+        return [r for r in self.records.values() if r.state == state and (host is None or r.host == host)]
+
+    async def until(self, check: Callable[[], Any], what: str, timeout: float = 30) -> Any:
+        async def ask() -> Any:
+            return check()
+        return await poll_until_async(ask, timeout, what, interval=0.1)
+
+    async def drain_events(self) -> list[Event]:
+        while True:
+            try:
+                self.seen.append(decode(Event, (await self.events.next_msg(timeout=0.5)).data))
+            except Exception:
+                return self.seen
+
+    async def leader(self, stream: str) -> str:
+        async def ask() -> str | None:
+            try:
+                info = await self.operator.js.stream_info(stream)
+            except Exception:
+                return None
+            return info.cluster.leader if info.cluster and info.cluster.leader else None
+        return str(await poll_until_async(ask, 30, f"a leader of {stream}", interval=0.2))
+
+    async def close(self) -> None:
+        for host in list(self.spawners):
+            await self.stop_spawner(host)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for bus in self.buses:
+            await bus.close()
+        for runtime in self.runtimes.values():
+            await runtime.close_all()

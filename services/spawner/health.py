@@ -9,6 +9,7 @@ import httpx
 
 from nbpool import logs
 from nbpool.models import SandboxRecord, State
+from nbpool.records import read_record
 from nbpool.runtime import RuntimeUnavailable
 from nbpool.spawner.removal import remove, retry_stuck
 from nbpool.spawner.state import SpawnerState
@@ -60,8 +61,12 @@ class HealthWatch:
             if rec.state in (State.WARM, State.CLAIMED) and (sandbox is None or not sandbox.alive):
                 log.warning("sandbox died", **s.log(rec.id, state=rec.state))
                 await remove(s, rec, "died")
+        kv = await s.sandboxes()
         for sid in found.keys() - ours_before - s.ours():
-            # A server with no record (its record was deleted behind our back).
+            # A server with no record (its record was deleted behind our back). The mirror can lag
+            # or be reading afresh (after a bus node died): only the bucket itself may say so.
+            if await read_record(kv, sid) is not None:
+                continue
             log.warning("removing sandbox without record", **s.log(sid))
             await s.runtime.remove(sid)
             s.known.discard(sid)

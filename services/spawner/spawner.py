@@ -20,6 +20,7 @@ from nbpool import logs
 from nbpool.aio import cancel_and_wait
 from nbpool.bus import Bus
 from nbpool.models import Drain, SandboxRecord, State
+from nbpool.records import read_record
 from nbpool.runtime import Runtime, RuntimeUnavailable
 from nbpool.runtime.base import ReportsEvents
 from nbpool.settings import SpawnerSettings
@@ -148,7 +149,10 @@ class Spawner:
             s.known.add(rec.id)
             await remove(s, rec, "lost" if not alive else f"reconcile:{rec.state}")
             removed += 1
+        kv = await s.sandboxes()
         for orphan in found.values():
+            if await read_record(kv, orphan.id) is not None:
+                continue  # the mirror missed its record: not an orphan (the next health round looks again)
             log.info("removing orphan", **s.log(orphan.id, profile=orphan.profile))
             await s.runtime.remove(orphan.id)
             await s.bus.event("sandbox.removed", orphan.id, host=s.id, cause="orphan")

@@ -1,0 +1,320 @@
+"""Several hosts: claims with two sandbox hosts against one, and failover, on a real cluster.
+
+The cluster, all on this machine's loopback, made exactly as the README's "Several machines"
+says: ``nbpool cluster init``, three ``nbpool up --role bus`` (NATS JetStream, TLS, every bucket
+with 3 replicas), ``nbpool up --role host`` per sandbox host and one ``nbpool up --role proxy``
+(Traefik, router, gateway, culler). Sandboxes are ``bench/stub.py`` processes (as for the
+one-machine claims): the claim path never touches the sandbox, and failover is about the bus and
+the heartbeats, not about Jupyter.
+
+What it measures:
+
+1. Claim latency, ``POST /sessions`` through Traefik at 1, 10 and 30 concurrent clients, with one
+   sandbox host, then with a second one added (same bus, same proxy, the same run). The first is
+   the floor of the second: the ratio is what a second host costs or saves. Each also has its own
+   floor, ``GET /healthz`` through the same Traefik (see ``claims``).
+2. Host death → no more claims sent to it: a host's spawner is killed (SIGKILL, its ``nbpool up``
+   paused so nothing restarts it). Timed from the kill until the gateway no longer counts it
+   (``/api/stats``: one spawner), which is when it stops sending it claims, and until its sessions
+   are ended (``host.lost``, ``nbpool status``). The settings are the defaults: heartbeat every
+   2 s, ``NBPOOL_HOST_TIMEOUT`` 8 s, so the floor is 8 s minus the time since the last beat.
+3. Bus leader kill → first successful claim: the node leading the sessions' bucket is killed the
+   same way; launches are tried every 100 ms (each with a 30 s timeout), and the time from the kill
+   until one started after it succeeds is recorded. The floor is a launch with all nodes up.
+
+Each failover is repeated and given as a median; between runs the victim is revived and the
+cluster waits until everything is back (pools full, the node current again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import claims
+import scale
+from common import BENCH, BIN, Figure, free_ports, progress
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from buscluster import BusCluster  # noqa: E402 - after the path is set
+
+__all__ = ["HostsResults", "measure"]
+
+
+@dataclass
+class HostsResults:
+    """The figures of this group (see the module docstring)."""
+
+    pool: int
+    claims: dict[int, claims.ClaimResults] = field(default_factory=dict)  # hosts -> claim results
+    host_gone: Figure = field(default_factory=lambda: Figure("host killed → no claims sent to it", unit="s"))
+    host_ended: Figure = field(default_factory=lambda: Figure("host killed → its sessions ended", unit="s"))
+    leader_claim: Figure = field(default_factory=lambda: Figure("bus leader killed → first claim", unit="s"))
+    launch_floor: Figure = field(default_factory=lambda: Figure("a launch, all nodes up", unit="s"))
+    heartbeat_s: float = 2.0
+    host_timeout_s: float = 8.0
+    scale: scale.ScaleResults | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class HostsCluster:
+    """The loopback cluster of the module docstring; quacks enough like a BenchCluster for ``claims``."""
+
+    def __init__(self, root: Path, pool: int) -> None:
+        self.root = root
+        self.pool = pool
+        self.bus = BusCluster(root / "bus")
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        port = free_ports(1)
+        self.url = f"http://127.0.0.1:{port}"
+        # What ``scale`` asks of a cluster.
+        from nbpool.origins import Origins
+
+        self.origins = Origins.from_settings("host", self.url)
+        self.nats_url = self.bus.url
+        self.env = {"NBPOOL_INSTANCE": "nbpool"}
+        self.proxy_env = {
+            "NBPOOL_PROXY_PORT": str(port), "NBPOOL_PROXY_PING_PORT": str(free_ports(1)),
+            "NBPOOL_GATEWAY_PORT": str(free_ports(1)), "NBPOOL_METRICS_PORT": "0", "NBPOOL_PUBLIC_URL": self.url,
+            "NBPOOL_RATE_LIMIT": "100000", "NBPOOL_RATE_BURST": "100000", "NBPOOL_MAX_SESSIONS_PER_CLIENT": "100000",
+        }
+
+    def _up(self, name: str, role: str, folder: str, env: dict[str, str]) -> None:
+        base = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
+        (self.root / name).mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{name}.out", "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [str(BIN / "nbpool"), "up", "--role", role, "--cluster", str(self.bus.secrets / folder)],
+                env={**base, "NBPOOL_STATE_DIR": str(self.root / name), **env}, stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def start(self) -> None:
+        self.bus.start()
+        self._up("proxy", "proxy", "proxy", self.proxy_env)
+        self.add_host("h1")
+
+    def add_host(self, name: str) -> None:
+        """A sandbox host of stub sandboxes, at capacity once its pool is full (as in ``claims``)."""
+        self._up(name, "host", "host", {
+            "NBPOOL_SPAWNER_ID": name, "NBPOOL_RUNTIME": "process", "NBPOOL_METRICS_PORT": "0",
+            "NBPOOL_JUPYTER_COMMAND": f"{sys.executable} {BENCH / 'stub.py'}", "NBPOOL_PRESTART_KERNEL": "false",
+            "NBPOOL_POOL_SIZE": str(self.pool), "NBPOOL_MAX_SANDBOXES": str(self.pool), "NBPOOL_SPAWN_CONCURRENCY": "16",
+        })
+
+    def bus_credentials(self) -> Any:
+        from nbpool.busauth import OPERATOR
+
+        return self.bus.credentials(OPERATOR)
+
+    def hosts(self) -> list[str]:
+        return [name for name in self.procs if name.startswith("h")]
+
+    def stats(self) -> dict[str, Any] | None:
+        import httpx
+
+        try:
+            return httpx.get(f"{self.url}/api/stats", timeout=2).json()  # type: ignore[no-any-return]
+        except (httpx.HTTPError, ValueError):
+            return None
+
+    def wait_quiet(self, warm: int | None = None, timeout: float = 300.0) -> float:
+        """Until every host's pool is full and nothing starts; the seconds it took."""
+        began = time.monotonic()
+        want = self.pool * len(self.hosts())
+        while time.monotonic() - began < timeout:
+            s = self.stats()
+            if s and s["spawners"] >= len(self.hosts()) and s["available"] >= want and s["starting"] == 0:
+                return time.monotonic() - began
+            time.sleep(0.2)
+        raise AssertionError(f"pools not full within {timeout:g} s: {self.stats()}")
+
+    def children(self, name: str) -> dict[str, int]:
+        data = json.loads((self.root / name / "run" / "children.json").read_text())
+        return {k: int(v) for k, v in data["children"].items()}
+
+    def pids(self) -> dict[str, int]:
+        pids = {name: pid for name, pid in self.children("proxy").items() if name in ("gateway", "traefik", "router", "culler")}
+        for host in self.hosts():
+            pids[f"spawner {host}"] = self.children(host)["spawner"]
+        for node in self.bus.nodes:
+            pids[f"nats {node}"] = self.bus.nats_pid(node)
+        return pids
+
+    def kill_host(self, name: str) -> None:
+        """The host dies: its spawner gets SIGKILL, its ``nbpool up`` is paused (nothing restarts it)."""
+        os.kill(self.procs[name].pid, signal.SIGSTOP)
+        os.kill(self.children(name)["spawner"], signal.SIGKILL)
+
+    def revive_host(self, name: str) -> None:
+        os.kill(self.procs[name].pid, signal.SIGCONT)
+
+    def ended(self, host: str) -> int:
+        """Sessions of ``host`` still claimed (by ``nbpool status``, as the operator)."""
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")},
+               "NBPOOL_NATS_URL": self.bus.url, "NBPOOL_NATS_CREDENTIALS": str(self.bus.folder("operator"))}
+        done = subprocess.run([str(BIN / "nbpool"), "status", "--json"], env=env, capture_output=True, text=True, timeout=60)
+        records = json.loads(done.stdout)["sandboxes"] if done.returncode == 0 else []
+        return sum(1 for r in records if r["host"] == host and r["state"] == "claimed")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.send_signal(signal.SIGINT)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.bus.stop()
+
+
+async def _launch(url: str) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        async with httpx.AsyncClient(timeout=30) as client:
+            resp = await client.post(f"{url}/sessions", json={})
+    except httpx.HTTPError:
+        return None
+    return resp.json() if resp.status_code == 201 else None  # type: ignore[no-any-return]
+
+
+async def measure(results: HostsResults, root: Path, per_level: int, levels: list[int], runs: int, records: int,
+                  slices: tuple[int, int, int]) -> HostsResults:
+    """Claims with one host and two, failover runs of each kind, then the control plane with a
+    third host and ``records`` synthetic records (``slices``: baseline, load, propagation samples).
+    Fills ``results`` as it goes, so what was measured stays when a later part fails."""
+    pool = results.pool
+    cluster = HostsCluster(root, pool)
+    try:
+        await asyncio.to_thread(cluster.start)
+        await asyncio.to_thread(cluster.wait_quiet)
+        results.claims[1] = await claims.measure(cluster, pool, per_level, levels)  # type: ignore[arg-type]
+        cluster.add_host("h2")
+        await asyncio.to_thread(cluster.wait_quiet)
+        results.claims[2] = await claims.measure(cluster, pool, per_level, levels)  # type: ignore[arg-type]
+
+        for run in range(runs):
+            await asyncio.to_thread(cluster.wait_quiet)
+            sessions = [s for s in [await _launch(cluster.url) for _ in range(4)] if s]
+            for _ in range(10):  # at least one session on the host that dies
+                if await asyncio.to_thread(cluster.ended, "h2"):
+                    break
+                if (extra := await _launch(cluster.url)) is not None:
+                    sessions.append(extra)
+            killed = time.monotonic()
+            cluster.kill_host("h2")
+            gone = ended = None
+            while time.monotonic() - killed < 60 and (gone is None or ended is None):
+                s = await asyncio.to_thread(cluster.stats)
+                if gone is None and s is not None and s["spawners"] == 1:
+                    gone = time.monotonic() - killed
+                if gone is not None and ended is None and await asyncio.to_thread(cluster.ended, "h2") == 0:
+                    ended = time.monotonic() - killed
+                await asyncio.sleep(0.05 if gone is None else 0.25)
+            cluster.revive_host("h2")
+            if gone is not None:
+                results.host_gone.add_run([gone])
+            if ended is not None:
+                results.host_ended.add_run([ended])
+            progress(f"hosts: host killed, run {run + 1}/{runs}: no claims after {gone} s, sessions ended after "
+                     f"{ended} s ({len(sessions)} sessions on both hosts)")
+            await _end_all(cluster.url, sessions)
+
+        for run in range(runs):
+            await asyncio.to_thread(cluster.wait_quiet)
+            began = time.monotonic()
+            floor = await _launch(cluster.url)
+            results.launch_floor.add_run([time.monotonic() - began])
+            leader = await _leader(cluster.bus)
+            cluster.bus.kill(leader)
+            killed = time.monotonic()
+            first = None
+            pending: set[asyncio.Task[Any]] = set()
+            made: list[dict[str, Any]] = []
+            while first is None and time.monotonic() - killed < 60:
+                pending.add(asyncio.ensure_future(_launch(cluster.url)))
+                done, pending = await asyncio.wait(pending, timeout=0.1)
+                for task in done:
+                    got = task.result()
+                    if got is not None:
+                        made.append(got)
+                        first = first or time.monotonic() - killed
+            for task in pending:
+                got = await task
+                if got is not None:
+                    made.append(got)
+            cluster.bus.revive(leader)
+            if first is not None:
+                results.leader_claim.add_run([first])
+            progress(f"hosts: bus leader {leader} killed, run {run + 1}/{runs}: first claim after {first} s")
+            await _end_all(cluster.url, [*made, *([floor] if floor else [])])
+            await asyncio.to_thread(_wait_current, cluster.bus, leader)
+
+        cluster.add_host("h3")
+        await asyncio.to_thread(cluster.wait_quiet)
+        base, load, propagation = slices
+        results.scale = await scale.measure(cluster, pool, records, base, load, propagation, hosts=3)  # type: ignore[arg-type]
+    finally:
+        await asyncio.to_thread(cluster.stop)
+    return results
+
+
+async def _end_all(url: str, sessions: list[dict[str, Any]]) -> None:
+    import httpx
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        for s in sessions:
+            try:
+                await client.delete(f"{url}/sessions/{s['id']}", headers={"Authorization": f"token {s['token']}"})
+            except httpx.HTTPError:
+                pass
+
+
+async def _leader(bus: BusCluster) -> str:
+    from nbpool.bus import Bus
+    from nbpool.busauth import OPERATOR
+    from nbpool.names import Names
+
+    client = await Bus.connect(bus.url, Names("nbpool"), "bench", credentials=bus.credentials(OPERATOR))
+    try:
+        info = await client.js.stream_info("KV_nbpool_sandboxes")
+        assert info.cluster is not None and info.cluster.leader
+        return str(info.cluster.leader)
+    finally:
+        await client.close()
+
+
+def _wait_current(bus: BusCluster, node: str, timeout: float = 120) -> None:
+    """Until ``node`` holds a current replica of the sessions' bucket again."""
+    from nbpool.bus import Bus
+    from nbpool.busauth import OPERATOR
+    from nbpool.names import Names
+
+    async def current() -> bool:
+        client = await Bus.connect(bus.url, Names("nbpool"), "bench", credentials=bus.credentials(OPERATOR))
+        try:
+            info = await client.js.stream_info("KV_nbpool_sandboxes")
+        finally:
+            await client.close()
+        if info.cluster is None:
+            return False
+        peers = {info.cluster.leader} | {p.name for p in info.cluster.replicas or [] if p.current and not p.offline}
+        return node in peers
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if asyncio.run(current()):
+            return
+        time.sleep(1.0)
+    raise AssertionError(f"bus node {node} not current again within {timeout:g} s")
