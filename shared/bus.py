@@ -44,9 +44,6 @@ ADMIN_SESSION_MAX_TTL = 24 * 3600.0
 
 _M = TypeVar("_M", bound=BaseModel)
 
-#: Seconds between a mirror's checks that it is not behind its bucket (see KVMirror._follow).
-STALE_CHECK_S = 3.0
-
 #: JetStream's "stream name already in use with a different configuration".
 _EXISTS = 10058
 
@@ -303,18 +300,7 @@ class KVMirror(Generic[_M]):
             # node that died) is started again rather than taken for the whole bucket.
             give_up_at: float | None = None
             seen = 0  # the stream sequence of the last entry handed over
-            check_at, behind = time.monotonic() + STALE_CHECK_S, 0
             while True:
-                if not initial and time.monotonic() >= check_at:
-                    check_at = time.monotonic() + STALE_CHECK_S
-                    last = await self._last_sequence()
-                    if last is not None and behind and behind > seen:
-                        # A gap that a whole check interval did not close: the server-side consumer
-                        # is gone (its bus node died). nats-py notices only after missed heartbeats,
-                        # and gives up if recreating it fails during the election: read afresh.
-                        log.warning("mirror stalled, reading again", extra={"bucket": self._bucket, "behind": behind - seen})
-                        return
-                    behind = last if last is not None and last > seen else 0
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
                     pending = asyncio.ensure_future(watcher.__anext__())  # type: ignore[no-untyped-call]
