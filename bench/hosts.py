@@ -44,7 +44,7 @@ import scale
 from common import BENCH, BIN, Figure, free_ports, progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from buscluster import BusCluster  # noqa: E402 - after the path is set
+from buscluster import BusCluster, sessions_leader, stop_all  # noqa: E402 - after the path is set
 
 __all__ = ["HostsResults", "measure"]
 
@@ -165,16 +165,7 @@ class HostsCluster:
         return sum(1 for r in records if r["host"] == host and r["state"] == "claimed")
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(list(self.procs.values()))
         self.bus.stop()
 
 
@@ -282,17 +273,9 @@ async def _end_all(url: str, sessions: list[dict[str, Any]]) -> None:
 
 
 async def _leader(bus: BusCluster) -> str:
-    from nbpool.bus import Bus
     from nbpool.busauth import OPERATOR
-    from nbpool.names import Names
 
-    client = await Bus.connect(bus.url, Names("nbpool"), "bench", credentials=bus.credentials(OPERATOR))
-    try:
-        info = await client.js.stream_info("KV_nbpool_sandboxes")
-        assert info.cluster is not None and info.cluster.leader
-        return str(info.cluster.leader)
-    finally:
-        await client.close()
+    return await sessions_leader(bus.url, bus.credentials(OPERATOR))
 
 
 def _wait_current(bus: BusCluster, node: str, timeout: float = 120) -> None:

@@ -33,7 +33,7 @@ from nbpool.names import Names
 from nbpool.settings import CullerSettings, SpawnerSettings
 from nbpool.spawner.spawner import Spawner
 
-__all__ = ["HOST_TIMEOUT", "NAMES", "REPLICAS", "BusCluster", "Deck"]
+__all__ = ["HOST_TIMEOUT", "NAMES", "REPLICAS", "BusCluster", "Deck", "sessions_leader", "stop_all"]
 
 NAMES = Names("nbpool")
 REPLICAS = 3
@@ -42,6 +42,34 @@ HOST_TIMEOUT = 4.0
 
 #: Which folder of ``cluster init`` holds each role's password.
 FOLDER_OF = {"spawner": "host", "gateway": "proxy", "router": "proxy", "culler": "proxy", OPERATOR: "operator"}
+
+
+def stop_all(procs: list[subprocess.Popen[Any]], timeout: float = 60) -> list[int]:
+    """Ctrl-C to each ``nbpool up`` (woken first if it was paused), in order; their exit codes
+    (a process that does not stop within ``timeout`` s is killed)."""
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.send_signal(signal.SIGINT)
+    codes = []
+    for proc in procs:
+        try:
+            codes.append(proc.wait(timeout=timeout))
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            codes.append(proc.wait())
+    return codes
+
+
+async def sessions_leader(url: str, credentials: Credentials) -> str:
+    """The name of the bus node leading the sessions' bucket (of instance ``nbpool``)."""
+    bus = await Bus.connect(url, NAMES, "test", credentials=credentials)
+    try:
+        info = await bus.js.stream_info(f"KV_{NAMES.sandboxes}")
+        assert info.cluster is not None and info.cluster.leader
+        return str(info.cluster.leader)
+    finally:
+        await bus.close()
 
 
 class BusCluster:
@@ -121,18 +149,7 @@ class BusCluster:
 
     def stop(self) -> list[int]:
         """Stop every node (Ctrl-C to its ``nbpool up``); their exit codes."""
-        codes = []
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-                proc.send_signal(signal.SIGINT)
-        for proc in self.procs.values():
-            try:
-                codes.append(proc.wait(timeout=30))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                codes.append(proc.wait())
-        return codes
+        return stop_all(list(self.procs.values()), timeout=30)
 
 
 class Deck:

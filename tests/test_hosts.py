@@ -28,14 +28,13 @@ from typing import Any
 
 import httpx
 import pytest
+from buscluster import sessions_leader
 from cluster import BIN
 from kernel import execute
 from netns import NamespaceDocker, Net
 from waiting import poll_until
 
-from nbpool.bus import Bus
 from nbpool.busauth import OPERATOR, load
-from nbpool.names import Names
 
 ROLES = ("bus1", "bus2", "bus3", "host1", "host2", "proxy")
 BUS = ("bus1", "bus2", "bus3")
@@ -331,14 +330,5 @@ def _leader(machines: Machines) -> str:
     """The bus machine whose node leads the sessions' bucket."""
     nodes = ",".join(f"tls://{machines.net.address(m)}:4222" for m in BUS)
 
-    async def ask() -> str:
-        bus = await Bus.connect(nodes, Names("nbpool"), "test", credentials=load(machines.secrets / "operator", OPERATOR))
-        try:
-            info = await bus.js.stream_info("KV_nbpool_sandboxes")
-            assert info.cluster is not None and info.cluster.leader
-            return str(info.cluster.leader)
-        finally:
-            await bus.close()
-
-    name = asyncio.run(ask())  # b1, b2 or b3
+    name = asyncio.run(sessions_leader(nodes, load(machines.secrets / "operator", OPERATOR)))  # b1, b2 or b3
     return BUS[int(name[1:]) - 1]
