@@ -122,11 +122,13 @@ class Cluster:
         self.external_nats = nats
         self.spawners = spawners
         self.gateways = gateways
-        self.proxy_port = free_ports(1)
-        self.gateway_port = free_ports(gateways)
-        self.nats_port = free_ports(1)
-        self.ping_port = free_ports(1)
-        self.metrics_port = free_ports(3 + spawners + gateways)
+        # One block for all of them: blocks chosen one by one can overlap (nothing holds a port
+        # between two choices), and a gateway once got a port of its own cluster's metrics.
+        metrics = 3 + spawners + gateways
+        base = free_ports(3 + gateways + metrics)
+        self.proxy_port, self.nats_port, self.ping_port = base, base + 1, base + 2
+        self.gateway_port = base + 3
+        self.metrics_port = base + 3 + gateways
         self.url = f"http://127.0.0.1:{self.proxy_port}"
         # The admin and every sandbox have origins of their own (NBPOOL_ROUTING=host, the default).
         self.admin_url = f"http://admin.localhost:{self.proxy_port}"
