@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -22,7 +23,7 @@ from nbpool.models import BadMessage, Event, HostLoss, SandboxRecord, ServiceBea
 from nbpool.names import Names
 from nbpool.settings import CommonSettings, SettingsError, load
 
-__all__ = ["main"]
+__all__ = ["main", "operator_settings"]
 
 
 def _stamp(ts: float) -> str:
@@ -54,6 +55,25 @@ def format_event(event: Event) -> str:
     parts += [f"{k}={v}" for k, v in event.data.items()]
     parts.append(f"by={event.source}")
     return " ".join(parts)
+
+
+def operator_settings() -> CommonSettings:
+    """The settings of ``status`` and ``events``. In a cluster, the operator's folder of ``cluster
+    init`` (NBPOOL_NATS_CREDENTIALS) names the bus nodes and the instance: they are taken from it
+    unless NBPOOL_NATS_URL or NBPOOL_INSTANCE say otherwise (another instance is refused: its
+    users could not read it, and asking would make empty buckets of that name)."""
+    settings = load(CommonSettings)
+    folder = settings.nats_credentials
+    if folder is None or not (folder / cluster.SPEC).exists():
+        return settings
+    spec = cluster.read_spec(folder)
+    if "NBPOOL_INSTANCE" in os.environ and settings.instance != spec.instance:
+        raise SettingsError(f"NBPOOL_INSTANCE is {settings.instance!r} but the cluster folder {folder} is of instance "
+                            f"{spec.instance!r}; unset NBPOOL_INSTANCE")
+    updates: dict[str, str] = {"instance": spec.instance}
+    if "NBPOOL_NATS_URL" not in os.environ:
+        updates["nats_url"] = spec.nats_url
+    return settings.model_copy(update=updates)
 
 
 async def _events(args: argparse.Namespace, settings: CommonSettings) -> int:
@@ -267,9 +287,8 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "cluster":
             code = _cluster_init(args)
         else:
-            settings = load(CommonSettings)
             runner = _events if args.command == "events" else _status
-            code = asyncio.run(runner(args, settings))
+            code = asyncio.run(runner(args, operator_settings()))
     except (SettingsError, cluster.ClusterError) as err:
         print(f"nbpool: {err}", file=sys.stderr)
         code = 2

@@ -228,3 +228,24 @@ def test_cluster_init_refuses_what_cannot_work(tmp_path: Path, args: list[str], 
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and says in done.stderr, done.stderr
     assert not (tmp_path / "c").exists()
+
+
+def test_the_operator_folder_names_the_bus_and_the_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``nbpool status``/``events`` with NBPOOL_NATS_CREDENTIALS alone reach the cluster's instance;
+    an NBPOOL_INSTANCE of another instance is refused, not asked (it would make empty buckets)."""
+    from nbpool import cluster
+    from nbpool.cli import operator_settings
+    from nbpool.settings import SettingsError
+
+    nodes = [cluster.parse_node(f"b{i}=10.9.0.{i}") for i in (1, 2, 3)]
+    cluster.init(tmp_path / "c", nodes, instance="workshop")
+    for var in ("NBPOOL_INSTANCE", "NBPOOL_NATS_URL"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NBPOOL_NATS_CREDENTIALS", str(tmp_path / "c" / "operator"))
+    settings = operator_settings()
+    assert (settings.instance, settings.nats_url) == ("workshop", "tls://10.9.0.1:4222,tls://10.9.0.2:4222,tls://10.9.0.3:4222")
+    monkeypatch.setenv("NBPOOL_NATS_URL", "tls://10.9.0.2:4222")
+    assert operator_settings().nats_url == "tls://10.9.0.2:4222"
+    monkeypatch.setenv("NBPOOL_INSTANCE", "nbpool")
+    with pytest.raises(SettingsError, match="of instance 'workshop'"):
+        operator_settings()

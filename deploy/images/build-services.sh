@@ -27,6 +27,11 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"
 repo="$(cd "$here/../.." && pwd)"
 services_repo="nbpool/services"
+# Debian packages on top of the base: iptables, for a sandbox host's firewall rules (the
+# spawner adds them under compose's deploy/compose/host.yaml, with NET_ADMIN). Fetched by the
+# base image's own apt (so exactly what the base lacks) into the build context, and installed
+# there without network. The list is an input of the tag.
+debian_packages=(iptables)
 
 print_tag=0
 case "${1:-}" in
@@ -75,10 +80,11 @@ install -m 0755 "$here/services/healthcheck.py" "$ctx/healthcheck.py"
     tar -C "$repo" --null -T - -cf - | tar -C "$src" -xf -
 printf '# nbpool\n\nInstant, temporary Jupyter servers from a warm pool. See the repository README.\n' >"$src/README.md"
 
-# wheels/ and project/ are left out of the hash on purpose: requirements.txt pins each wheel
+# wheels/, debs/ and project/ are left out of the hash on purpose: requirements.txt pins each wheel
 # by its sha256 (the Dockerfile installs with --require-hashes), and the nbpool wheel is made
 # from the hashed sources; so --print-tag needs no download and no wheel build.
-inputs_sha="$( { tree_digest "$ctx"; tree_digest "$src"; echo "base-image $base_id"; } | sha256sum | cut -c1-64)"
+inputs_sha="$( { tree_digest "$ctx"; tree_digest "$src"; echo "base-image $base_id";
+                  echo "debian-packages ${debian_packages[*]}"; } | sha256sum | cut -c1-64)"
 tag="$services_repo:${inputs_sha:0:12}"
 
 if ((print_tag)); then
@@ -96,6 +102,7 @@ else
     log "project: $(cd "$ctx/project" && echo *.whl)"
 
     download_wheels "$ctx"
+    download_debs "$ctx/debs" "${debian_packages[@]}"
     build_image "$tag" "$ctx" "nbpool services (gateway, spawner, router, culler, NATS, Traefik)" "$inputs_sha" "$base_id"
     log "built $tag in $((SECONDS - started))s"
 fi

@@ -92,6 +92,24 @@ download_wheels() {
 }
 
 # build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID: docker build with no network inside.
+# download_debs DIR PACKAGE...: the .deb files that installing PACKAGE... on the base image
+# takes (the packages and whatever of their dependencies the base lacks), fetched by the base's
+# own apt from the mirror it was made from (the host's), into DIR; for `dpkg -i` in a build
+# without network.
+download_debs() {
+    local dir=$1
+    shift
+    mkdir -p "$dir"
+    log "fetching Debian packages for the image: $*"
+    "$DOCKER" run --rm --network=host --user 0 -v "$dir:/out" "$NBPOOL_BASE_IMAGE" sh -ec '
+        apt-get update -qq
+        mkdir -p /out/cache/partial
+        apt-get install -qq --yes --no-install-recommends --download-only -o Dir::Cache::archives=/out/cache "$@" >/dev/null
+        mv /out/cache/*.deb /out/
+        rm -rf /out/cache' sh "$@" >&2
+    log "debs: $(cd "$dir" && echo *.deb)"
+}
+
 build_image() {
     local tag=$1 ctx=$2 title=$3 inputs_sha=$4 base_id=$5
     log "building $tag (no network inside the build)"
