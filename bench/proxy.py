@@ -26,6 +26,7 @@ in the same blocks. It is the least any proxy could cost: zero hops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import subprocess
 import time
@@ -43,6 +44,7 @@ from common import (
     kernel_channels,
     progress,
     sandbox_base,
+    synthetic_host_beating,
     synthetic_id,
     synthetic_record,
 )
@@ -147,8 +149,13 @@ async def measure(
     sid, token = session["id"], session["token"]
     auth = {"Authorization": f"token {token}"}
     direct = await asyncio.to_thread(cluster.target_of, sid)
-    bus = await connect_bus(cluster)
-    with Stub() as stub:
+    async with contextlib.AsyncExitStack() as stack:
+        bus = await connect_bus(cluster)
+        stack.push_async_callback(bus.close)
+        # The stub's record has no spawner: its host beats for it, else the culler takes it for
+        # a lost host and ends the record (and its route) within NBPOOL_HOST_TIMEOUT.
+        await stack.enter_async_context(synthetic_host_beating(bus))
+        stub = stack.enter_context(Stub())
         stub_id = synthetic_id()
         kv = await bus.kv(bus.names.sandboxes)
         await kv.create(stub_id, encode(synthetic_record(cluster.origins, stub_id, stub.url)))
@@ -190,7 +197,6 @@ async def measure(
             progress(f"websocket 1+1: direct p50 {wd.pooled.p50:.2f} ms, through Traefik {wp.pooled.p50:.2f} ms")
         finally:
             await kv.delete(stub_id)
-            await bus.close()
             await end_sessions(cluster.url, [session])
     return results
 

@@ -530,9 +530,47 @@ def _hosts_section(r: Results, out: list[str]) -> None:
                 ["bus leader killed → first successful claim", n(h.leader_claim.pooled.p50, "s"), spread(h.leader_claim),
                  f"a launch with every node up: {n(h.launch_floor.pooled.p50 * 1000, 'ms')}"],
             ]), ""]
+    if one and h.sync_always:
+        always, rows = h.sync_always, []
+        for level in sorted(one.claims):
+            if level in always.claims:
+                slow, fast = always.claims[level].pooled, one.claims[level].pooled
+                rows.append([f"{level} concurrent", n(fast.p50, "ms"), n(fast.p99, "ms"), n(slow.p50, "ms"),
+                             n(slow.p99, "ms"), ratio(slow.p50, fast.p50), str(always.failures.get(level, 0))])
+        out += [("What `cluster init --sync always` costs (every node flushes each write to disk before it acknowledges): "
+                 "the same claims, one host, on a second bus made with it, beside the default bus above (which flushes "
+                 "every 2 minutes). The same file system serves all three nodes here, so each write waits for three "
+                 "flushes to one disk; on three machines they run side by side."), "",
+                table(["claims", "default p50", "default p99", "`always` p50", "`always` p99", "always / default (p50)",
+                       "failed"], rows), ""]
     if h.scale is not None:
         _scale_tables(h.scale, out, f"### The control plane, {h.scale.hosts} hosts × {h.scale.records} records",
                       "(3 NATS nodes, Traefik, gateway, router, culler, 3 spawners)", plot=False)
+    if h.ttfo.get(1) and h.ttfo.get(2):
+        t1, t2 = h.ttfo[1], h.ttfo[2]
+        rows = []
+        for key in sorted(t1.total):
+            if key in t2.total:
+                x, y = t1.total[key].pooled, t2.total[key].pooled
+                rows.append([str(key[1]), n(x.p50), n(x.p95), n(y.p50), n(y.p95), ratio(y.p50, x.p50),
+                             n(t1.parts[key]["claim"].pooled.p50), n(t2.parts[key]["claim"].pooled.p50),
+                             n(sum(t1.cpu.get(key, {}).values())), n(sum(t2.cpu.get(key, {}).values())),
+                             str(t1.failures[key] + t2.failures[key])])
+        out += ["", "### First output with real sandboxes, one host against two", "",
+                (f"As in section 2 (the same client; milliseconds), on this cluster with Docker sandboxes of the notebook "
+                 f"image: {h.ttfo_pool} warm on one host starting up to 4 at once, then {h.ttfo_pool // 2} on each of two "
+                 "starting up to 2 at once each (both hosts' spawners use this machine's one Docker engine and its 2 "
+                 "cores, so the second host adds no capacity here: the ratio is what spreading over hosts costs, with "
+                 "the bus's TLS and 3 replicas in both)."), "",
+                table(["visitors at once", "1 host p50", "1 host p95", "2 hosts p50", "2 hosts p95", "2 / 1 (p50)",
+                       "claim p50, 1 host", "claim p50, 2 hosts", "CPU per visitor, 1 host", "CPU per visitor, 2 hosts",
+                       "failed"], rows),
+                "", ("CPU per visitor: milliseconds summed over every process and sandbox during the round, refills "
+                     "included (as in section 2).")]
+        errors = sorted({e[:160] for e in [*t1.errors, *t2.errors]})
+        if errors:
+            out += ["", "Failures: " + "; ".join(errors)]
+        out += [""]
     out += [f"> {note}" for note in h.notes]
 
 
@@ -583,21 +621,29 @@ def _default(obj: Any) -> Any:
         return obj.to_json()
     if isinstance(obj, BurstResults):
         return burst_json(obj)
+    if isinstance(obj, TTFOResults):
+        return _ttfo_json(obj)
     if hasattr(obj, "__dict__"):
         return {k: v for k, v in obj.__dict__.items() if k != "session"}
     return str(obj)
+
+
+def _ttfo_json(value: TTFOResults) -> dict[str, Any]:
+    """Keyed by "pool P, N at once" (JSON keys are strings)."""
+    return {"total": {f"pool {k[0]}, {k[1]} at once": f.to_json() for k, f in value.total.items()},
+            "parts": {f"pool {k[0]}, {k[1]} at once": {name: f.to_json() for name, f in p.items()}
+                      for k, p in value.parts.items()},
+            "failures": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.failures.items()},
+            "refused": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.refused.items()},
+            "cpu_ms_per_visitor": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.cpu.items()},
+            "errors": value.errors}
 
 
 def _to_json(r: Results) -> dict[str, Any]:
     data: dict[str, Any] = {}
     for key, value in r.__dict__.items():
         if isinstance(value, TTFOResults):
-            data[key] = {"total": {f"pool {k[0]}, {k[1]} at once": f.to_json() for k, f in value.total.items()},
-                         "parts": {f"pool {k[0]}, {k[1]} at once": {name: f.to_json() for name, f in p.items()}
-                                   for k, p in value.parts.items()},
-                         "failures": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.failures.items()},
-                         "refused": {f"pool {k[0]}, {k[1]} at once": v for k, v in value.refused.items()},
-                         "errors": value.errors}
+            data[key] = _ttfo_json(value)
         elif isinstance(value, ClaimResults):
             data[key] = {"pool": value.pool, "claims": {str(k): f.to_json() for k, f in value.claims.items()},
                          "healthz": {str(k): f.to_json() for k, f in value.healthz.items()},

@@ -18,7 +18,9 @@ The groups, each in its own module:
 - ``gvisor``: start time, first output and idle memory of sandboxes under gVisor (``runsc``)
   beside runc, in one cluster with a pool of each;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
-  with two hosts against one, a host's death and the bus leader's, each until claims go on.
+  with two hosts against one, a host's death and the bus leader's, each until claims go on, the
+  control plane with 3 hosts, what ``--sync always`` costs, and first output with real
+  sandboxes on one host against two.
 
 Shared by them: ``common`` (statistics, a lean HTTP client, clusters, processes), ``stub`` (a
 fast stand-in for a Jupyter server), ``profiling`` (py-spy, with ``--profile``); and for the
@@ -54,6 +56,8 @@ import report
 import resources
 import scale
 from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine, progress
+
+from nbpool import logs
 
 GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "hosts")
 _T = TypeVar("_T")
@@ -95,6 +99,9 @@ class Sizes:
     hosts_levels: list[int] = field(default_factory=lambda: [1, 10, 30])
     hosts_runs: int = 5
     hosts_records: int = 1000
+    #: several hosts, real sandboxes: warm in all (one host, then half on each of two), visitors at once -> rounds.
+    hosts_ttfo_pool: int = 30
+    hosts_ttfo: dict[int, int] = field(default_factory=lambda: {1: 10, 10: 2, 30: 2})
 
 
 def quick() -> Sizes:
@@ -104,7 +111,8 @@ def quick() -> Sizes:
         proxy_blocks=2, proxy_per_block=50, proxy_load_s=2, proxy_load_reps=1, websockets_open=4,
         scale_records=200, scale_base_slices=1, scale_load_slices=2, scale_propagation=3,
         burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30, gvisor_pool=4,
-        hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200,
+        hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
+        hosts_ttfo={1: 2, 10: 1},
     )
 
 
@@ -208,11 +216,11 @@ class Bench:
         if self.wants("hosts"):
             import tempfile
 
-            r.hosts = hosts.HostsResults(pool=s.hosts_pool)
+            r.hosts = hosts.HostsResults(pool=s.hosts_pool, ttfo_pool=s.hosts_ttfo_pool)
             with tempfile.TemporaryDirectory(prefix="nbpool-bench-hosts-") as root:
                 await self.phase("hosts", lambda: hosts.measure(
                     r.hosts, Path(root), s.hosts_per_level, s.hosts_levels, s.hosts_runs, s.hosts_records,  # type: ignore[arg-type]
-                    (s.scale_base_slices, s.scale_load_slices, s.scale_propagation)))
+                    (s.scale_base_slices, s.scale_load_slices, s.scale_propagation), self.image, s.hosts_ttfo))
 
         hung = [f"{c.label} ({', '.join(c.hung)})" for c in self.clusters if c.hung]
         if hung:
@@ -337,6 +345,7 @@ def main(argv: list[str] | None = None) -> None:
     if runtime == "process":
         progress("no Docker engine answers: sandboxes are processes, the floor is a jupyter server by hand")
     bench = Bench(args, quick() if args.quick else Sizes(), _image(runtime))
+    logs.hush_tls_eof()  # the bus clients of the several-hosts group close TLS connections
     asyncio.run(bench.run())
     progress(f"done in {(time.monotonic() - bench.began) / 60:.1f} min; see {args.out / 'benchmarks.md'}")
 
