@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -310,7 +311,14 @@ class Cluster:
         return {name.removeprefix("sandbox-") for name in config["http"]["routers"] if name.startswith("sandbox-")}
 
     def new_session(self, **body: Any) -> dict[str, Any]:
-        resp = httpx.post(f"{self.url}/sessions", json=body or None, timeout=30)
+        """A session, as a client gets one: a 503 (none warm yet: the pool is refilling on a busy
+        machine) is retried after its Retry-After, for up to a minute; anything else fails."""
+        deadline = time.monotonic() + 60
+        while True:
+            resp = httpx.post(f"{self.url}/sessions", json=body or None, timeout=30)
+            if resp.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(min(5.0, float(resp.headers.get("Retry-After", "2"))))
         assert resp.status_code == 201, resp.text
         return resp.json()  # type: ignore[no-any-return]
 
