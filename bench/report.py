@@ -539,8 +539,8 @@ def _hosts_section(r: Results, out: list[str]) -> None:
                              n(slow.p99, "ms"), ratio(slow.p50, fast.p50), str(always.failures.get(level, 0))])
         out += [("What `cluster init --sync always` costs (every node flushes each write to disk before it acknowledges): "
                  "the same claims, one host, on a second bus made with it, beside the default bus above (which flushes "
-                 "every 2 minutes). The same file system serves all three nodes here, so each write waits for three "
-                 "flushes to one disk; on three machines they run side by side."), "",
+                 "every 2 minutes). A write is acknowledged once two of the three nodes have flushed it; here all three "
+                 "flush to one disk and compete for it, where three machines would each have their own."), "",
                 table(["claims", "default p50", "default p99", "`always` p50", "`always` p99", "always / default (p50)",
                        "failed"], rows), ""]
     if h.scale is not None:

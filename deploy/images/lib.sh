@@ -91,7 +91,6 @@ download_wheels() {
     log "wheels: $(find "$ctx/wheels" -name '*.whl' | wc -l) files, $(du -sh "$ctx/wheels" | cut -f1)"
 }
 
-# build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID: docker build with no network inside.
 # download_debs DIR PACKAGE...: the .deb files that installing PACKAGE... on the base image
 # takes (the packages and whatever of their dependencies the base lacks), fetched by the base's
 # own apt from the mirror it was made from (the host's), into DIR; for `dpkg -i` in a build
@@ -110,6 +109,7 @@ download_debs() {
     log "debs: $(cd "$dir" && echo *.deb)"
 }
 
+# build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID: docker build with no network inside.
 build_image() {
     local tag=$1 ctx=$2 title=$3 inputs_sha=$4 base_id=$5
     log "building $tag (no network inside the build)"
