@@ -29,7 +29,7 @@ engine:
 	deploy/docker-engine.sh ensure
 
 # The notebook image for the Docker runtime, rebuilt only when its inputs change.
-image:
+image: install
 	deploy/images/build.sh
 
 # Sandboxes are containers: the engine is installed and started when it can be (root on

@@ -137,7 +137,7 @@ class Bus:
         ttls = {"spawners": SPAWNER_TTL, "services": SPAWNER_TTL, "admin_sessions": ADMIN_SESSION_MAX_TTL}
         used = ROLES[role].buckets if role is not None else ["sandboxes", "activity", "routes", "spawners", "services", "control", "hosts", "admin_sessions"]
         for attr in used:
-            await retrying(functools.partial(self._ensure_bucket, getattr(n, attr), ttls.get(attr), replicas), "create bucket")
+            await retrying(functools.partial(self.ensure_bucket, getattr(n, attr), ttls.get(attr), replicas), "create bucket")
         config = StreamConfig(
             name=n.events_stream,
             subjects=[f"{n.events_prefix}.>"],
@@ -158,7 +158,8 @@ class Bus:
 
         await retrying(stream, "create stream")
 
-    async def _ensure_bucket(self, bucket: str, ttl: float | None, replicas: int) -> None:
+    async def ensure_bucket(self, bucket: str, ttl: float | None, replicas: int) -> KeyValue:
+        """The KV bucket ``bucket``, created (history 1, on disk) if it is missing."""
         try:
             self._kv[bucket] = await self.js.key_value(bucket)
         except nats.js.errors.BucketNotFoundError:
@@ -170,6 +171,7 @@ class Bus:
                     raise
                 # Another service created it between our two calls (with other settings).
                 self._kv[bucket] = await self.js.key_value(bucket)
+        return self._kv[bucket]
 
     async def kv(self, bucket: str) -> KeyValue:
         """The key-value bucket ``bucket`` (see :class:`nbpool.names.Names`)."""

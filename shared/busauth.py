@@ -15,19 +15,27 @@ A service given ``NBPOOL_NATS_CREDENTIALS=<folder>`` connects as the user named 
 with the password from its file, and with inboxes under ``_INBOX.<role>.`` (the only replies it can
 receive). What each role may do (bucket names are per instance, see :mod:`nbpool.names`;
 r: watch and get, w: put and delete; every role may look up and create the buckets it uses and the
-events stream, never update, purge or delete one):
+events stream, never update, purge or delete one; only the gateway's snapshot store is different,
+below):
 
 ========  ==========================================================  =======================  ==========
 role      buckets                                                     events it publishes      claims
 ========  ==========================================================  =======================  ==========
-gateway   sandboxes rw, activity r, spawners r, control rw,           sandbox.ending, pool.*;  asks
-          admin_sessions rw, services w                               reads the stream
+gateway   sandboxes rw, activity r, spawners r, control rw,           sandbox.ending, pool.*,  asks
+          admin_sessions rw, services w                               snapshot.*; reads the
+                                                                      stream
 spawner   sandboxes rw, activity w, routes r, control r,              sandbox.*, spawner.*     answers
           spawners w, services w
 router    sandboxes r, routes rw, services w                          route.*                  -
 culler    sandboxes rw, activity r, spawners r, hosts rw, services w  cull.*, host.*           -
 operator  everything (``nbpool status``/``events``, tests, benchmarks)
 ========  ==========================================================  =======================  ==========
+
+The gateway also keeps the snapshots (:mod:`nbpool.snapshots`): the ``snapshots`` object store
+and the ``snapshot_index`` bucket, read and written, and, for these two alone, updating their
+configuration (a changed ``NBPOOL_SNAPSHOT_TTL`` or budget) and purging the object store's
+subjects (replacing or deleting an object purges its old chunks), and listing stream names
+(nats-py finds an object's stream by its subject).
 """
 
 from __future__ import annotations
@@ -64,12 +72,14 @@ class Role:
     events: tuple[str, ...] = ()
     reads_events: bool = False
     claims: Literal["asks", "answers", ""] = ""
+    #: Keeps the snapshot store (object store ``snapshots`` and bucket ``snapshot_index``).
+    snapshots: bool = False
 
 
 ROLES: dict[str, Role] = {
     "gateway": Role(
         buckets={"sandboxes": "rw", "activity": "r", "spawners": "r", "control": "rw", "admin_sessions": "rw", "services": "w"},
-        events=("sandbox.ending", "pool.*"), reads_events=True, claims="asks",
+        events=("sandbox.ending", "pool.*", "snapshot.*"), reads_events=True, claims="asks", snapshots=True,
     ),
     "spawner": Role(
         buckets={"sandboxes": "rw", "activity": "w", "routes": "r", "control": "r", "spawners": "w", "services": "w"},
@@ -121,6 +131,14 @@ def permissions(names: Names, role: str) -> dict[str, Any]:
             publish += _reading(stream)
         if "w" in mode:
             publish.append(f"$KV.{bucket}.>")
+    if spec.snapshots:
+        objects, index = f"OBJ_{names.snapshots}", f"KV_{names.snapshot_index}"
+        for stream in (objects, index):
+            publish += [f"{_API}.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")]
+            publish += _reading(stream)
+        publish += [f"$O.{names.snapshots}.>", f"{_API}.STREAM.PURGE.{objects}", f"$KV.{names.snapshot_index}.>"]
+        # nats-py's object reads look their stream up by subject (it lists only names, no contents).
+        publish.append(f"{_API}.STREAM.NAMES")
     events = names.events_stream
     publish += [f"{_API}.STREAM.INFO.{events}", f"{_API}.STREAM.CREATE.{events}"]
     publish += [names.event_subject(kind) for kind in spec.events]

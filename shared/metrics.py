@@ -16,6 +16,8 @@ metric                                          by         what
 ``nbpool_launches_total{result}``               gateway    launches: ok, no_capacity
 ``nbpool_sessions``                             gateway    claimed sessions (all hosts)
 ``nbpool_hosts{state}``                         gateway    hosts live or silent
+``nbpool_snapshots_total{op}``                  gateway    snapshots published, viewed (rendered or
+                                                           cached), remixed, deleted
 ``nbpool_start_seconds{host}``                  spawner    a start, requested to warm
 ``nbpool_start_failures_total{host}``           spawner    starts that failed
 ``nbpool_culls_total{reason}``                  culler     sandboxes ended: idle, max_age, host.lost...
@@ -35,7 +37,8 @@ from nbpool import logs
 
 __all__ = [
     "BUS_ERRORS", "BUS_RETRIES", "CLAIMS", "CLAIM_SECONDS", "CULLS", "HOSTS", "HOSTS_LOST", "LAUNCHES",
-    "POOL", "POOL_CAPACITY", "ROUTES", "ROUTE_SECONDS", "SESSIONS", "START_FAILURES", "START_SECONDS", "serve",
+    "POOL", "POOL_CAPACITY", "ROUTES", "ROUTE_SECONDS", "SESSIONS", "SNAPSHOTS", "START_FAILURES", "START_SECONDS",
+    "serve",
 ]
 
 log = logs.get("nbpool.metrics")
@@ -50,6 +53,7 @@ CLAIM_SECONDS = Histogram("nbpool_claim_seconds", "A launch's claim, asked to an
 LAUNCHES = Counter("nbpool_launches", "Launches by result (gateway)", ["result"])
 SESSIONS = Gauge("nbpool_sessions", "Claimed sessions on all hosts (gateway's view)")
 HOSTS = Gauge("nbpool_hosts", "Sandbox hosts by state (gateway's view)", ["state"])
+SNAPSHOTS = Counter("nbpool_snapshots", "Snapshots published, viewed (rendered or cached), remixed, deleted (gateway)", ["op"])
 START_SECONDS = Histogram("nbpool_start_seconds", "A sandbox start, requested to warm", ["host"], buckets=_BUCKETS)
 START_FAILURES = Counter("nbpool_start_failures", "Sandbox starts that failed", ["host"])
 CULLS = Counter("nbpool_culls", "Sandboxes the culler ended, by reason", ["reason"])

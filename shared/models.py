@@ -25,6 +25,8 @@ __all__ = [
     "Route",
     "SandboxRecord",
     "ServiceBeat",
+    "Snapshot",
+    "SnapshotRefs",
     "SpawnerBeat",
     "State",
     "decode",
@@ -174,6 +176,36 @@ class AdminSession(_Doc):
     csrf: str
     created_at: float
     expires_at: float
+
+
+class Snapshot(_Doc):
+    """A published notebook (KV ``<instance>_snapshot_index``, key ``s.<id>``; the gateway writes).
+
+    The notebook itself is the object ``sha256`` of the snapshot store; several snapshots of the
+    same notebook share it. Only the SHA-256 of the delete token is kept, so reading the bucket
+    does not let anyone delete.
+    """
+
+    id: str
+    name: str
+    sha256: str
+    size: int
+    created: float
+    expires_at: float
+    delete_hash: str
+    session: str = ""
+    owner: str = ""
+
+
+class SnapshotRefs(_Doc):
+    """The snapshots that hold one notebook (KV ``<instance>_snapshot_index``, key ``c.<sha256>``).
+
+    ``deleting`` (a Unix time) marks the notebook's object being deleted after its last snapshot
+    went: a new snapshot of the same notebook waits for that to finish (or for the mark to go stale).
+    """
+
+    ids: list[str] = Field(default_factory=list)
+    deleting: float | None = None
 
 
 class ClaimRequest(_Doc):

@@ -13,6 +13,8 @@ KV bucket (TTL)        ``nbpool_services``          key <kind>-<host>-<pid> -> S
 KV bucket              ``nbpool_control``           key ``drain`` -> Drain (the admin writes)
 KV bucket              ``nbpool_hosts``             key spawner id -> HostLoss (a lost host; the culler writes)
 KV bucket (TTL)        ``nbpool_admin_sessions``    key SHA-256 of a session id -> AdminSession
+object store (TTL)     ``nbpool_snapshots``         object SHA-256 of a notebook -> the notebook (snapshots)
+KV bucket (TTL)        ``nbpool_snapshot_index``    key ``s.<id>`` -> Snapshot, ``c.<sha256>`` -> SnapshotRefs
 stream                 ``NBPOOL_EVENTS``            subjects ``nbpool.events.>``
 request/reply          ``nbpool.claim.<spawner>``   ClaimRequest -> ClaimReply
 =====================  ===========================  =========================================
@@ -62,6 +64,14 @@ class Names:
     @property
     def admin_sessions(self) -> str:
         return f"{self.instance}_admin_sessions"
+
+    @property
+    def snapshots(self) -> str:
+        return f"{self.instance}_snapshots"
+
+    @property
+    def snapshot_index(self) -> str:
+        return f"{self.instance}_snapshot_index"
 
     @property
     def events_stream(self) -> str:

@@ -3,7 +3,7 @@
 A visitor controls everything their sandbox serves (they run code in it, and JupyterLab runs
 the JavaScript of notebooks its server trusts). The browser keeps pages of different origins
 apart, so with ``NBPOOL_ROUTING=host`` (the default) every sandbox has an origin of its own,
-made from its id, and the gateway's pages and the admin have others:
+made from its id, and the gateway's pages, the admin and the snapshot views have others:
 
 ===========  ==========================================  ==============================
 part         origin (one machine, by default)            setting
@@ -11,12 +11,18 @@ part         origin (one machine, by default)            setting
 gateway      ``http://127.0.0.1:8000``                   ``NBPOOL_PUBLIC_URL``
 admin        ``http://admin.localhost:8000``             ``NBPOOL_ADMIN_URL``
 sandbox      ``http://<id>.sb.localhost:8000``           ``NBPOOL_SANDBOX_URL`` (``{id}``)
+snapshot     ``http://snapshots.localhost:8000``         ``NBPOOL_SNAPSHOT_URL``
 ===========  ==========================================  ==============================
+
+The snapshot views show notebooks anyone published (:mod:`nbpool.snapshots`): they carry a policy
+that runs no script, and their origin sets no cookie and is none of the others. When the public
+URL is not on this machine and ``NBPOOL_SNAPSHOT_URL`` is not set, snapshots are off.
 
 Each sandbox's Jupyter server runs at base URL ``/`` and Traefik routes it by ``Host``. With
 ``NBPOOL_ROUTING=path`` every sandbox is ``<public URL>/user/<id>/`` on the gateway's origin, as
 tmpnb did: any sandbox's page can then read every other sandbox and the admin in a visitor's
-browser, so it is only for people who trust each other.
+browser, so it is only for people who trust each other (snapshot views are then on that origin
+too, still without scripts).
 """
 
 from __future__ import annotations
@@ -30,14 +36,14 @@ from urllib.parse import urlsplit
 __all__ = ["Origins", "OriginsError", "Routing", "host_of"]
 
 Routing = Literal["host", "path"]
-HostKind = Literal["public", "admin", "sandbox"]
+HostKind = Literal["public", "admin", "sandbox", "snapshot"]
 
 _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
 class OriginsError(ValueError):
-    """The public, admin and sandbox URLs do not make separate origins (the message names the variable)."""
+    """The public, admin, sandbox and snapshot URLs do not make separate origins (the message names the variable)."""
 
 
 def host_of(netloc: str) -> str:
@@ -73,20 +79,24 @@ def _origin(url: str, variable: str) -> tuple[str, str, str]:
 
 @dataclass(frozen=True)
 class Origins:
-    """The gateway's, the admin's and the sandboxes' origins (see the module docstring).
+    """The gateway's, the admin's, the sandboxes' and the snapshot views' origins (see the module
+    docstring).
 
-    Build it with :meth:`from_settings`, which checks that the three are apart.
+    Build it with :meth:`from_settings`, which checks that they are apart.
     """
 
     routing: Routing
     public_url: str
     admin_url: str
     sandbox_template: str  # "http://{id}.sb.localhost:8000" (host routing) or "<public>/user/{id}" (path)
+    snapshot_url: str = ""  # "" when snapshots are off
 
     @classmethod
-    def from_settings(cls, routing: Routing, public_url: str, sandbox_url: str = "", admin_url: str = "") -> Origins:
-        """Check the settings and fill in the defaults: ``sb.localhost`` and ``admin.localhost``
-        on the public URL's port when the public URL is on this machine.
+    def from_settings(
+        cls, routing: Routing, public_url: str, sandbox_url: str = "", admin_url: str = "", snapshot_url: str = "",
+    ) -> Origins:
+        """Check the settings and fill in the defaults: ``sb.localhost``, ``admin.localhost`` and
+        ``snapshots.localhost`` on the public URL's port when the public URL is on this machine.
 
         Raises :class:`OriginsError` naming the variable when a URL is malformed, the sandbox
         template has no ``{id}`` at the start of its host, or two parts would share a host.
@@ -94,8 +104,10 @@ class Origins:
         scheme, public_host, port = _origin(public_url, "NBPOOL_PUBLIC_URL")
         public_url = f"{scheme}://{_bracket(public_host)}{port}"
         if routing == "path":
-            return cls("path", public_url, public_url, public_url + "/user/{id}")
+            return cls("path", public_url, public_url, public_url + "/user/{id}", public_url)
         local = _is_local(public_host)
+        if not snapshot_url and local:
+            snapshot_url = f"{scheme}://snapshots.localhost{port}"
         if not sandbox_url:
             if not local:
                 raise OriginsError(
@@ -129,7 +141,17 @@ class Origins:
         if admin_host == public_host:
             raise OriginsError(f"NBPOOL_ADMIN_URL={admin_url!r} has the gateway's host; give the admin a host of its "
                                "own (Traefik tells them apart by host), like http://admin.localhost:8000")
-        return cls("host", public_url, f"{a_scheme}://{admin_host}{a_port}", f"{s_scheme}://{{id}}.{domain}{s_port}")
+        if snapshot_url:
+            v_scheme, view_host, v_port = _origin(snapshot_url, "NBPOOL_SNAPSHOT_URL")
+            if view_host in (public_host, admin_host):
+                raise OriginsError(f"NBPOOL_SNAPSHOT_URL={snapshot_url!r} has the gateway's or the admin's host; "
+                                   "give snapshot views a host of their own, like http://snapshots.localhost:8000")
+            if view_host == domain or view_host.endswith("." + domain):
+                raise OriginsError(f"NBPOOL_SNAPSHOT_URL ({view_host}) lies in the sandbox domain {domain} of "
+                                   "NBPOOL_SANDBOX_URL: a sandbox could then serve it; choose a host outside it")
+            snapshot_url = f"{v_scheme}://{_bracket(view_host)}{v_port}"
+        return cls("host", public_url, f"{a_scheme}://{admin_host}{a_port}", f"{s_scheme}://{{id}}.{domain}{s_port}",
+                   snapshot_url)
 
     # ---- sandboxes ----------------------------------------------------------------------
 
@@ -168,9 +190,16 @@ class Origins:
         host = host_of(host_header)
         if host == host_of(urlsplit(self.admin_url).netloc):
             return "admin"
+        if self.snapshot_url and host == host_of(urlsplit(self.snapshot_url).netloc):
+            return "snapshot"
         if host.endswith("." + self.sandbox_domain):
             return "sandbox"
         return "public"
+
+    def sandbox_origin_pattern(self) -> str:
+        """A regular expression that matches every sandbox's origin, as browsers send it in ``Origin``."""
+        scheme, rest = self.sandbox_template.split("://", 1)
+        return "^" + re.escape(scheme + "://") + "[a-z0-9]{4,40}" + re.escape(rest.replace("{id}", "", 1)) + "$"
 
     def sandbox_source(self) -> str:
         """A CSP source expression that matches every sandbox origin (``http://*.sb.localhost:8000``)."""

@@ -63,6 +63,9 @@ class CommonSettings(BaseSettings):
     routing: Routing = Field(default="host", description="host: each sandbox on its own origin; path: one origin (trusted users only)")
     sandbox_url: str = Field(default="", description="each sandbox's origin, with {id}; default http://{id}.sb.localhost:<port>")
     admin_url: str = Field(default="", description="the admin's origin; default http://admin.localhost:<port>")
+    snapshot_url: str = Field(
+        default="", description="the snapshot views' origin; default http://snapshots.localhost:<port> on one machine, else off",
+    )
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -102,12 +105,14 @@ class CommonSettings(BaseSettings):
             )
         self.state_dir = self.state_dir.expanduser().resolve()
         try:
-            self._origins = Origins.from_settings(self.routing, self.public_url.rstrip("/"), self.sandbox_url, self.admin_url)
+            self._origins = Origins.from_settings(
+                self.routing, self.public_url.rstrip("/"), self.sandbox_url, self.admin_url, self.snapshot_url.rstrip("/"))
         except OriginsError as err:
             raise ValueError(str(err)) from None
         self.public_url = self._origins.public_url
         self.admin_url = self._origins.admin_url
         self.sandbox_url = self._origins.sandbox_template
+        self.snapshot_url = self._origins.snapshot_url
         return self
 
     def bus_credentials(self, role: str) -> Credentials | None:
@@ -147,11 +152,20 @@ class GatewaySettings(CommonSettings):
     max_body_bytes: int = Field(default=16_384, ge=256)
     trusted_proxies: list[str] = Field(default_factory=lambda: ["127.0.0.1", "::1"])
     admin_session_ttl: float = Field(default=8 * 3600.0, gt=0, le=24 * 3600.0, description="seconds an admin sign-in lasts")
+    snapshot_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024,
+                                    description="the largest notebook a snapshot may hold")
+    snapshot_ttl: float = Field(default=30 * 86400.0, ge=5, le=3650 * 86400.0, description="seconds a snapshot lives")
+    snapshot_budget: int = Field(default=1024**3, ge=1024 * 1024,
+                                 description="bytes all snapshots together may take on the bus (each bus node keeps a copy)")
+    snapshot_rate: float = Field(default=10.0, gt=0, description="snapshots per minute per client")
 
     @model_validator(mode="after")
     def _admin_token_outside_development(self) -> GatewaySettings:
         if self.environment == "production" and len(self.admin_token) < 16:
             raise ValueError("NBPOOL_ADMIN_TOKEN must be set (16 characters or more) when NBPOOL_ENVIRONMENT=production")
+        if self.snapshot_max_bytes > self.snapshot_budget:
+            raise ValueError(f"NBPOOL_SNAPSHOT_MAX_BYTES ({self.snapshot_max_bytes}) is larger than NBPOOL_SNAPSHOT_BUDGET "
+                             f"({self.snapshot_budget}): no snapshot could be stored")
         return self
 
 

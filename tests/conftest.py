@@ -18,7 +18,8 @@ from waiting import poll_until
 ROOT = Path(__file__).parent.parent
 
 
-def _teardown(cluster: Cluster) -> None:
+def stop_checked(cluster: Cluster) -> None:
+    """Stop a cluster as a user would (Ctrl-C) and check it stopped cleanly, within its bus permissions."""
     code = cluster.stop()
     assert code == 0, f"nbpool up exited with {code}\n{cluster.logs()}"
     # Every service did its work within its NATS permissions (nbpool.busauth).
@@ -49,7 +50,7 @@ def make_cluster(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
 
     yield make
     for cluster in made:
-        _teardown(cluster)
+        stop_checked(cluster)
 
 
 def _docker() -> Any:
@@ -126,7 +127,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("nbpool"), {"NBPOOL_POOL_SIZE": "3", "NBPOOL_SPAWN_CONCURRENCY": "3"})
     c.start(warm=3)
     yield c
-    _teardown(c)
+    stop_checked(c)
 
 
 def pytest_configure(config: Any) -> None:

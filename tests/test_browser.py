@@ -234,3 +234,111 @@ async def test_pages_work_under_their_content_security_policy(make_cluster: Any,
     await page.get_by_role("button", name="Sign in").click()
     await page.get_by_text("live session(s)").wait_for()
     assert violations == []
+
+
+_HOSTILE = """<script>fetch('{hit}/script')</script>
+<img src="{hit}/img" onerror="fetch('{hit}/onerror')">
+<img src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==" onload="fetch('{hit}/onload')" alt=dot>
+<svg onload="fetch('{hit}/svg')"><script>fetch('{hit}/svgscript')</script><image href="{hit}/svgimage"/></svg>
+<iframe src="{hit}/frame"></iframe><iframe srcdoc="<script>parent.fetch('{hit}/srcdoc')</script>"></iframe>
+<object data="{hit}/object"></object><embed src="{hit}/embed">
+<link rel=stylesheet href="{hit}/css"><style>@import url({hit}/import); p {{ background: url({hit}/cssurl) }}</style>
+<div style="background-image:url({hit}/inline)">styled</div>
+<meta http-equiv=refresh content="0;url={hit}/refresh">
+<video poster="{hit}/poster" src="{hit}/video" autoplay></video><audio src="{hit}/audio" autoplay></audio>
+<form action="{hit}/form" id=f><input name=q value=1></form><a id=js href="javascript:fetch('{hit}/js')">js</a>
+<base href="{hit}/base/"><a id=rel href="relative">relative</a>
+<p id=harmless>harmless words stay</p>"""
+
+
+async def test_a_hostile_snapshot_runs_nothing_and_loads_nothing(make_cluster: Any, page: Any) -> None:
+    """A notebook whose markdown and outputs try every way to run script or reach out: its view in
+    Chromium runs none of them and makes no request but its own."""
+    import asyncio
+    import http.server
+    import threading
+
+    from cluster import free_ports
+
+    hits: list[str] = []
+
+    class Listener(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            hits.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    port = free_ports(1)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Listener)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1"}, warm=1)
+        session = cluster.new_session()
+        hostile = _HOSTILE.format(hit=f"http://127.0.0.1:{port}")
+        notebook = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+            {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Hostile\n\n" + hostile},
+            {"cell_type": "code", "id": "c1", "metadata": {}, "execution_count": 1, "source": "show()", "outputs": [
+                {"output_type": "display_data", "metadata": {}, "data": {
+                    "text/html": hostile, "application/javascript": f"fetch('http://127.0.0.1:{port}/jsoutput')",
+                    "image/svg+xml": f"<svg xmlns='http://www.w3.org/2000/svg' onload=\"fetch('http://127.0.0.1:{port}/svgout')\"/>",
+                    "text/plain": "hostile"}}]},
+        ]}
+        auth = {"Authorization": f"token {session['token']}"}
+        put = httpx.put(f"{cluster.base(session)}api/contents/hostile.ipynb", headers=auth,
+                        json={"type": "notebook", "format": "json", "content": notebook})
+        assert put.status_code == 201, put.text
+        made = httpx.post(f"{cluster.url}/sessions/{session['id']}/snapshots", headers=auth, json={"path": "hostile.ipynb"})
+        assert made.status_code == 201, made.text
+        snap = made.json()
+
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: dialogs.append(d.message))
+        await page.goto(snap["view_url"])
+        await page.get_by_text("harmless words stay").first.wait_for()
+        for link in await page.locator("#js, #rel").all():  # what is left of them: clicking goes nowhere
+            await link.click(timeout=5000)
+        await asyncio.sleep(3)  # time for anything delayed to try
+        assert hits == [], f"the view reached out: {hits}"
+        assert [u for u in requests if not u.startswith(snap["view_url"])] == [], requests
+        assert dialogs == []
+        assert page.url == snap["view_url"], "the view navigated away"
+        # Remix and download are plain links, to the gateway's origin.
+        remix = page.get_by_role("link", name=re.compile("Remix"))
+        assert await remix.get_attribute("href") == snap["remix_url"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+async def test_share_a_snapshot_from_jupyterlab_then_remix_it(docker_cluster: Any, page: Any) -> None:
+    """The visitor's way: in JupyterLab, run the Welcome cell, Share; the link shows the notebook
+    with its output on the snapshot origin; Remix opens it, output and all, in a fresh server."""
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2"}, warm=2)
+    await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    await page.goto(cluster.url + "/spawn/lab/tree/Welcome.ipynb")
+    await page.locator(LAB).wait_for()
+    first_origin = page.url.split("/lab", 1)[0]
+    await _run_welcome_cell(page)
+
+    await page.locator('jp-button[data-command="nbpool:share-snapshot"]').locator("visible=true").click()
+    dialog = page.locator(".jp-Dialog")
+    await dialog.locator(".jp-Dialog-header", has_text="Snapshot shared").wait_for()
+    link = dialog.locator("a.nbpool-ShareDialog-viewLink")
+    view_url = await link.get_attribute("href")
+    assert view_url and re.fullmatch(rf"http://snapshots\.localhost:{cluster.proxy_port}/s/[0-9a-f]{{16}}", view_url)
+    await dialog.locator("button.nbpool-ShareDialog-copy").click()
+    assert await page.evaluate("navigator.clipboard.readText()") == view_url
+
+    await page.goto(view_url)
+    await page.get_by_text("Welcome to nbpool").first.wait_for()
+    assert "Python 3" in await page.content() and "45" in await page.locator("body").inner_text()
+    await page.get_by_role("link", name=re.compile("Remix")).click()
+    await page.locator(LAB).wait_for()
+    assert page.url.split("/lab", 1)[0] != first_origin and "/lab/tree/Welcome.ipynb" in page.url
+    cell = page.locator(".jp-Notebook .jp-CodeCell").first
+    await cell.locator(".jp-OutputArea-output").filter(has_text="45").first.wait_for()

@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from buscluster import HOST_TIMEOUT, NAMES, BusCluster, Deck
+from buscluster import HOST_TIMEOUT, NAMES, REPLICAS, BusCluster, Deck
 from waiting import poll_until_async
 
 from nbpool.gateway.claims import NoCapacity
@@ -249,3 +249,26 @@ def test_the_operator_folder_names_the_bus_and_the_instance(tmp_path: Path, monk
     monkeypatch.setenv("NBPOOL_INSTANCE", "nbpool")
     with pytest.raises(SettingsError, match="of instance 'workshop'"):
         operator_settings()
+
+
+async def test_snapshots_are_replicated_and_outlive_their_leader(deck: Deck) -> None:
+    """The snapshot store on three bus nodes: kept by all three; its leader dies and every snapshot
+    can still be read, and new ones published, as the gateway does it (as the gateway's user)."""
+    from nbpool.snapshots import SnapshotStore
+
+    store = SnapshotStore(await deck.bus("gateway"), ttl=3600, budget=64 * 1024 * 1024, replicas=REPLICAS)
+    await store.ensure()
+    for stream in (f"OBJ_{NAMES.snapshots}", f"KV_{NAMES.snapshot_index}"):
+        info = await deck.operator.js.stream_info(stream)
+        assert info.config.num_replicas == REPLICAS, stream
+    notebook = b'{"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}' + b" " * 300_000  # three chunks
+    first = await store.create("big.ipynb", notebook)
+    victim = await deck.leader(f"OBJ_{NAMES.snapshots}")
+    deck.bc.kill(victim)
+    try:
+        snap = await store.info(first.snapshot.id)
+        assert await store.notebook(snap) == notebook
+        second = await store.create("other.ipynb", notebook[:1000])
+        assert await store.notebook(await store.info(second.snapshot.id)) == notebook[:1000]
+    finally:
+        deck.bc.revive(victim)

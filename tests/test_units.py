@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import pytest
 
@@ -11,6 +12,8 @@ from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, BadNotebook, notebook_path
+from nbpool.gateway.state import RenderedViews
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
 from nbpool.origins import Origins, OriginsError
 from nbpool.router.routes import desired_routes, dynamic_config
@@ -346,6 +349,23 @@ class TestOrigins:
         with pytest.raises(OriginsError, match=variable):
             Origins.from_settings("host", public, sandbox, admin)
 
+    def test_snapshot_views_have_an_origin_of_their_own(self) -> None:
+        assert HOST.snapshot_url == "http://snapshots.localhost:8000"
+        assert HOST.kind("snapshots.localhost:8000") == "snapshot" and PATH.kind("snapshots.localhost:8000") == "public"
+        assert PATH.snapshot_url == "http://127.0.0.1:8000"
+        production = Origins.from_settings("host", "https://nb.example.net", "https://{id}.nb-user.example.net",
+                                           "https://admin.nb.example.net")
+        assert production.snapshot_url == "", "off unless set when the public URL is elsewhere"
+        pattern = re.compile(HOST.sandbox_origin_pattern())
+        assert pattern.match("http://abcd12.sb.localhost:8000")
+        for other in ("http://abcd12.sb.localhost:8001", "https://abcd12.sb.localhost:8000", "http://sb.localhost:8000",
+                      "http://a.b.sb.localhost:8000", "http://admin.localhost:8000", "http://abcd12.sb.localhost:8000.evil"):
+            assert not pattern.match(other), other
+        for bad in ("http://127.0.0.1:8000", "http://admin.localhost:8000", "http://view.sb.localhost:8000",
+                    "http://snapshots.localhost:8000/s"):
+            with pytest.raises(OriginsError, match="NBPOOL_SNAPSHOT_URL"):
+                Origins.from_settings("host", "http://127.0.0.1:8000", "", "", bad)
+
     def test_settings_stop_start_up(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("NBPOOL_SANDBOX_URL", "http://sandboxes.localhost:8000")
         with pytest.raises(SettingsError, match="NBPOOL_SANDBOX_URL.*{id}"):
@@ -354,3 +374,34 @@ class TestOrigins:
         monkeypatch.setenv("NBPOOL_PUBLIC_URL", "http://localhost:8000")
         with pytest.raises(SettingsError, match="NBPOOL_PUBLIC_URL"):
             load(GatewaySettings)
+
+
+class TestSnapshotPaths:
+    @pytest.mark.parametrize(("given", "plain"), [("Welcome.ipynb", "Welcome.ipynb"), ("a/./b//c.ipynb", "a/b/c.ipynb"),
+                                                  ("x y.ipynb", "x y.ipynb")])
+    def test_plain_paths(self, given: str, plain: str) -> None:
+        assert notebook_path(given) == plain
+
+    @pytest.mark.parametrize(("given", "words"), [
+        ("../x.ipynb", "'..'"), ("a/../../x.ipynb", "'..'"), ("/etc/x.ipynb", "relative"), ("x.py", ".ipynb"),
+        (".ipynb", ".ipynb"), ("a/.ipynb", ".ipynb"), ("x.ipynb ", ".ipynb"), ("", ".ipynb"), ("a\\b.ipynb", "backslash"), ("a\nb.ipynb", "control"),
+        ("http://x/y.ipynb", "relative"), ("x" * 1030 + ".ipynb", "1024"),
+    ])
+    def test_bad_paths_say_why(self, given: str, words: str) -> None:
+        with pytest.raises(BadNotebook, match=re.escape(words)):
+            notebook_path(given)
+        if len(given) <= 1024:  # beyond, the document's maxLength refuses it
+            assert not re.match(NOTEBOOK_PATH, given), "the OpenAPI pattern refuses it too"
+
+
+def test_rendered_views_keep_the_most_recent_within_their_budget() -> None:
+    views = RenderedViews(budget=10)
+    views.put("a", b"1234")
+    views.put("b", b"1234")
+    assert views.get("a") == b"1234"  # a is now the most recent
+    views.put("c", b"1234")
+    assert views.get("b") is None and views.get("a") and views.get("c")
+    views.put("huge", b"x" * 11)
+    assert views.get("huge") is None and views.get("a")
+    views.drop("a")
+    assert views.get("a") is None

@@ -5,7 +5,8 @@
 #   deploy/images/build.sh --print-tag  print the tag a build would produce; build nothing
 #
 # The tag is nbpool/notebook:<12 hex>, a sha256 over every input: the files of the build
-# context (Dockerfile, requirements.txt, scripts, Welcome.ipynb, extra CA) and the id of
+# context (Dockerfile, requirements.txt, scripts, Welcome.ipynb, extra CA), the sources of the
+# JupyterLab extension (notebook/share-extension/ and notebook/build-extension.sh) and the id of
 # the base image. Equal inputs give an equal tag, so an existing tag is never rebuilt, and
 # any change gives a new tag that sandboxes can be rolled over to. nbpool/notebook:latest
 # is moved to the result. Progress goes to stderr, so `tag=$(build.sh)` works.
@@ -16,6 +17,9 @@
 #   NBPOOL_BUILD_CA_BUNDLE   PEM file of extra CA certificates to trust, in the build and in
 #                            the image (for networks with a TLS-intercepting proxy)
 #   NBPOOL_HOST_PYTHON       python used for `pip download` (default: python3)
+#   NBPOOL_LAB_PYTHON        python with jupyter_builder, which builds the JupyterLab extension
+#                            (default: <repo>/.venv/bin/python); the build also needs Node.js
+#                            20.19+ and npm (notebook/build-extension.sh says more)
 #   DOCKER                   docker client (default: /usr/bin/docker if present)
 set -euo pipefail
 
@@ -51,8 +55,10 @@ else
 fi
 base_id="$("$DOCKER" image inspect -f '{{.Id}}' "$NBPOOL_BASE_IMAGE")"
 
-ctx="$(mktemp -d "${TMPDIR:-/tmp}/nbpool-notebook-context.XXXXXX")"
-trap 'rm -rf "$ctx"' EXIT
+work="$(mktemp -d "${TMPDIR:-/tmp}/nbpool-notebook-context.XXXXXX")"
+trap 'rm -rf "$work"' EXIT
+ctx="$work/context"
+mkdir "$ctx"
 # Fixed modes: the hash, and the files' modes in the image, must not depend on the umask
 # or on how the repository was checked out.
 install -m 0644 "$here/notebook/Dockerfile" "$here/notebook/requirements.txt" "$ctx/"
@@ -66,10 +72,24 @@ else
     install -m 0644 /dev/null "$ctx/extra-ca.pem"   # the Dockerfile always COPYs it
 fi
 
+# The extension's sources, copied with fixed modes like the context's files. Its build
+# (share-extension/ in the context, made below) is left out of the hash, so that --print-tag
+# needs no Node.js; the sources and build-extension.sh determine it, up to the versions npm
+# picks for the build tools' own dependencies.
+ext="$work/share-extension-sources"
+(cd "$here/notebook/share-extension" &&
+    find . -type f ! -path './node_modules/*' ! -path './labextension/*' -print0 |
+    xargs -0 -I{} install -D -m 0644 {} "$ext/{}")
+install -m 0755 "$here/notebook/build-extension.sh" "$ext/build-extension.sh"
+
 # wheels/ is left out of the hash on purpose: requirements.txt pins each wheel by its
 # sha256 and the Dockerfile installs with --require-hashes, so the wheels are fully
 # determined by a hashed input, and --print-tag needs no download.
-inputs_sha="$( { tree_digest "$ctx"; echo "base-image $base_id"; } | sha256sum | cut -c1-64)"
+inputs_sha="$( {
+    tree_digest "$ctx"
+    echo "share-extension $(tree_digest "$ext")"
+    echo "base-image $base_id"
+} | sha256sum | cut -c1-64)"
 tag="$NBPOOL_NOTEBOOK_REPO:${inputs_sha:0:12}"
 
 if ((print_tag)); then
@@ -87,6 +107,7 @@ if image_exists "$tag"; then
 else
     started=$SECONDS
     check_base_matches_target
+    "$here/notebook/build-extension.sh" "$ctx/share-extension"
     download_wheels "$ctx"
     build_image "$tag" "$ctx" "nbpool notebook sandbox" "$inputs_sha" "$base_id"
     log "built $tag in $((SECONDS - started))s"

@@ -18,12 +18,12 @@ from starlette.staticfiles import StaticFiles
 
 from nbpool import __version__
 from nbpool.bus import Bus
-from nbpool.gateway import launch, sessions
+from nbpool.gateway import launch, sessions, snapshots
 from nbpool.gateway.admin import admin_router
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.docs import add_docs
 from nbpool.gateway.errors import install as install_error_handlers
-from nbpool.gateway.middleware import BodyLimit
+from nbpool.gateway.middleware import BodyLimit, PathCors
 from nbpool.gateway.origin_guard import OriginGuard
 from nbpool.gateway.pages import content_security_policy
 from nbpool.gateway.schemas import RELATIVE_PATH
@@ -65,6 +65,10 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         ended=gateway.ended_answer,
         static_paths=("/static/lab/",) if settings.static_offload else (),
     )
+    if origins.by_host and origins.snapshot_url:
+        # A sandbox's "Share a snapshot" command posts from the sandbox's own origin, with its token.
+        app.add_middleware(PathCors, paths=r"^/sessions/[a-z0-9]{4,40}/snapshots$",
+                           origins=origins.sandbox_origin_pattern(), methods=["POST"])
 
     @app.exception_handler(NoCapacity)
     async def _full(request: Request, exc: NoCapacity) -> Response:
@@ -73,6 +77,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
 
     app.include_router(sessions.router)
     app.include_router(launch.router)
+    app.include_router(snapshots.router)
     app.include_router(admin_router(settings))
     document = app.openapi
 
@@ -91,6 +96,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
                 for code, answer in schema["paths"][where]["get"]["responses"].items():
                     if code >= "400":  # errors are JSON, also where the page itself is HTML
                         answer["content"].pop("text/html", None)
+            _add_links(schema)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -101,3 +107,29 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         app.mount("/static/lab", StaticFiles(directory=os.path.join(get_app_dir(), "static")), name="lab-static")
 
     return app
+
+
+def _add_links(schema: dict[str, Any]) -> None:
+    """OpenAPI links: how a session's and a snapshot's answers lead to the requests that use them
+    (clients read them; the fuzz test follows them with real ids and tokens)."""
+    paths = schema["paths"]
+
+    def op(path: str, method: str) -> str:
+        return str(paths[path][method]["operationId"])
+
+    session = {"session_id": "$response.body#/id", "token": "$response.body#/token"}
+    snapshot = {"snapshot_id": "$response.body#/id"}
+    paths["/sessions"]["post"]["responses"]["201"]["links"] = {
+        "GetSession": {"operationId": op("/sessions/{session_id}", "get"), "parameters": session},
+        "PublishWelcome": {"operationId": op("/sessions/{session_id}/snapshots", "post"), "parameters": session,
+                           "requestBody": {"path": "Welcome.ipynb"}},
+        "EndSession": {"operationId": op("/sessions/{session_id}", "delete"), "parameters": session},
+    }
+    paths["/sessions/{session_id}/snapshots"]["post"]["responses"]["201"]["links"] = {
+        "GetSnapshot": {"operationId": op("/snapshots/{snapshot_id}", "get"), "parameters": snapshot},
+        "GetNotebook": {"operationId": op("/snapshots/{snapshot_id}/notebook", "get"), "parameters": snapshot},
+        "View": {"operationId": op("/s/{snapshot_id}", "get"), "parameters": snapshot},
+        "Remix": {"operationId": op("/remix/{snapshot_id}", "get"), "parameters": snapshot},
+        "DeleteSnapshot": {"operationId": op("/snapshots/{snapshot_id}", "delete"),
+                           "parameters": {**snapshot, "token": "$response.body#/delete_token"}},
+    }

@@ -115,7 +115,7 @@ async def ticket_events(ticket_id: str, request: Request, gw: TheGateway) -> Res
             if snap != last:
                 yield f"data: {json.dumps(snap)}\n\n"
                 last = snap
-            if ticket.state == "ready":
+            if ticket.state in ("ready", "failed"):
                 return
             if not await ticket.changed(timeout=5.0):
                 yield ": still waiting\n\n"

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["BodyLimit"]
+__all__ = ["BodyLimit", "PathCors"]
+
+
+class PathCors:
+    """Starlette's CORS for the paths ``paths`` (a regular expression) only, from origins matching
+    ``origins``; every other path answers no preflight and sends no CORS header.
+
+    The calls it allows carry a token in a header, never cookies (no credentials).
+    """
+
+    def __init__(self, app: ASGIApp, paths: str, origins: str, methods: Collection[str]) -> None:
+        self.app = app
+        self.paths = re.compile(paths)
+        self.cors = CORSMiddleware(app, allow_origin_regex=origins, allow_methods=methods,
+                                   allow_headers=["authorization", "content-type"], allow_credentials=False, max_age=3600)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.paths.match(scope["path"]):
+            await self.cors(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
 
 
 class BodyLimit:

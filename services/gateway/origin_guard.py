@@ -6,6 +6,8 @@ Traefik sends the gateway every request no sandbox route takes, whatever its ``H
 - the gateway's own host: the API and the visitor's pages; ``/admin...`` is sent on to the
   admin's origin;
 - the admin's host: ``/admin...`` only;
+- the snapshot views' host: ``/s/<id>`` only (:mod:`nbpool.gateway.snapshots`); ``/s/...`` asked
+  of the gateway's host is sent on there;
 - a sandbox's host (the sandbox has ended, or never was): the "this server has ended" page,
   whatever the path, with a link that starts a fresh server at the same page.
 
@@ -29,6 +31,12 @@ __all__ = ["OriginGuard"]
 
 def _is_admin_path(path: str) -> bool:
     return path == "/admin" or path.startswith("/admin/")
+
+
+def _raw_path(scope: Scope) -> str:
+    """The path as the client sent it (percent-encoded): fit for a Location header, whatever it decodes to."""
+    raw = scope.get("raw_path")
+    return raw.decode("latin-1") if raw else str(scope["path"])
 
 
 class OriginGuard:
@@ -67,10 +75,15 @@ class OriginGuard:
         elif kind == "admin" and path == "/":
             await self._redirect(send, "/admin")
         elif kind == "admin" and not (_is_admin_path(path) or path == "/healthz"):
-            await self._not_here(send)
+            await self._not_here(send, "the admin's origin serves only /admin")
+        elif kind == "snapshot" and not path.startswith("/s/"):
+            await self._not_here(send, "the snapshot origin serves only snapshot views, /s/<id>")
+        elif (kind == "public" and self.origins.by_host and self.origins.snapshot_url and path.startswith("/s/")
+              and scope["method"] in ("GET", "HEAD")):
+            await self._redirect(send, self.origins.snapshot_url + _raw_path(scope))
         elif kind == "public" and self.origins.by_host and _is_admin_path(path):
             query = scope.get("query_string", b"").decode("latin-1")
-            await self._redirect(send, self.origins.admin_url + path + (f"?{query}" if query else ""))
+            await self._redirect(send, self.origins.admin_url + _raw_path(scope) + (f"?{query}" if query else ""))
         else:
             await self.app(scope, receive, send)
 
@@ -88,8 +101,8 @@ class OriginGuard:
 
         return sending
 
-    async def _not_here(self, send: Send) -> None:
-        body = json.dumps({"detail": "the admin's origin serves only /admin"}).encode()
+    async def _not_here(self, send: Send, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
         await send({"type": "http.response.start", "status": 404, "headers": [(b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})
 

@@ -148,17 +148,18 @@ _WAITING_JS = _script("""
 const {state: first, ticket} = JSON.parse(document.getElementById('nbpool-data').textContent);
 function show(s){
   document.getElementById('status').textContent=describe(s);
-  document.getElementById('title').textContent = s.state=='full' ? 'No vacancy' : s.state=='ready' ? 'Ready' : 'Starting your server';
+  document.getElementById('title').textContent = s.state=='full' ? 'No vacancy' : s.state=='ready' ? 'Ready' : s.state=='failed' ? 'Your server could not be prepared' : 'Starting your server';
   const step = s.state=='ready' ? 'ready' : (s.state=='starting' || (s.state!='full' && s.position<=1)) ? 'starting' : 'queued';
   for (const id of ['queued','starting','ready']) document.getElementById('s-'+id).className = id==step ? 'on' : '';
   if (s.state=='ready' && s.url) { location.replace(s.url); }
 }
 show(first);
 const events=new EventSource('/queue/'+encodeURIComponent(ticket)+'/events');
-events.onmessage=(e)=>{ const s=JSON.parse(e.data); show(s); if (s.state=='ready') events.close(); };
+events.onmessage=(e)=>{ const s=JSON.parse(e.data); show(s); if (s.state=='ready' || s.state=='failed') events.close(); };
 function describe(s){
   const eta = s.estimate_s!=null ? ` About ${s.estimate_s<60 ? s.estimate_s+' s' : Math.round(s.estimate_s/60)+' min'} to go.` : '';
   if (s.state=='ready') return 'Your server is ready: opening it now.';
+  if (s.state=='failed') return s.message;
   if (s.state=='full') return `All servers are in use. You are number ${s.position} in line; a server frees up when someone leaves.`+eta;
   if (s.position>1) return `You are number ${s.position} in line.`+eta;
   return 'Your server is starting.'+eta;
@@ -174,6 +175,8 @@ def _describe(state: dict[str, Any]) -> str:
         eta = f" About {secs} s to go." if secs < 60 else f" About {round(secs / 60)} min to go."
     if state["state"] == "ready":
         return "Your server is ready: opening it now."
+    if state["state"] == "failed":
+        return str(state["message"])
     if state["state"] == "full":
         return (f"All servers are in use. You are number {state['position']} in line; "
                 "a server frees up when someone leaves." + eta)

@@ -18,7 +18,7 @@ import asyncio
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,7 +34,11 @@ log = logs.get("nbpool.gateway.queue")
 
 @dataclass(eq=False)
 class Ticket:
-    """One visitor's place in line. ``state``: queued, starting, full, ready."""
+    """One visitor's place in line. ``state``: queued, starting, full, ready, failed.
+
+    ``prepare``, if any, is awaited with the claimed sandbox before the ticket turns ready (a remix
+    puts its notebook in); if it raises, the ticket fails with the error as its message.
+    """
 
     id: str
     profile: str
@@ -47,6 +51,7 @@ class Ticket:
     estimate_s: float | None = None
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
+    prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def snapshot(self) -> dict[str, Any]:
@@ -104,10 +109,11 @@ class LaunchQueue:
         #: While every sandbox is in use, estimates come from when sessions will end instead.
         self.pace: dict[str, float] = {}
 
-    def join(self, profile: str, page: str, owner: str) -> Ticket:
-        """Put a visitor at the end of the line of ``profile``."""
+    def join(self, profile: str, page: str, owner: str,
+             prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None) -> Ticket:
+        """Put a visitor at the end of the line of ``profile`` (``prepare``: see :class:`Ticket`)."""
         self._forget_old()
-        ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner)
+        ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner, prepare=prepare)
         # The launch request itself watches for a moment (a sandbox about to turn warm needs no
         # waiting page); after that, only the visitor's page keeps the ticket watched.
         ticket.seen -= max(0.0, self._watch_window - 1.0)
@@ -155,7 +161,7 @@ class LaunchQueue:
     def _forget_old(self) -> None:
         now = time.monotonic()
         for tid, ticket in list(self._tickets.items()):
-            if ticket.state == "ready" and now - ticket.seen > self._keep_done:
+            if ticket.state in ("ready", "failed") and now - ticket.seen > self._keep_done:
                 del self._tickets[tid]
 
     async def _work(self, profile: str) -> None:
@@ -184,6 +190,16 @@ class LaunchQueue:
                 await asyncio.sleep(1.0)
                 continue
             line.remove(head)
+            if head.prepare is not None:
+                try:
+                    await head.prepare(record)
+                except Exception as err:
+                    head.state, head.message, head.position = "failed", f"{err}; please try again", 0
+                    head.notify()
+                    log.warning("launch from the line failed", extra={"ticket": head.id, "sandbox": record.id,
+                                                                      "error": repr(err)})
+                    self._reposition(profile)
+                    continue
             now = time.monotonic()
             took = now - last_served
             last_served = now

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -9,10 +10,12 @@ from fastapi import Query
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from nbpool.gateway.links import lab_path
+from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, notebook_path
+from nbpool.snapshots import SNAPSHOT_ID
 
 __all__ = [
-    "RELATIVE_PATH", "SESSION_ID", "ProfileQuery", "SessionCreated", "SessionInfo", "SessionRequest", "Stats",
-    "UrlPathQuery", "iso",
+    "RELATIVE_PATH", "SESSION_ID", "ProfileQuery", "SessionCreated", "SessionInfo", "SessionRequest", "SnapshotCreated",
+    "SnapshotInfo", "SnapshotRequest", "Stats", "UrlPathQuery", "iso",
 ]
 
 #: A session (sandbox) id, as a path parameter.
@@ -37,12 +40,50 @@ class SessionRequest(BaseModel):
     profile: str | None = Field(default=None, description="a configured profile; the default profile if absent")
     path: str = Field(default="", max_length=1024, description="a file or folder to open, relative to the home folder",
                       json_schema_extra={"pattern": RELATIVE_PATH})
+    snapshot: str | None = Field(default=None, description="a snapshot's id: the session starts with a copy of its "
+                                 "notebook, opened (remix)", json_schema_extra={"pattern": SNAPSHOT_ID})
+
+    @field_validator("snapshot")
+    @classmethod
+    def _snapshot_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(SNAPSHOT_ID, value):
+            raise ValueError("not a snapshot id (16 hexadecimal digits, from its view_url or remix_url)")
+        return value
 
     @field_validator("path")
     @classmethod
     def _relative_path(cls, value: str) -> str:
         lab_path(value)  # raises BadLink (a ValueError) with what is wrong
         return value.strip("/")
+
+
+class SnapshotRequest(BaseModel):
+    """Which notebook of the session to publish."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(max_length=1024, description="the notebook, relative to the session's home folder",
+                      json_schema_extra={"pattern": NOTEBOOK_PATH, "examples": ["Welcome.ipynb"]})
+
+    @field_validator("path")
+    @classmethod
+    def _notebook(cls, value: str) -> str:
+        return notebook_path(value)  # raises BadNotebook (a ValueError) with what is wrong
+
+
+class SnapshotInfo(BaseModel):
+    id: str
+    name: str = Field(description="the notebook's file name")
+    created: str = Field(description="ISO 8601, UTC")
+    expires_at: str = Field(description="when it is deleted (ISO 8601, UTC)")
+    size: int = Field(description="bytes")
+    view_url: str = Field(description="the read-only view, on the snapshot origin: share this")
+    remix_url: str = Field(description="opens a fresh session with a copy of the notebook")
+    notebook_url: str = Field(description="the .ipynb itself")
+
+
+class SnapshotCreated(SnapshotInfo):
+    delete_token: str = Field(description="deletes the snapshot (DELETE /snapshots/{id}); shown only now")
 
 
 class SessionCreated(BaseModel):

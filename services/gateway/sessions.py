@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import nats.js.errors
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
@@ -12,10 +12,12 @@ from nbpool import __version__
 from nbpool.culler.policy import expires_at
 from nbpool.gateway.errors import error_responses
 from nbpool.gateway.links import lab_path
+from nbpool.gateway.sandbox_files import SandboxUnreachable
 from nbpool.gateway.schemas import SESSION_ID, SessionCreated, SessionInfo, SessionRequest, Stats, iso
 from nbpool.gateway.state import Gateway, the_gateway
 from nbpool.gateway.tokens import from_authorization, same
 from nbpool.models import Activity, BadMessage, SandboxRecord, State, decode
+from nbpool.snapshots import SnapshotError
 
 __all__ = ["router"]
 
@@ -23,14 +25,44 @@ router = APIRouter()
 TheGateway = Annotated[Gateway, Depends(the_gateway)]
 
 
-@router.post("/sessions", status_code=201, response_model=SessionCreated, responses=error_responses(413, 422, 429, 503))
+_SNAPSHOT_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {**error_responses(404)[404], "description": "no such snapshot (with snapshot)"},
+    410: {**error_responses(404)[404], "description": "the snapshot has expired (with snapshot)"},
+}
+
+
+@router.post("/sessions", status_code=201, response_model=SessionCreated,
+             responses={**error_responses(413, 422, 429, 503), **_SNAPSHOT_ERRORS})
 async def create_session(request: Request, gw: TheGateway, body: SessionRequest | None = None) -> SessionCreated:
-    """Claim a warm sandbox. The answer's ``url`` opens JupyterLab at once."""
+    """Claim a warm sandbox. The answer's ``url`` opens JupyterLab at once.
+
+    With ``snapshot``, the session starts with a copy of that snapshot's notebook in its home folder,
+    and ``url`` opens it (remix).
+    """
     body = body or SessionRequest()
+    page = lab_path(body.path)
+    snap, data = None, b""
+    if body.snapshot is not None:
+        if not gw.origins.snapshot_url:
+            raise HTTPException(404, "snapshots are off on this nbpool: NBPOOL_SNAPSHOT_URL is not set")
+        try:
+            snap = await gw.snapshots.info(body.snapshot)
+            data = await gw.snapshots.notebook(snap)
+        except SnapshotError as err:
+            raise HTTPException(err.status, str(err)) from None
+        except Exception as err:
+            raise HTTPException(503, f"the snapshot store did not answer ({err.__class__.__name__}); try again",
+                                headers={"Retry-After": "5"}) from err
+        page = lab_path(body.path or snap.name)
     rec = await gw.launch(request, body.profile)
+    if snap is not None:
+        try:
+            await gw.remix_into(rec, snap, data)
+        except SandboxUnreachable as err:
+            raise HTTPException(503, f"{err}; try again", headers={"Retry-After": "2"}) from None
     return SessionCreated(
         id=rec.id,
-        url=gw.lab_url(rec, lab_path(body.path)),
+        url=gw.lab_url(rec, page),
         token=rec.token,
         expires_at=iso(expires_at(rec, None, gw.policy)),
         profile=rec.pool,

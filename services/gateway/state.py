@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import OrderedDict
 from typing import Any
 
 import nats.js.errors
@@ -29,14 +30,16 @@ from nbpool.gateway.links import spawn_link
 from nbpool.gateway.pages import ended_page
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
+from nbpool.gateway.sandbox_files import SandboxFiles, SandboxUnreachable
 from nbpool.hosts import HostWatch
-from nbpool.metrics import HOSTS, SESSIONS
-from nbpool.models import Activity, Drain, SandboxRecord, SpawnerBeat, State
+from nbpool.metrics import HOSTS, SESSIONS, SNAPSHOTS
+from nbpool.models import Activity, Drain, SandboxRecord, Snapshot, SpawnerBeat, State
 from nbpool.names import Names
 from nbpool.records import read_record, transition
 from nbpool.settings import GatewaySettings
+from nbpool.snapshots import SnapshotStore
 
-__all__ = ["Gateway", "gateway_of", "the_gateway"]
+__all__ = ["Gateway", "RenderedViews", "gateway_of", "the_gateway"]
 
 log = logs.get("nbpool.gateway")
 
@@ -49,6 +52,11 @@ class Gateway:
         self.origins = settings.origins
         self.limiter = RateLimiter(settings.rate_limit, settings.rate_burst)
         self.policy = CullPolicy(settings.idle_timeout, settings.max_age, float("inf"))
+        self.snapshot_limiter = RateLimiter(settings.snapshot_rate, max(1, round(settings.snapshot_rate / 2)))
+        self.rendered = RenderedViews()
+        #: Snapshot views being rendered, by snapshot id (one render however many ask).
+        self.rendering: dict[str, asyncio.Future[bytes]] = {}
+        self.files = SandboxFiles()
         self._given_bus = bus
         self._tasks: list[asyncio.Future[Any]] = []
 
@@ -69,6 +77,9 @@ class Gateway:
         self.claimer = Claimer(self.bus, self.hosts, settings.claim_timeout)
         self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full)
         self.admin_sessions = AdminSessions(self.bus, settings.admin_session_ttl)
+        self.snapshots = SnapshotStore(self.bus, settings.snapshot_ttl, settings.snapshot_budget, settings.bus_replicas)
+        if self.origins.snapshot_url:
+            await self.snapshots.ensure()
         mirrors: list[KVMirror[Any]] = [self.spawners, self.records, self.activity, self.control]
         self._tasks = [asyncio.ensure_future(m.run()) for m in mirrors]
         self._tasks += [asyncio.ensure_future(self.bus.presence("gateway")), asyncio.ensure_future(self.tail.run())]
@@ -88,6 +99,7 @@ class Gateway:
     async def close(self) -> None:
         await self.queue.close()
         await cancel_and_wait(*self._tasks)
+        await self.files.close()
         if self._given_bus is None:
             await self.bus.close()
 
@@ -110,6 +122,28 @@ class Gateway:
     def lab_url(self, rec: SandboxRecord, page: str = "lab") -> str:
         """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
         return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
+
+    def snapshot_links(self, snapshot_id: str) -> dict[str, str]:
+        """Where a snapshot is viewed (its own origin), remixed and downloaded."""
+        public = self.settings.public_url
+        return {"view_url": f"{self.origins.snapshot_url}/s/{snapshot_id}", "remix_url": f"{public}/remix/{snapshot_id}",
+                "notebook_url": f"{public}/snapshots/{snapshot_id}/notebook"}
+
+    async def remix_into(self, rec: SandboxRecord, snap: Snapshot, data: bytes) -> None:
+        """Put the snapshot's notebook into a just-claimed session's home, before its visitor comes.
+
+        If the sandbox does not take it, the session is ended (nobody has seen it) and
+        :class:`SandboxUnreachable` raised: the visitor launches again.
+        """
+        try:
+            await self.files.place(rec, snap.name, data)
+        except SandboxUnreachable:
+            log.warning("remix: the notebook could not be placed; ending the session",
+                        extra={"sandbox": rec.id, "snapshot": snap.id})
+            await self.end_session(rec.id, "remix.failed")
+            raise
+        SNAPSHOTS.labels("remixed").inc()
+        await self.bus.event("snapshot.remixed", rec.id, host=rec.host, data={"snapshot": snap.id})
 
     def ended_answer(self, sandbox_id: str, rest: str, accept: str) -> Response:
         """404 for ``<a sandbox>/<rest>`` that has ended: a page (or JSON) that launches a fresh one there,
@@ -191,6 +225,36 @@ class Gateway:
             if rec.state == State.CLAIMED and rec.pool == profile
         )
         return None if len(ends) < position else max(0.0, ends[position - 1] - time.time()) + 3.0
+
+
+class RenderedViews:
+    """Rendered view pages (gzipped) by snapshot id, the most recently used kept up to ``budget`` bytes."""
+
+    def __init__(self, budget: int = 64 * 1024 * 1024) -> None:
+        self._budget = budget
+        self._pages: OrderedDict[str, bytes] = OrderedDict()
+        self._size = 0
+
+    def get(self, snapshot_id: str) -> bytes | None:
+        page = self._pages.get(snapshot_id)
+        if page is not None:
+            self._pages.move_to_end(snapshot_id)
+        return page
+
+    def put(self, snapshot_id: str, page: bytes) -> None:
+        self.drop(snapshot_id)
+        if len(page) > self._budget:
+            return
+        self._pages[snapshot_id] = page
+        self._size += len(page)
+        while self._size > self._budget:
+            _, old = self._pages.popitem(last=False)
+            self._size -= len(old)
+
+    def drop(self, snapshot_id: str) -> None:
+        old = self._pages.pop(snapshot_id, None)
+        if old is not None:
+            self._size -= len(old)
 
 
 def gateway_of(request: Request) -> Gateway:

@@ -119,6 +119,7 @@ class Starter:
                 profile=profile,
                 image=s.settings.profiles[profile].image,
                 runtime=s.settings.profiles[profile].runtime,
+                share_url=f"{s.settings.public_url}/sessions/{sid}/snapshots" if s.settings.origins.snapshot_url else None,
             )
             sandbox = await self._create(spec)
             s.known.add(sid)

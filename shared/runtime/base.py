@@ -25,7 +25,9 @@ class RuntimeUnavailable(Exception):
 class SandboxSpec:
     """What to start: a Jupyter server serving ``base_path`` (``/``, or ``/user/<id>/`` with path
     routing), accepting ``token``. ``runtime`` names an OCI runtime of the engine (``runsc``
-    for gVisor); a runtime that cannot honour it raises :class:`SpawnFailed`."""
+    for gVisor); a runtime that cannot honour it raises :class:`SpawnFailed`. ``share_url`` is
+    where the sandbox's "Share a snapshot" command posts (``NBPOOL_SHARE_URL`` in its environment;
+    None when snapshots are off)."""
 
     id: str
     token: str
@@ -33,6 +35,7 @@ class SandboxSpec:
     profile: str
     image: str | None = None
     runtime: str | None = None
+    share_url: str | None = None
 
 
 @dataclass(frozen=True)

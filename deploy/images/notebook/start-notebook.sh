@@ -6,6 +6,9 @@
 #                    logs it, which is never "no authentication".
 #   NBPOOL_BASE_URL  the URL prefix the proxy routes to this sandbox: / when the sandbox has an
 #                    origin of its own (the default), /user/<id>/ with NBPOOL_ROUTING=path.
+#   NBPOOL_SHARE_URL where JupyterLab's "Share a snapshot" command POSTs (an absolute http(s) URL,
+#                    the gateway's snapshots endpoint for this session). It reaches the page as
+#                    the page config option nbpoolShareUrl. Unset or empty: no such command.
 #
 # Extra arguments are passed on to `jupyter server`, after (so they override) these.
 set -euo pipefail
@@ -36,6 +39,28 @@ fi
 if [[ -d /opt/nbpool/home ]]; then
     cp -rn /opt/nbpool/home/. "$HOME"/ 2>/dev/null || true
     cp -rn /etc/skel/. "$HOME"/ 2>/dev/null || true
+fi
+# The share endpoint as page config: JupyterLab merges labconfig/page_config.json from every
+# Jupyter config folder, so a folder of its own, put first on JUPYTER_CONFIG_PATH, adds it to the
+# image's page_config.json. The root filesystem is read-only: the folder is made in /tmp. (The
+# visitor can edit it, as they can ~/.jupyter, which takes precedence anyway; it is read when a
+# page is served, and holds no secret.)
+if [[ -n "${NBPOOL_SHARE_URL:-}" ]]; then
+    # Written into JSON as is, so nothing that would need escaping there: no quote, backslash,
+    # space or control character.
+    share_url_re='^https?://[^[:space:][:cntrl:]"\]+$'
+    if [[ ! $NBPOOL_SHARE_URL =~ $share_url_re ]]; then
+        echo "nbpool-start-notebook: NBPOOL_SHARE_URL is not an http(s) URL without spaces or" \
+            "quotes; sharing is off: $NBPOOL_SHARE_URL" >&2
+    elif ! config_dir="$(mktemp -d "${TMPDIR:-/tmp}/nbpool-jupyter-config.XXXXXX")"; then
+        echo "nbpool-start-notebook: no writable temporary folder for the page config;" \
+            "sharing is off" >&2
+    else
+        mkdir "$config_dir/labconfig"
+        printf '{"nbpoolShareUrl": "%s"}\n' "$NBPOOL_SHARE_URL" \
+            >"$config_dir/labconfig/page_config.json"
+        export JUPYTER_CONFIG_PATH="$config_dir${JUPYTER_CONFIG_PATH:+:$JUPYTER_CONFIG_PATH}"
+    fi
 fi
 # Hand the token over through Jupyter's own variable rather than the command line: the
 # command line of every process is world-readable (ps, /proc/<pid>/cmdline), the environment
