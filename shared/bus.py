@@ -243,6 +243,10 @@ class Bus:
                     pass
 
 
+#: Seconds without news after which a mirror checks that its watcher is not stalled (see _follow).
+STALL_CHECK = 2.0
+
+
 class KVMirror(Generic[_M]):
     """A live local copy of one KV bucket, decoded into ``model``.
 
@@ -302,6 +306,13 @@ class KVMirror(Generic[_M]):
             # node that died) is started again rather than taken for the whole bucket.
             give_up_at: float | None = None
             seen = 0  # the stream sequence of the last entry handed over
+            # After the first read, a watcher whose server-side consumer died with its bus node
+            # can stay silent without any error (nats-py recreates it only later, if at all).
+            # So while nothing arrives, every STALL_CHECK seconds the bucket's last sequence is
+            # read: an entry that was already written at one check and has still not arrived
+            # at the next means the watcher is stalled, and the bucket is read afresh.
+            idle_since = time.monotonic()
+            owed = 0  # a sequence the bucket had at the last check that had not arrived then
             while True:
                 # Not watcher.updates(timeout): its wait_for can swallow our cancellation (3.11).
                 if pending is None:
@@ -317,8 +328,17 @@ class KVMirror(Generic[_M]):
                             return
                         self._replace(snapshot)
                         initial = False
+                    elif not initial and time.monotonic() - idle_since >= STALL_CHECK:
+                        if owed > seen:
+                            log.warning("mirror stalled, reading again", extra={"bucket": self._bucket,
+                                                                                 "arrived": seen, "written": owed})
+                            return
+                        last = await self._last_sequence()
+                        owed = last if last is not None and last > seen else 0
+                        idle_since = time.monotonic()
                     continue
                 entry, pending = pending.result(), None
+                idle_since = time.monotonic()
                 if entry is not None:
                     seen = max(seen, entry.revision or 0)
                 if entry is None:

@@ -38,6 +38,15 @@ class HostWatch:
         else:
             self._seen[key] = now - min(self.timeout, max(0.0, time.time() - beat.at))
 
+    def revision(self, host: str) -> int | None:
+        """The revision of ``host``'s heartbeat in the mirror, if it has one."""
+        item = self.beats.items.get(host)
+        return item[1] if item else None
+
+    def heard(self, host: str) -> None:
+        """Count ``host`` as heard from now (its heartbeat was read from the bucket directly)."""
+        self._seen[host] = time.monotonic()
+
     def silent_for(self, host: str) -> float:
         """Seconds since ``host``'s last heartbeat arrived; for a host never heard from (say, its
         records outlived its heartbeat's key), since this watch began."""

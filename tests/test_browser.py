@@ -6,6 +6,8 @@ A failing test leaves a screenshot in test-artifacts/. Without Chromium these fa
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 from collections.abc import AsyncIterator
@@ -147,8 +149,6 @@ _ATTACK = """
 
 
 def _attack_notebook(tries: list[Any]) -> dict[str, Any]:
-    import json
-
     html = f"<p id=attack>attack</p><script>{_ATTACK % {'tries': json.dumps(tries)}}</script>"
     return {
         "cells": [{"cell_type": "code", "execution_count": 1, "id": "attack", "metadata": {}, "source": "attack()",
@@ -254,7 +254,6 @@ _HOSTILE = """<script>fetch('{hit}/script')</script>
 async def test_a_hostile_snapshot_runs_nothing_and_loads_nothing(make_cluster: Any, page: Any) -> None:
     """A notebook whose markdown and outputs try every way to run script or reach out: its view in
     Chromium runs none of them and makes no request but its own."""
-    import asyncio
     import http.server
     import threading
 
@@ -339,6 +338,12 @@ async def test_share_a_snapshot_from_jupyterlab_then_remix_it(docker_cluster: An
     assert "Python 3" in await page.content() and "45" in await page.locator("body").inner_text()
     await page.get_by_role("link", name=re.compile("Remix")).click()
     await page.locator(LAB).wait_for()
-    assert page.url.split("/lab", 1)[0] != first_origin and "/lab/tree/Welcome.ipynb" in page.url
+    remixed = page.url.split("/lab", 1)[0]
+    assert remixed != first_origin and "/lab/tree/Welcome.ipynb" in page.url
+    # The file itself first (the browser holds the new server's cookie), then what Lab shows of it.
+    stored = await page.request.get(f"{remixed}/api/contents/Welcome.ipynb?content=1")
+    assert stored.ok, await stored.text()
+    outputs = [o for c in (await stored.json())["content"]["cells"] for o in c.get("outputs", [])]
+    assert "45" in json.dumps(outputs), outputs
     cell = page.locator(".jp-Notebook .jp-CodeCell").first
     await cell.locator(".jp-OutputArea-output").filter(has_text="45").first.wait_for()

@@ -105,16 +105,20 @@ async def test_a_lost_host_ends_its_sessions_once_and_reconciles_on_return(deck:
     gateway = await deck.claimer()
     sessions = [await gateway.claim("default", owner=f"v{i}", wait=5) for i in range(4)]
     assert {s.host for s in sessions} == {"h1", "h2"}
-    lost_ids = {r.id for r in deck.records.values() if r.host == "h1"}
+    sessions_on_h1 = {s.id for s in sessions if s.host == "h1"}
     await deck.culler()
     await deck.culler()
     await asyncio.sleep(HOST_TIMEOUT + 1)  # both cullers trust the bus by now
     await deck.stop_spawner("h1")
     silent_since = time.monotonic()
-    await deck.until(lambda: all((r := deck.records.get(sid)) is not None and r.state == State.ENDING for sid in lost_ids),
+    # Everything h1 held when it went silent: its sessions and the refill it had begun.
+    on_h1 = lambda: {r.id for r in deck.records.values() if r.host == "h1"}  # noqa: E731
+    await deck.until(lambda: all((r := deck.records.get(sid)) is not None and r.state == State.ENDING
+                                 for sid in on_h1() | sessions_on_h1),
                      "h1's sandboxes ending", timeout=HOST_TIMEOUT + 10)
     took = time.monotonic() - silent_since
     assert took < HOST_TIMEOUT + 3, f"host loss noticed after {took:.1f} s"
+    lost_ids = on_h1()
     assert {deck.records.get(sid).ending_reason for sid in lost_ids} == {"host.lost"}  # type: ignore[union-attr]
     assert gateway.live_spawners() and {b.id for b in gateway.live_spawners()} == {"h2"}
     # New claims go to the host that is left.

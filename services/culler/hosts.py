@@ -13,7 +13,9 @@ again: claims go only to hosts whose heartbeat is fresh, and a claim is a compar
 
 A silent heartbeat is only believed while the bus itself is answering: during an election
 nobody's heartbeat arrives, and that must not end every session. So a host is judged lost only
-once the bus has answered for a whole timeout (the host had that long to be heard).
+once the bus has answered for a whole timeout (the host had that long to be heard), and only
+when a direct read of the host's heartbeat finds nothing newer than what the culler's mirror saw
+(a mirror whose watcher stalled with a dead bus node must not end live sessions).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class LostHosts:
         self.watch = HostWatch(bus, timeout)
         self.lost: KVMirror[HostLoss] = KVMirror(bus, bus.names.hosts, HostLoss)
         self._bus_ok_since: float | None = None
+        self._read: dict[str, int] = {}  # host -> revision of the last heartbeat read directly
 
     async def probe(self) -> bool:
         """Whether the bus answers now (the heartbeats' stream, within a second)."""
@@ -81,10 +84,31 @@ class LostHosts:
         ended = 0
         for host, records in by_host.items():
             silent = self.watch.silent_for(host)
-            if silent >= self.timeout:
+            if silent >= self.timeout and not await self._heard_directly(host):
                 ended += await self._end(host, records, silent)
         await self._returned()
         return ended
+
+    async def _heard_directly(self, host: str) -> bool:
+        """Whether the spawners bucket itself holds a heartbeat of ``host`` newer than any this
+        culler has seen: then the mirror of heartbeats is behind (its watcher stalled when a bus
+        node died), not the host, and the host counts as heard from now. A failed read
+        ends nothing either."""
+        try:
+            kv = await self.bus.kv(self.bus.names.spawners)
+            entry = await kv.get(host)
+        except nats.js.errors.KeyNotFoundError:
+            return False
+        except (TimeoutError, nats.errors.Error) as err:
+            log.warning("heartbeat not read", extra={"host": host, "error": repr(err)})
+            return True
+        revision = entry.revision or 0
+        if revision <= self._read.get(host, 0) or revision <= (self.watch.revision(host) or 0):
+            return False
+        self._read[host] = revision
+        log.warning("heartbeat newer than the mirror's: host taken as live", extra={"host": host})
+        self.watch.heard(host)
+        return True
 
     async def _end(self, host: str, records: list[tuple[SandboxRecord, int]], silent: float) -> int:
         kv = await self.bus.kv(self.bus.names.sandboxes)
