@@ -26,6 +26,8 @@ from plots import draw
 from proxy import ProxyResults
 from resources import ResourceResults
 from scale import ScaleResults
+from snapshots import KINDS as SNAPSHOT_KINDS
+from snapshots import SnapshotResults
 
 __all__ = ["Results", "write"]
 
@@ -55,6 +57,7 @@ class Results:
     scale: ScaleResults | None = None
     gvisor: GVisorResults | None = None
     hosts: HostsResults | None = None
+    snapshots: SnapshotResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -574,6 +577,143 @@ def _hosts_section(r: Results, out: list[str]) -> None:
     out += [f"> {note}" for note in h.notes]
 
 
+def _snapshots_section(r: Results, out: list[str]) -> None:
+    s = r.snapshots
+    assert s is not None
+    sizes = ", ".join(f"{label} ({n(b / 1000, 'kB')})" for label, b in s.notebook_bytes.items()) or "about 100 KB and 2 MB"
+    out += ["## 9. Snapshots", "",
+            (f"An author's session holds two notebooks made for the bench, {sizes}: many code cells with text outputs "
+             "and a few PNG images, put there with the contents API. Every publish is of new content (a line of the "
+             "first cell changes, untimed, before it), so it is a new notebook on the bus and a new snapshot id. "
+             "*Publish*: `POST /sessions/{id}/snapshots` through Traefik (the gateway reads the notebook from the "
+             "sandbox, validates it with nbformat, stores it in the bus's object store); its floor is the same "
+             "sandbox's plain `GET api/contents/<path>` of that notebook through Traefik, alternating with it. "
+             "*View, cold*: the first `GET` of a new snapshot's `view_url` (its own origin, through Traefik, gzip "
+             "accepted as a browser does: read from the bus, rendered by nbconvert); floor: `GET "
+             "/snapshots/{id}/notebook` of the same snapshot (the same read from the bus, the notebook sent, no "
+             "rendering). *View, cached*: the page again (kept "
+             "in the gateway's memory); floor: `GET /snapshots/{id}`, the snapshot's record alone, alternating. "
+             f"{s.runs} round{'s' if s.runs != 1 else ''}, the sizes in turn; *runs* is the range of the per-round "
+             "medians. Read the ratios: what publishing or rendering adds to moving the bytes."), "",
+            "Milliseconds:", ""]
+    rows = []
+    pairs = (("publish", s.publish, s.read_floor, "`GET api/contents/<path>`"),
+             ("view, cold (render)", s.view_cold, s.download, "`GET /snapshots/{id}/notebook`"),
+             ("view, cached", s.view_cached, s.info, "`GET /snapshots/{id}`"))
+    for label in s.notebook_bytes or s.publish:
+        for what, figures, floors, floor_name in pairs:
+            fig, floor = figures.get(label), floors.get(label)
+            if fig is None or not fig.samples:
+                continue
+            f50 = floor.pooled.p50 if floor is not None and floor.samples else float("nan")
+            rows.append([f"{what}, {label}", str(fig.pooled.n), n(fig.pooled.p50), n(fig.pooled.p95), n(fig.pooled.max),
+                         spread(fig), floor_name, n(f50), ratio(fig.pooled.p50, f50)])
+        reads = s.gateway_reads.get(label)
+        if reads is not None and reads.samples:
+            rows.append([f"– the gateway's two reads of the sandbox, by hand, {label}", str(reads.pooled.n),
+                         n(reads.pooled.p50), n(reads.pooled.p95), n(reads.pooled.max), spread(reads), "", "", ""])
+    out += [table(["request", "n", "p50", "p95", "max", "runs", "floor (same run)", "floor p50", "p50 ratio"], rows), "",
+            ("*The gateway's two reads, by hand*: what the gateway asks of the sandbox when publishing (`?content=0`, "
+             "then the file as text), sent by the bench through Traefik; the publish less these is the checking and "
+             "the storing (the gateway itself reaches the sandbox without Traefik).")]
+    if s.page_bytes:
+        out += ["", "The rendered pages (asked for as a browser does, accepting gzip): " + ", ".join(
+            f"{label} {n(b / 1000, 'kB')}, {n(s.page_sent.get(label, b) / 1000, 'kB')} sent" for label, b in s.page_bytes.items())
+                + "."]
+    plain = s.remix.get("plain")
+    out += ["", (f"*Remix*: from `POST /sessions {{\"snapshot\": id}}` (a warm sandbox claimed and the notebook written "
+                 "into it with the contents API before the answer) to the result of `1+1` on the session's pre-started "
+                 "kernel over a websocket through Traefik, timed as in section 2; the floor is a plain `POST /sessions` "
+                 f"timed the same way. One visitor at a time, the kinds in turn (the order rotating), {s.pool} warm "
+                 "sandboxes and no refill behind the visitors of a round (the spawner's capacity is the pool and the "
+                 "author's sandbox); between rounds the sessions are ended and the pool refilled. Each remixed session "
+                 "is checked afterwards, untimed, to hold the notebook at its size."), "", "Milliseconds:", ""]
+    rrows = []
+    for kind in SNAPSHOT_KINDS:
+        fig = s.remix.get(kind)
+        if fig is None:
+            continue
+        parts = s.remix_parts.get(kind, {})
+        p50 = fig.pooled.p50
+        base = plain.pooled.p50 if plain is not None and plain.samples else float("nan")
+        rrows.append([kind if kind == "plain" else f"{kind} (snapshot of the {kind.removeprefix('remix ')} notebook)",
+                      str(fig.pooled.n), n(p50), n(fig.pooled.p95), n(fig.pooled.max), spread(fig),
+                      *(n(parts[name].pooled.p50) if name in parts else "–" for name in ("claim", "websocket open", "execute 1+1")),
+                      "–" if kind == "plain" else n(p50 - base), "–" if kind == "plain" else ratio(p50, base),
+                      str(s.failures.get(kind, 0))])
+    out += [table(["visitor", "n", "p50", "p95", "max", "runs", "claim p50", "websocket open p50", "execute `1+1` p50",
+                   "p50 − plain", "ratio to plain", "failed"], rrows), ""]
+    if s.stored_after:
+        first, last = s.stored_after[0] - s.stored_before, s.stored_after[-1] - s.stored_after[0]
+        srows = [["the notebook", n(s.same_bytes / 1000, "kB")],
+                 ["the stream before", n(s.stored_before / 1000, "kB")],
+                 ["grown with the first publish", f"{n(first / 1000, 'kB')} ({ratio(first, s.same_bytes)} the notebook)"],
+                 [f"grown with the {len(s.stored_after) - 1} publishes after it", n(last / 1000, "kB")],
+                 ["publishing the same notebook again, p50", n(s.republish.pooled.p50, "ms")]]
+        if s.distinct_bytes:
+            srows.append([f"the stream before, against the {s.distinct} distinct notebooks published until then "
+                          f"({n(s.distinct_bytes / 1000, 'kB')})", f"{ratio(s.stored_before, s.distinct_bytes)} their bytes"])
+        out += [(f"*Storage*: the bytes of the object store's stream (`OBJ_<instance>_snapshots`, read as the operator) "
+                 f"before and after publishing one new {s.same_label} notebook {len(s.stored_after)} times (each publish a "
+                 "snapshot of its own): the bus should hold one copy."), "",
+                table(["", "value"], srows), ""]
+    meaning = _snapshots_meaning(s)
+    if meaning:
+        out += [f"**What it means.** {meaning}", ""]
+    said = []
+    if s.warmup_ms:
+        said.append("Untimed, before the rest: " + ", ".join(f"{k} {n(v, 'ms')}" for k, v in s.warmup_ms.items()) + ".")
+    if not math.isnan(s.fill_s):
+        said.append(f"Warming the pool of {s.pool} took {n(s.fill_s, 's')}"
+                    + (f"; refilling it between rounds {', '.join(n(x, 's') for x in s.refill_s)}" if s.refill_s else "")
+                    + ".")
+    if said:
+        out += [" ".join(said), ""]
+    if s.errors:
+        out += ["Failures: " + "; ".join(sorted({e[:200] for e in s.errors})), ""]
+    out += ["To measure only this: `.venv/bin/python bench/run.py --only snapshots --out /tmp/b` (add `--quick` for a "
+            "small version).", ""]
+
+
+def _snapshots_meaning(s: SnapshotResults) -> str:
+    """The snapshot figures in a few sentences, from this run's own numbers."""
+    said = []
+
+    def p50(figures: dict[str, Figure], label: str) -> float:
+        fig = figures.get(label)
+        return fig.pooled.p50 if fig is not None and fig.samples else float("nan")
+
+    labels = list(s.notebook_bytes)
+    publish = [f"{n(p50(s.publish, label), 'ms')} for {label} ({ratio(p50(s.publish, label), p50(s.read_floor, label))} "
+               "reading it)" for label in labels if not math.isnan(p50(s.publish, label))]
+    if publish:
+        said.append("Publishing takes " + " and ".join(publish) + ".")
+    big = labels[-1] if labels else ""
+    cold, cached = p50(s.view_cold, big), p50(s.view_cached, big)
+    if not math.isnan(cold):
+        said.append(f"The first view of a snapshot is the costly request: {n(cold, 'ms')} for the {big} notebook, "
+                    f"{ratio(cold, p50(s.download, big))} reading it from the bus, paid once per gateway process "
+                    f"(its visitor waits for it); after that {n(cached, 'ms')}.")
+    plain = s.remix.get("plain")
+    if plain is not None and plain.samples:
+        extra = []
+        for kind, fig in s.remix.items():
+            if kind == "plain" or not fig.samples:
+                continue
+            later = fig.pooled.p50 - plain.pooled.p50
+            claim = p50(s.remix_parts.get(kind, {}), "claim") - p50(s.remix_parts.get("plain", {}), "claim")
+            extra.append(f"{n(later, 'ms')} ({kind.removeprefix('remix ')}; its claim {n(claim, 'ms')} longer)")
+        if extra:
+            said.append("A remix reaches its first output " + " and ".join(extra) + " later than a plain launch; the "
+                        "claim is the answer to `POST /sessions`, which for a remix reads the notebook from the bus "
+                        "and writes it into the sandbox first.")
+    if len(s.stored_after) > 1:
+        grew = s.stored_after[-1] - s.stored_after[0]
+        said.append(f"Publishing the same notebook {len(s.stored_after)} times " + (
+            "left one copy on the bus." if grew == 0 else f"grew the stream by {n(grew / 1000, 'kB')} after the first."))
+    return " ".join(said)
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -605,6 +745,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _gvisor_section(r, out)
     if r.hosts:
         _hosts_section(r, out)
+    if r.snapshots:
+        _snapshots_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

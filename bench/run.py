@@ -17,6 +17,9 @@ The groups, each in its own module:
 - ``burst``: 100 visitors in 10 s at a pool of 20;
 - ``gvisor``: start time, first output and idle memory of sandboxes under gVisor (``runsc``)
   beside runc, in one cluster with a pool of each;
+- ``snapshots``: publishing a session's notebook (about 100 KB and 2 MB) against reading it, its
+  view cold (rendered) and cached against reading it from the bus, a remix to first output against a
+  plain launch, and the bytes the bus keeps for a notebook published many times;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -28,8 +31,8 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
-of runc and gVisor. Sized to finish within 15 minutes on 2 cores; ``--quick`` runs small versions of
-everything in a few minutes.
+of runc and gVisor; then the snapshots' pool; then the several hosts. Sized to finish within 15
+minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
 from __future__ import annotations
@@ -55,11 +58,12 @@ import proxy
 import report
 import resources
 import scale
+import snapshots
 from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine, progress
 
 from nbpool import logs
 
-GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "hosts")
+GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "hosts")
 _T = TypeVar("_T")
 
 
@@ -93,6 +97,15 @@ class Sizes:
     burst_max_sandboxes: int = 120
     #: warm sandboxes under each runtime (runc, runsc); each is then claimed by one visitor, the first untimed.
     gvisor_pool: int = 10
+    #: snapshots: rounds; per notebook size and round: publishes, cold views (of the first publishes),
+    #: cached views; visitors of each kind (plain, remix of each size) per round, whose number times
+    #: the kinds is the pool; publishes of one same notebook for the storage figure.
+    snapshots_runs: int = 2
+    snapshots_publishes: int = 5
+    snapshots_cold_views: int = 3
+    snapshots_cached_views: int = 10
+    snapshots_remix: int = 5
+    snapshots_same: int = 5
     #: several hosts: warm stub sandboxes per host, claims per concurrency, and failover runs of each kind.
     hosts_pool: int = 30
     hosts_per_level: int = 120
@@ -112,7 +125,8 @@ def quick() -> Sizes:
         scale_records=200, scale_base_slices=1, scale_load_slices=2, scale_propagation=3,
         burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30, gvisor_pool=4,
         hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
-        hosts_ttfo={1: 2, 10: 1},
+        hosts_ttfo={1: 2, 10: 1}, snapshots_runs=1, snapshots_publishes=3, snapshots_cold_views=2,
+        snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3,
     )
 
 
@@ -213,6 +227,9 @@ class Bench:
         if self.wants("gvisor"):
             await self.phase("gvisor", self._gvisor)
 
+        if self.wants("snapshots"):
+            await self.phase("snapshots", self._snapshots)
+
         if self.wants("hosts"):
             import tempfile
 
@@ -303,6 +320,17 @@ class Bench:
         except Exception as err:
             results.missing = f"the group failed: {err.__class__.__name__}: {str(err).splitlines()[0][:300]}"
             raise
+
+    async def _snapshots(self) -> None:
+        """The snapshots group; what it measured stays in the report when it fails half-way."""
+        s = self.sizes
+        pool = s.snapshots_remix * len(snapshots.KINDS)
+        results = self.results.snapshots = snapshots.SnapshotResults(pool=pool, runs=s.snapshots_runs)
+        with self.track(snapshots.cluster(self.image, pool, s.spawn_concurrency)) as cluster:
+            results.fill_s = await asyncio.to_thread(self._start, cluster, pool)
+            self.results.warm_s[f"pool {pool} (snapshots)"] = results.fill_s
+            await snapshots.measure(cluster, pool, s.snapshots_runs, s.snapshots_publishes, s.snapshots_cold_views,
+                                    s.snapshots_cached_views, s.snapshots_remix, s.snapshots_same, results)
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results
