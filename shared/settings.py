@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from nbpool import busauth
 from nbpool.busauth import Credentials
 from nbpool.origins import Origins, OriginsError, Routing
+from nbpool.sandbox_config import EmbedOriginsError, parse_embed_origins
 
 __all__ = [
     "CommonSettings",
@@ -66,6 +67,11 @@ class CommonSettings(BaseSettings):
     snapshot_url: str = Field(
         default="", description="the snapshot views' origin; default http://snapshots.localhost:<port> on one machine, else off",
     )
+    embed_origins: str = Field(
+        default="*",
+        description="pages that may use a sandbox they hold the token of (CORS, websockets, framing): "
+                    "* (any), none, or origins separated by spaces or commas",
+    )
     environment: Literal["development", "production"] = "development"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
@@ -95,6 +101,20 @@ class CommonSettings(BaseSettings):
             if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
                 raise ValueError(f"profile name {name!r}: use letters, digits, '-' and '_' (40 at most)")
         return value
+
+    @field_validator("embed_origins")
+    @classmethod
+    def _embed_origins(cls, value: str) -> str:
+        try:
+            origins = parse_embed_origins(value)
+        except EmbedOriginsError as err:
+            raise ValueError(str(err)) from None
+        return "*" if origins is None else " ".join(origins) or "none"
+
+    @property
+    def embed_origin_list(self) -> tuple[str, ...] | None:
+        """The origins of NBPOOL_EMBED_ORIGINS; None: any page."""
+        return parse_embed_origins(self.embed_origins)
 
     @model_validator(mode="after")
     def _default_profile_exists(self) -> CommonSettings:
@@ -158,6 +178,24 @@ class GatewaySettings(CommonSettings):
     snapshot_budget: int = Field(default=1024**3, ge=1024 * 1024,
                                  description="bytes all snapshots together may take on the bus (each bus node keeps a copy)")
     snapshot_rate: float = Field(default=10.0, gt=0, description="snapshots per minute per client")
+    binder_specs: dict[str, str] = Field(
+        default_factory=dict,
+        description="Binder launches (/build, /v2): pattern of <provider>/<spec> (* any characters) -> profile; "
+                    "the first that matches decides",
+    )
+    binder_refuse_unknown: bool = Field(
+        default=False, description="refuse Binder specs no NBPOOL_BINDER_SPECS pattern matches (else: the default profile)",
+    )
+
+    @model_validator(mode="after")
+    def _binder_profiles_exist(self) -> GatewaySettings:
+        for pattern, profile in self.binder_specs.items():
+            if profile not in self.profiles:
+                raise ValueError(f"NBPOOL_BINDER_SPECS: {pattern!r} names the profile {profile!r}, which is not one of "
+                                 f"NBPOOL_PROFILES ({', '.join(sorted(self.profiles))})")
+            if not pattern or len(pattern) > 512 or any(ord(ch) < 32 for ch in pattern):
+                raise ValueError(f"NBPOOL_BINDER_SPECS: {pattern!r} is not a pattern (1-512 printable characters)")
+        return self
 
     @model_validator(mode="after")
     def _admin_token_outside_development(self) -> GatewaySettings:

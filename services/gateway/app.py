@@ -2,7 +2,8 @@
 keeps each origin to its own (see :mod:`nbpool.gateway.origin_guard`).
 
 The parts: ``state`` (the :class:`Gateway`: bus, mirrors, line; what routes share), ``sessions``
-(the API), ``launch`` (links, the line, old links), ``admin``, ``schemas``, ``middleware``.
+(the API), ``launch`` (links, the line, old links), ``binder`` (Binder's launch protocol),
+``snapshots``, ``admin``, ``schemas``, ``middleware``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.staticfiles import StaticFiles
 
 from nbpool import __version__
 from nbpool.bus import Bus
-from nbpool.gateway import launch, sessions, snapshots
+from nbpool.gateway import binder, launch, sessions, snapshots
 from nbpool.gateway.admin import admin_router
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.docs import add_docs
@@ -28,6 +29,7 @@ from nbpool.gateway.origin_guard import OriginGuard
 from nbpool.gateway.pages import content_security_policy
 from nbpool.gateway.schemas import RELATIVE_PATH
 from nbpool.gateway.state import Gateway
+from nbpool.sandbox_config import origin_pattern
 from nbpool.settings import GatewaySettings
 
 __all__ = ["create_app"]
@@ -70,6 +72,12 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         app.add_middleware(PathCors, paths=r"^/sessions/[a-z0-9]{4,40}/snapshots$",
                            origins=origins.sandbox_origin_pattern(), methods=["POST"])
 
+    embed = settings.embed_origin_list
+    if embed != ():
+        # Pages that embed live code (thebe) launch with an EventSource from their own origin.
+        app.add_middleware(PathCors, paths=r"^/build/", methods=["GET"],
+                           origins=".*" if embed is None else origin_pattern(embed))
+
     @app.exception_handler(NoCapacity)
     async def _full(request: Request, exc: NoCapacity) -> Response:
         headers = {"Retry-After": str(exc.retry_after)}
@@ -77,6 +85,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
 
     app.include_router(sessions.router)
     app.include_router(launch.router)
+    app.include_router(binder.router)
     app.include_router(snapshots.router)
     app.include_router(admin_router(settings))
     document = app.openapi

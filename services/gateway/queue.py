@@ -52,6 +52,10 @@ class Ticket:
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
     prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None
+    #: The sandbox, once the ticket is ready.
+    record: SandboxRecord | None = None
+    #: The visitor went away (:meth:`LaunchQueue.leave`).
+    left: bool = False
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def snapshot(self) -> dict[str, Any]:
@@ -77,6 +81,10 @@ class Ticket:
         return await wait_event(self._changed, timeout)
 
 
+async def _keep(record: SandboxRecord) -> None:
+    """No way to end a sandbox given: it stays claimed and is culled as never opened."""
+
+
 def _rounded(seconds: float | None) -> int | None:
     """Whole seconds under a minute, tens of seconds above: enough for people, and steady."""
     if seconds is None:
@@ -92,6 +100,7 @@ class LaunchQueue:
         claimer: Claimer,
         make_url: Callable[[SandboxRecord, str], str],
         estimate_full: Callable[[str, int], float | None] = lambda profile, position: None,
+        discard: Callable[[SandboxRecord], Awaitable[object]] | None = None,
         abandon_after: float = 30.0,
         keep_done: float = 120.0,
         watch_window: float = 8.0,
@@ -105,6 +114,9 @@ class LaunchQueue:
         self._lines: dict[str, deque[Ticket]] = {}
         self._tickets: dict[str, Ticket] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
+        self._serving: dict[str, Ticket] = {}  # profile -> the ticket whose claim is under way
+        self._discard = discard or _keep
+        self._discarding: set[asyncio.Future[object]] = set()
         #: Seconds per visitor served from the line (moving average); None until measured.
         #: While every sandbox is in use, estimates come from when sessions will end instead.
         self.pace: dict[str, float] = {}
@@ -128,12 +140,23 @@ class LaunchQueue:
     def get(self, ticket_id: str) -> Ticket | None:
         return self._tickets.get(ticket_id)
 
+    def leave(self, ticket: Ticket) -> None:
+        """The visitor went away: their place goes at once. (A ticket already served is kept, and
+        one whose claim is under way is served: its sandbox, never opened, is culled as such.)"""
+        ticket.left = True
+        line = self._lines.get(ticket.profile, deque())
+        if ticket in line and self._serving.get(ticket.profile) is not ticket:
+            line.remove(ticket)
+            self._tickets.pop(ticket.id, None)
+            log.info("visitor left the line", extra={"ticket": ticket.id, "profile": ticket.profile})
+            self._reposition(ticket.profile)
+
     def waiting(self, profile: str | None = None) -> int:
         lines = [self._lines.get(profile, deque())] if profile else list(self._lines.values())
         return sum(len(line) for line in lines)
 
     async def close(self) -> None:
-        await cancel_and_wait(*self._workers.values())
+        await cancel_and_wait(*self._workers.values(), *self._discarding)
 
     def _reposition(self, profile: str, full: bool = False) -> None:
         pace = self.pace.get(profile)
@@ -147,10 +170,20 @@ class LaunchQueue:
                 ticket.position, ticket.estimate_s = i + 1, estimate
                 ticket.notify()
 
+    def _next_watched(self, line: deque[Ticket]) -> Ticket | None:
+        """The first visitor in ``line`` whose page is watching and who has not left."""
+        now = time.monotonic()
+        return next((t for t in line if not t.left and now - t.seen <= self._watch_window), None)
+
+    def _discard_later(self, record: SandboxRecord) -> None:
+        task = asyncio.ensure_future(self._discard(record))
+        self._discarding.add(task)
+        task.add_done_callback(self._discarding.discard)
+
     def _drop_abandoned(self, profile: str) -> None:
         line = self._lines.get(profile, deque())
         now = time.monotonic()
-        gone = [t for t in line if now - t.seen > self._abandon_after]
+        gone = [t for t in line if t.left or now - t.seen > self._abandon_after]
         for ticket in gone:
             line.remove(ticket)
             self._tickets.pop(ticket.id, None)
@@ -171,13 +204,18 @@ class LaunchQueue:
             self._drop_abandoned(profile)
             if not line:
                 return
-            head = next((t for t in line if time.monotonic() - t.seen <= self._watch_window), None)
+            head = self._next_watched(line)
             if head is None:  # nobody in line is watching: no sandbox for a page nobody looks at
                 await asyncio.sleep(0.5)
                 continue
+            self._serving[profile] = head
             try:
                 record = await self._claimer.claim(profile, head.owner, wait=5.0)
             except NoCapacity as exc:
+                self._serving.pop(profile, None)
+                if head.left:
+                    self.leave(head)
+                    continue
                 state = "full" if exc.full else "starting"
                 if (head.state, head.message) != (state, exc.reason):
                     head.state, head.message = state, exc.reason
@@ -186,9 +224,24 @@ class LaunchQueue:
                 await asyncio.sleep(1.0 if not exc.full else 2.0)
                 continue
             except Exception as err:  # the bus hiccuped: the visitor keeps the place
+                self._serving.pop(profile, None)
                 log.warning("claim for the line failed", extra={"ticket": head.id, "error": repr(err)})
                 await asyncio.sleep(1.0)
                 continue
+            finally:
+                self._serving.pop(profile, None)
+            if head.left:
+                # The visitor went away while their claim was under way: the sandbox is the next
+                # watching visitor's; with nobody, it is ended (it was never opened).
+                line.remove(head)
+                self._tickets.pop(head.id, None)
+                successor = self._next_watched(line)
+                if successor is None:
+                    log.info("claimed for a visitor who left: ended", extra={"ticket": head.id, "sandbox": record.id})
+                    self._discard_later(record)
+                    self._reposition(profile)
+                    continue
+                head = successor
             line.remove(head)
             if head.prepare is not None:
                 try:
@@ -206,6 +259,7 @@ class LaunchQueue:
             old = self.pace.get(profile)
             self.pace[profile] = took if old is None else 0.7 * old + 0.3 * took
             head.state, head.message, head.position = "ready", "", 0
+            head.record = record
             head.url = self._make_url(record, head.page)
             head.notify()
             log.info("served from the line", extra={"ticket": head.id, "sandbox": record.id,

@@ -75,7 +75,8 @@ class Gateway:
         self.control: KVMirror[Drain] = KVMirror(self.bus, names.control, Drain)
         self.tail = EventTail(self.bus)
         self.claimer = Claimer(self.bus, self.hosts, settings.claim_timeout)
-        self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full)
+        self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full,
+                                 discard=lambda rec: self.end_session(rec.id, "the visitor left the line"))
         self.admin_sessions = AdminSessions(self.bus, settings.admin_session_ttl)
         self.snapshots = SnapshotStore(self.bus, settings.snapshot_ttl, settings.snapshot_budget, settings.bus_replicas)
         if self.origins.snapshot_url:

@@ -120,6 +120,7 @@ class Starter:
                 image=s.settings.profiles[profile].image,
                 runtime=s.settings.profiles[profile].runtime,
                 share_url=f"{s.settings.public_url}/sessions/{sid}/snapshots" if s.settings.origins.snapshot_url else None,
+                embed_origins=s.settings.embed_origins,
             )
             sandbox = await self._create(spec)
             s.known.add(sid)

@@ -27,7 +27,8 @@ class SandboxSpec:
     routing), accepting ``token``. ``runtime`` names an OCI runtime of the engine (``runsc``
     for gVisor); a runtime that cannot honour it raises :class:`SpawnFailed`. ``share_url`` is
     where the sandbox's "Share a snapshot" command posts (``NBPOOL_SHARE_URL`` in its environment;
-    None when snapshots are off)."""
+    None when snapshots are off). ``embed_origins`` is ``NBPOOL_EMBED_ORIGINS`` as the server reads it
+    (:mod:`nbpool.sandbox_config`): which other pages may use the server with its token."""
 
     id: str
     token: str
@@ -36,6 +37,7 @@ class SandboxSpec:
     image: str | None = None
     runtime: str | None = None
     share_url: str | None = None
+    embed_origins: str = "*"
 
 
 @dataclass(frozen=True)

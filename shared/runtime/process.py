@@ -38,6 +38,9 @@ __all__ = ["ProcessRuntime"]
 log = logs.get("nbpool.runtime.process")
 
 _META = "sandbox.json"
+#: The servers' config file (in their JUPYTER_CONFIG_DIR), and the NBPOOL_ variables they get.
+_SERVER_CONFIG = "jupyter_server_config.py"
+_PASSED = ("NBPOOL_SANDBOX_ID", "NBPOOL_EMBED_ORIGINS")
 
 
 def _free_port(address: str) -> int:
@@ -77,12 +80,15 @@ class ProcessRuntime:
         labconfig.mkdir(parents=True, exist_ok=True)
         page = {"disabledExtensions": {"@jupyterlab/apputils-extension:announcements": True}}
         (labconfig / "page_config.json").write_text(json.dumps(page))
+        # Who may use the server from other pages (NBPOOL_EMBED_ORIGINS), as in the image.
+        (self._config / _SERVER_CONFIG).write_text(
+            "from nbpool.sandbox_config import configure\n\nconfigure(c)  # noqa: F821 - Jupyter's config object\n")
 
     def _create(self, spec: SandboxSpec) -> RuntimeSandbox:
         if spec.runtime:
             raise SpawnFailed(f"profile {spec.profile!r} asks for the container runtime {spec.runtime!r}; "
                               "the process runtime has none (use NBPOOL_RUNTIME=docker)")
-        if not (self._config / "labconfig" / "page_config.json").exists():
+        if not (self._config / _SERVER_CONFIG).exists():
             self._write_config()
         folder = self._dir(spec.id)
         home = folder / "home"
@@ -98,8 +104,9 @@ class ProcessRuntime:
             "JUPYTER_CONFIG_DIR": str(self._config),
             "IPYTHONDIR": str(folder / "ipython"),
             "NBPOOL_SANDBOX_ID": spec.id,
+            "NBPOOL_EMBED_ORIGINS": spec.embed_origins,
         }
-        env = {k: v for k, v in env.items() if not k.startswith("NBPOOL_") or k == "NBPOOL_SANDBOX_ID"}
+        env = {k: v for k, v in env.items() if not k.startswith("NBPOOL_") or k in _PASSED}
         args = [
             *self._command,
             "--no-browser",

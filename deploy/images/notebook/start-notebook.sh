@@ -9,6 +9,9 @@
 #   NBPOOL_SHARE_URL where JupyterLab's "Share a snapshot" command POSTs (an absolute http(s) URL,
 #                    the gateway's snapshots endpoint for this session). It reaches the page as
 #                    the page config option nbpoolShareUrl. Unset or empty: no such command.
+#   NBPOOL_EMBED_ORIGINS  which other pages may use the server with its token (CORS, websockets,
+#                    frame-ancestors): *, none or origins; read by the image's
+#                    jupyter_server_config.py (nbpool_sandbox_config). Unset: *.
 #
 # Extra arguments are passed on to `jupyter server`, after (so they override) these.
 set -euo pipefail
