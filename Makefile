@@ -44,6 +44,7 @@ test: install
 	deploy/chromium.sh ensure --soft
 	deploy/prometheus.sh ensure --soft
 	deploy/localhost-names.sh ensure --soft
+	deploy/thebe.sh ensure --soft
 	$(PY) -m pytest
 
 unit: install

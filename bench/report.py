@@ -19,6 +19,8 @@ from burst import BurstResults
 from burst import to_json as burst_json
 from claims import ClaimResults
 from common import Figure, Summary
+from embed import PARTS as EMBED_PARTS
+from embed import EmbedResults
 from first_output import FloorResults, TTFOResults
 from gvisor import GVisorResults
 from hosts import HostsResults
@@ -58,6 +60,7 @@ class Results:
     gvisor: GVisorResults | None = None
     hosts: HostsResults | None = None
     snapshots: SnapshotResults | None = None
+    embed: EmbedResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -714,6 +717,36 @@ def _snapshots_meaning(s: SnapshotResults) -> str:
     return " ".join(said)
 
 
+def _embed_section(r: Results, out: list[str]) -> None:
+    e = r.embed
+    assert e is not None
+    out += ["## 10. Embedding: a thebe page", "",
+            (f"docs/embed-example.html (one `print(6*7)` cell, thebe {e.thebe.removeprefix('thebe-')} from npm) pointed at "
+             "this nbpool and served from a loopback origin of its own, in Chromium; a warm pool of "
+             f"{e.pool}, full before each visitor, one visitor at a time. *First view*: a new browser context (empty "
+             "cache, nothing saved), from navigating to the page until `42` is on screen, the visitor's clicks "
+             "(Activate, then run) made as soon as each button can be pressed. Its parts: the page and thebe's "
+             "bundle loaded (the Activate button there); the launch (`/build` until `ready`, then the session: "
+             "the Welcome notebook's running kernel, attached); the cell run until its output shows. *Second view*: "
+             "the same page reloaded in the same context, which reuses the server thebe saved (checked with "
+             "`GET api/kernels`). Floor: `POST /sessions` to the result of `1+1` on the session's pre-started kernel "
+             "over a websocket through Traefik (section 2's visitor), alternating with the thebe visitors."),
+            "", "Milliseconds:", ""]
+    floor = e.floor.pooled.p50 if e.floor.samples else float("nan")
+    rows = []
+    for fig in (e.first_view, *(e.parts[p] for p in EMBED_PARTS), e.second_view, e.floor):
+        if not fig.samples:
+            continue
+        part = fig.name in EMBED_PARTS
+        s = fig.pooled
+        rows.append([("– " if part else "") + fig.name, str(s.n), n(s.p50), n(s.p95), n(s.max), spread(fig),
+                     "" if part or fig is e.floor else ratio(s.p50, floor)])
+    out += [table(["", "n", "p50", "p95", "max", "runs", "p50 ratio to the floor"], rows), ""]
+    out += [(f"Claims during the second views: {e.second_view_claims} (0: every reload reused its saved server). "
+             f"Failed visitors: {e.failures}." + (" " + "; ".join(e.errors[:5]) if e.errors else "")), "",
+            "To measure only this: `.venv/bin/python bench/run.py --only embed --out /tmp/b`.", ""]
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -747,6 +780,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _hosts_section(r, out)
     if r.snapshots:
         _snapshots_section(r, out)
+    if r.embed:
+        _embed_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

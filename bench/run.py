@@ -20,6 +20,9 @@ The groups, each in its own module:
 - ``snapshots``: publishing a session's notebook (about 100 KB and 2 MB) against reading it, its
   view cold (rendered) and cached against reading it from the bus, a remix to first output against a
   plain launch, and the bytes the bus keeps for a notebook published many times;
+- ``embed``: a page with a thebe cell (docs/embed-example.html, thebe from npm) in Chromium, from
+  its load to the cell's first output, and its second view, against ``POST /sessions`` to first
+  output;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -31,7 +34,7 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
-of runc and gVisor; then the snapshots' pool; then the several hosts. Sized to finish within 15
+of runc and gVisor; then the snapshots' pool; then the embedding page's; then the several hosts. Sized to finish within 15
 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
@@ -51,6 +54,7 @@ from typing import TypeVar
 
 import burst
 import claims
+import embed
 import first_output
 import gvisor
 import hosts
@@ -63,7 +67,8 @@ from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine,
 
 from nbpool import logs
 
-GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "hosts")
+GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "embed",
+          "hosts")
 _T = TypeVar("_T")
 
 
@@ -106,6 +111,10 @@ class Sizes:
     snapshots_cached_views: int = 10
     snapshots_remix: int = 5
     snapshots_same: int = 5
+    #: embedding: rounds, and thebe visitors (each with a floor visitor) per round; the warm pool.
+    embed_runs: int = 2
+    embed_per_run: int = 5
+    embed_pool: int = 3
     #: several hosts: warm stub sandboxes per host, claims per concurrency, and failover runs of each kind.
     hosts_pool: int = 30
     hosts_per_level: int = 120
@@ -126,7 +135,7 @@ def quick() -> Sizes:
         burst_pool=5, burst_visitors=20, burst_over_s=5, burst_max_sandboxes=30, gvisor_pool=4,
         hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
         hosts_ttfo={1: 2, 10: 1}, snapshots_runs=1, snapshots_publishes=3, snapshots_cold_views=2,
-        snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3,
+        snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3, embed_runs=1, embed_per_run=2,
     )
 
 
@@ -230,6 +239,9 @@ class Bench:
         if self.wants("snapshots"):
             await self.phase("snapshots", self._snapshots)
 
+        if self.wants("embed"):
+            await self.phase("embed", self._embed)
+
         if self.wants("hosts"):
             import tempfile
 
@@ -331,6 +343,14 @@ class Bench:
             self.results.warm_s[f"pool {pool} (snapshots)"] = results.fill_s
             await snapshots.measure(cluster, pool, s.snapshots_runs, s.snapshots_publishes, s.snapshots_cold_views,
                                     s.snapshots_cached_views, s.snapshots_remix, s.snapshots_same, results)
+
+    async def _embed(self) -> None:
+        """The embedding group; what it measured stays in the report when it fails half-way."""
+        s = self.sizes
+        results = self.results.embed = embed.EmbedResults(pool=s.embed_pool, runs=s.embed_runs)
+        with self.track(embed.cluster(self.image, s.embed_pool, s.spawn_concurrency)) as cluster:
+            self.results.warm_s[f"pool {s.embed_pool} (embed)"] = await asyncio.to_thread(self._start, cluster, s.embed_pool)
+            await embed.measure(cluster, s.embed_pool, s.embed_runs, s.embed_per_run, results)
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results

@@ -61,7 +61,7 @@ from common import BenchCluster, Figure, HTTPConnection, end_sessions, kernel_ch
 from first_output import Visit
 from kernel import execute_on
 
-__all__ = ["KINDS", "SIZES", "SnapshotResults", "cluster", "make_notebook", "measure"]
+__all__ = ["KINDS", "SIZES", "SnapshotResults", "cluster", "make_notebook", "measure", "visit"]
 
 #: The notebooks: label -> (bytes wanted, PNG images in it), and the file each is saved as.
 SIZES: dict[str, tuple[int, int]] = {"100 KB": (100_000, 2), "2 MB": (2_000_000, 4)}
@@ -255,7 +255,7 @@ class _Author:
         return (await _timed(self.api, "GET", f"/snapshots/{snap['id']}"))[0]
 
 
-async def _visit(cluster: BenchCluster, body: dict[str, Any]) -> Visit:
+async def visit(cluster: BenchCluster, body: dict[str, Any]) -> Visit:
     """One visitor, as ``first_output.visit``: claim (``body``), then ``1+1`` on the session's
     pre-started kernel over a websocket through the proxy. A remixed session's ``url`` opens its
     notebook (``<base>lab/tree/<name>``), so the base is the sandbox's origin, not the url's page."""
@@ -345,7 +345,7 @@ async def _warm_up(cluster: BenchCluster, author: _Author, results: SnapshotResu
     results.distinct, results.distinct_bytes = results.distinct + 1, results.distinct_bytes + int(snap["size"])
     results.warmup_ms["first view after the gateway started"], _, _ = await author.get_view(snap)
     results.warmup_ms["the same view again"], _, _ = await author.get_view(snap)
-    v = await _visit(cluster, {"snapshot": snap["id"]})
+    v = await visit(cluster, {"snapshot": snap["id"]})
     results.warmup_ms["first remix, to first output"] = v.total_ms
     if not v.ok:
         results.errors.append(f"untimed first remix: {v.error}")
@@ -426,7 +426,7 @@ async def _remix_round(cluster: BenchCluster, results: SnapshotResults, per_kind
     for i in range(per_kind):
         turn = order[i % len(order):] + order[:i % len(order)]
         for kind in turn:
-            visits[kind].append(await _visit(cluster, bodies[kind]))
+            visits[kind].append(await visit(cluster, bodies[kind]))
     for kind, done in visits.items():
         good = [v for v in done if v.ok]
         results.failures[kind] = results.failures.get(kind, 0) + len(done) - len(good)

