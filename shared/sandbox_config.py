@@ -10,9 +10,9 @@ sandbox's own), or origins separated by spaces or commas (``https://book.example
 
 Why any page is a safe default: what lets a page in is the token, never a cookie. The identity
 provider here ignores the login cookie on every request that comes from another origin (an
-``Origin`` header naming another host) and on every framed page load from another origin
-(``Sec-Fetch-Dest: iframe`` without ``Sec-Fetch-Site: same-origin``), and it never sets or
-clears the cookie for such a request. So a page can use a sandbox only if it was given the
+``Origin`` header naming another host) and on everything else another origin's page makes the
+browser load but a top-level page (``Sec-Fetch-Site`` same-site or cross-site: a load into its
+frame, a script or image it includes), and it never sets or clears the cookie for such a request. So a page can use a sandbox only if it was given the
 token, as the page that launched it was; a page that merely knows the address (another
 sandbox's page, which is same-site with this one) gets a 403 or the login page, as without
 CORS. No response is readable with credentials (``Access-Control-Allow-Credentials`` is never
@@ -39,8 +39,6 @@ __all__ = ["EmbedOriginsError", "configure", "frame_ancestors", "identity_provid
 #: One origin: scheme, host (a leading ``*.`` for any subdomain), optional port; nothing after.
 _ORIGIN = re.compile(r"^(https?)://(\*\.)?([a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*|\[[0-9a-f:.]+\])"
                      r"(:[0-9]{1,5})?$")
-#: Page loads that put the server's page inside another page.
-_FRAMED = {"iframe", "frame", "embed", "object", "fencedframe"}
 
 
 class EmbedOriginsError(ValueError):
@@ -91,15 +89,19 @@ def frame_ancestors(origins: tuple[str, ...] | None) -> str:
 
 
 def _foreign(request: Any) -> bool:
-    """Whether a request comes from another origin's page: a cross-origin call or websocket, or
-    a page load into another origin's frame."""
+    """Whether a request comes from another origin's page: a cross-origin call or websocket
+    (``Origin``), or anything but a top-level page load that the browser says another origin's
+    page started (``Sec-Fetch-*``: a script, image or style included from it, a load into its
+    frame). A visitor following a link to their server is a top-level load, and keeps the cookie."""
     headers = request.headers
     origin = headers.get("Origin")
     if origin is not None:
         host = urlsplit(origin).netloc.lower() if "://" in origin else ""  # "null" and the like
         if host != (request.host or "").lower():
             return True
-    return headers.get("Sec-Fetch-Dest", "") in _FRAMED and headers.get("Sec-Fetch-Site", "") != "same-origin"
+    if headers.get("Sec-Fetch-Site", "") in ("same-site", "cross-site"):
+        return headers.get("Sec-Fetch-Mode", "") != "navigate" or headers.get("Sec-Fetch-Dest", "") != "document"
+    return False
 
 
 @functools.cache

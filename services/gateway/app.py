@@ -96,7 +96,7 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
             schema = document()
             names = {"enum": sorted(settings.profiles), "type": "string"}
             schema["components"]["schemas"]["SessionRequest"]["properties"]["profile"]["anyOf"][0] = names
-            for where in ("/spawn", "/spawn/{path}"):
+            for where in ("/spawn", "/spawn/{path}", "/v2/{provider}/{spec}"):
                 for param in schema["paths"][where]["get"]["parameters"]:
                     if param["name"] == "profile":
                         param["schema"]["anyOf"][0] = names

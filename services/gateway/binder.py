@@ -48,7 +48,8 @@ _BAD_SPEC = re.compile(r"[\x00-\x1f\x7f\\]")
 #: Seconds between heartbeat comments while a client waits.
 HEARTBEAT_S = 5.0
 
-Provider = Annotated[str, Path(description=f"a Binder repository provider: {', '.join(PROVIDERS)}")]
+Provider = Annotated[str, Path(description=f"a Binder repository provider: {', '.join(PROVIDERS)} (others: 404)",
+                               json_schema_extra={"enum": list(PROVIDERS)})]
 Spec = Annotated[str, Path(description="the repository and ref, as Binder links give them (e.g. org/repo/HEAD); "
                                        "NBPOOL_BINDER_SPECS maps it to a profile",
                            json_schema_extra={"pattern": _SPEC, "maxLength": 1024})]
