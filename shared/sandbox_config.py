@@ -100,7 +100,7 @@ def _foreign(request: Any) -> bool:
         if host != (request.host or "").lower():
             return True
     if headers.get("Sec-Fetch-Site", "") in ("same-site", "cross-site"):
-        return headers.get("Sec-Fetch-Mode", "") != "navigate" or headers.get("Sec-Fetch-Dest", "") != "document"
+        return bool(headers.get("Sec-Fetch-Mode", "") != "navigate" or headers.get("Sec-Fetch-Dest", "") != "document")
     return False
 
 

@@ -54,6 +54,8 @@ Spec = Annotated[str, Path(description="the repository and ref, as Binder links 
                                        "NBPOOL_BINDER_SPECS maps it to a profile",
                            json_schema_extra={"pattern": _SPEC, "maxLength": 1024})]
 PageQuery = Annotated[str | None, Query(max_length=1024, json_schema_extra={"pattern": RELATIVE_PATH})]
+#: A file: opened as lab/tree/<file>, which must fit in 1024 characters.
+FileQuery = Annotated[str | None, Query(max_length=1024 - len("lab/tree/"), json_schema_extra={"pattern": RELATIVE_PATH})]
 
 
 def binder_profile(gw: Gateway, provider: str, spec: str) -> str:
@@ -76,10 +78,32 @@ def _event(phase: str, message: str, **extra: Any) -> str:
     return f"data: {json.dumps({'phase': phase, 'message': message, **extra})}\n\n"
 
 
+#: One event's JSON (BinderHub's fields, plus nbpool's session_id, profile and position).
+BINDER_EVENT: dict[str, Any] = {
+    "type": "object",
+    "required": ["phase", "message"],
+    "properties": {
+        "phase": {"enum": ["built", "waiting", "launching", "ready", "failed"]},
+        "message": {"type": "string"},
+        "url": {"type": "string", "description": "ready: the server's own origin, ending in /"},
+        "token": {"type": "string", "description": "ready: the server's token"},
+        "session_id": {"type": "string", "description": "ready: the session (DELETE /sessions/{id} ends it)"},
+        "profile": {"type": "string", "description": "ready: the profile the spec chose"},
+        "position": {"type": "integer", "description": "waiting: the place in line"},
+    },
+}
+
 BUILD_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "server-sent events, BinderHub's format: JSON objects with phase (built, waiting, "
-                         "launching, ready, failed) and message; ready (last) has url and token; failed is last",
-          "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+    200: {"description": "server-sent events, BinderHub's format: each event's data a JSON object with phase (built, "
+                         "waiting, launching, ready, failed) and message; ready (last) has url and token; failed is last",
+          # OpenAPI 3.1 has no itemSchema: this is the schema of one event, its data JSON (contentSchema).
+          "content": {"text/event-stream": {"schema": {
+              "type": "object",
+              "required": ["data"],
+              "properties": {"event": {"type": "string"},
+                             "data": {"type": "string", "contentMediaType": "application/json",
+                                      "contentSchema": BINDER_EVENT}},
+          }}}},
     **error_responses(404, 422, 429),
 }
 
@@ -152,12 +176,10 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
 @router.get("/v2/{provider}/{spec:path}", summary="Launch and open, from a Binder link", response_class=Response,
             responses=SPAWN_RESPONSES | error_responses(404))
 async def binder_link(request: Request, gw: TheGateway, provider: Provider, spec: Spec, urlpath: PageQuery = None,
-                      labpath: PageQuery = None, filepath: PageQuery = None) -> Response:
+                      labpath: FileQuery = None, filepath: FileQuery = None) -> Response:
     """A Binder badge's link: as ``/spawn`` for the spec's profile, opening ``urlpath`` (any page,
-    e.g. ``lab/tree/Welcome.ipynb``), ``labpath`` or ``filepath`` (a file, opened in JupyterLab)."""
-    given = {name: value for name, value in (("urlpath", urlpath), ("labpath", labpath), ("filepath", filepath)) if value}
-    if len(given) > 1:
-        raise HTTPException(422, f"give one of urlpath, labpath and filepath, not {' and '.join(given)}")
+    e.g. ``lab/tree/Welcome.ipynb``), else ``labpath``, else ``filepath`` (a file, opened in
+    JupyterLab): the first of them given decides."""
     for name in ("urlpath", "labpath", "filepath"):
         if len(request.query_params.getlist(name)) > 1:
             raise HTTPException(422, f"give {name} once")
