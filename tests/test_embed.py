@@ -152,16 +152,29 @@ def test_the_line_over_the_event_stream(make_cluster: Any) -> None:
     """An empty pool: waiting, then ready; a client that goes away leaves the line; a full
     nbpool: failed, and the stream ends."""
     cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_MAX_SANDBOXES": "2"})
-    cluster.new_session()  # the warm one; the next is starting
+    taken = cluster.new_session()  # the warm one; the next is starting
+    # Held stopped, so that the pool stays empty while the line is looked at (its start deadline
+    # is 60 s); without this the race against its start decides what the first event is.
+    starting = poll_until(lambda: next((p for sid, p in cluster.server_processes().items() if sid != taken["id"]), None),
+                          60, "the next sandbox's server")
+    starting.suspend()
+    try:
+        # A client that reads one event and goes away.
+        with httpx.stream("GET", f"{cluster.url}/build/gh/org/repo/HEAD", timeout=30) as gone:
+            first = next(line for line in gone.iter_lines() if line.startswith("data: "))
+            assert json.loads(first[6:])["phase"] == "waiting"
+            assert httpx.get(f"{cluster.url}/api/stats").json()["waiting"] >= 1
+        poll_until(lambda: httpx.get(f"{cluster.url}/api/stats").json()["waiting"] == 0, 15, "the gone client left the line")
 
-    # A client that reads one event and goes away.
-    with httpx.stream("GET", f"{cluster.url}/build/gh/org/repo/HEAD", timeout=30) as gone:
-        first = next(line for line in gone.iter_lines() if line.startswith("data: "))
-        assert json.loads(first[6:])["phase"] == "waiting"
-        assert httpx.get(f"{cluster.url}/api/stats").json()["waiting"] >= 1
-    poll_until(lambda: httpx.get(f"{cluster.url}/api/stats").json()["waiting"] == 0, 15, "the gone client left the line")
-
-    _, events = _events(f"{cluster.url}/build/gh/org/repo/HEAD")
+        events: list[dict[str, Any]] = []
+        with httpx.stream("GET", f"{cluster.url}/build/gh/org/repo/HEAD", timeout=90) as resp:
+            for line in resp.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: "):]))
+                    if len(events) == 1:
+                        starting.resume()  # the client waits in line: now let the sandbox come up
+    finally:
+        starting.resume()
     phases = [e["phase"] for e in events]
     assert phases[0] == "waiting" and phases[-1] == "ready" and "failed" not in phases, events
     assert events[0]["position"] == 1  # the client that went away kept no place
