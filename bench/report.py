@@ -19,6 +19,8 @@ from burst import BurstResults
 from burst import to_json as burst_json
 from claims import ClaimResults
 from common import Figure, Summary
+from content import BUILDS as CONTENT_BUILDS
+from content import ContentResults
 from embed import PARTS as EMBED_PARTS
 from embed import EmbedResults
 from first_output import FloorResults, TTFOResults
@@ -61,6 +63,7 @@ class Results:
     hosts: HostsResults | None = None
     snapshots: SnapshotResults | None = None
     embed: EmbedResults | None = None
+    content: ContentResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -747,6 +750,34 @@ def _embed_section(r: Results, out: list[str]) -> None:
             "To measure only this: `.venv/bin/python bench/run.py --only embed --out /tmp/b`.", ""]
 
 
+def _content_section(r: Results, out: list[str]) -> None:
+    c = r.content
+    assert c is not None
+    out += ["## 11. Content profiles", "",
+            ("The README's worked example as a profile (two notebooks, a CSV file, a requirements.txt naming a "
+             "small pure-Python package: wheels made on the spot, found with PIP_NO_INDEX and PIP_FIND_LINKS). "
+             "Builds: `nbpool profile build NAME`, wall time, each round with a new profile name: *cold* (the "
+             "packages image: requirements resolved and downloaded on the host, installed offline; then the "
+             "content image), after a *content change* (one notebook: the content image alone), after a "
+             "*requirements change* (one more requirement: both). Seconds:"), ""]
+    rows = [[fig.name, str(fig.pooled.n), n(fig.pooled.p50), n(fig.pooled.max), spread(fig)]
+            for fig in (c.builds[b] for b in CONTENT_BUILDS) if fig.samples]
+    out += [table(["build", "n", "p50", "max", "runs"], rows), ""]
+    if c.reused_packages:
+        out += [f"The content changes reused the packages image in {sum(c.reused_packages)} of "
+                f"{len(c.reused_packages)} builds.", ""]
+    out += [(f"First output, one visitor at a time, a content-profile visitor and a default-profile visitor in turn "
+             f"(warm pools of {c.pool} each, full before each visitor): `POST /sessions` to `1+1` on the "
+             "session's pre-started kernel (the start notebook's) over a websocket through Traefik. Milliseconds:"),
+            ""]
+    floor = c.default_visit.pooled.p50 if c.default_visit.samples else float("nan")
+    rows = [[fig.name, str(fig.pooled.n), n(fig.pooled.p50), n(fig.pooled.p95), n(fig.pooled.max), spread(fig),
+             ratio(fig.pooled.p50, floor)] for fig in (c.content_visit, c.default_visit) if fig.samples]
+    out += [table(["", "n", "p50", "p95", "max", "runs", "p50 ratio to the default profile"], rows), "",
+            f"Failed visitors: {c.failures}." + (" " + "; ".join(c.errors[:5]) if c.errors else ""), "",
+            "To measure only this: `.venv/bin/python bench/run.py --only content --out /tmp/b`.", ""]
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -782,6 +813,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _snapshots_section(r, out)
     if r.embed:
         _embed_section(r, out)
+    if r.content:
+        _content_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

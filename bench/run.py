@@ -23,6 +23,8 @@ The groups, each in its own module:
 - ``embed``: a page with a thebe cell (docs/embed-example.html, thebe from npm) in Chromium, from
   its load to the cell's first output, and its second view, against ``POST /sessions`` to first
   output;
+- ``content``: a content profile's image builds (cold, after a change of content, after a change of
+  requirements), and first output on it against the default profile's;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -34,7 +36,7 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
-of runc and gVisor; then the snapshots' pool; then the embedding page's; then the several hosts. Sized to finish within 15
+of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's; then the several hosts. Sized to finish within 15
 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
@@ -54,6 +56,7 @@ from typing import TypeVar
 
 import burst
 import claims
+import content
 import embed
 import first_output
 import gvisor
@@ -68,7 +71,7 @@ from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine,
 from nbpool import logs
 
 GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "embed",
-          "hosts")
+          "content", "hosts")
 _T = TypeVar("_T")
 
 
@@ -115,6 +118,10 @@ class Sizes:
     embed_runs: int = 2
     embed_per_run: int = 5
     embed_pool: int = 3
+    #: content profiles: rounds of the three builds; visitors of each profile; the warm pool of each.
+    content_runs: int = 3
+    content_visits: int = 10
+    content_pool: int = 3
     #: several hosts: warm stub sandboxes per host, claims per concurrency, and failover runs of each kind.
     hosts_pool: int = 30
     hosts_per_level: int = 120
@@ -136,6 +143,7 @@ def quick() -> Sizes:
         hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
         hosts_ttfo={1: 2, 10: 1}, snapshots_runs=1, snapshots_publishes=3, snapshots_cold_views=2,
         snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3, embed_runs=1, embed_per_run=2,
+        content_runs=1, content_visits=3,
     )
 
 
@@ -241,6 +249,9 @@ class Bench:
 
         if self.wants("embed"):
             await self.phase("embed", self._embed)
+
+        if self.wants("content"):
+            await self.phase("content", self._content)
 
         if self.wants("hosts"):
             import tempfile
@@ -351,6 +362,15 @@ class Bench:
         with self.track(embed.cluster(self.image, s.embed_pool, s.spawn_concurrency)) as cluster:
             self.results.warm_s[f"pool {s.embed_pool} (embed)"] = await asyncio.to_thread(self._start, cluster, s.embed_pool)
             await embed.measure(cluster, s.embed_pool, s.embed_runs, s.embed_per_run, results)
+
+    async def _content(self) -> None:
+        """The content profiles group (Docker only); what it measured stays in the report when it fails half-way."""
+        s = self.sizes
+        results = self.results.content = content.ContentResults(pool=s.content_pool)
+        if self.image is None:
+            self.results.notes.append("content profiles need the Docker runtime: that group did not run.")
+            return
+        await content.measure(self.image, s.content_runs, s.content_visits, s.content_pool, results, self.track)
 
     async def _ttfo_cluster(self, pool: int) -> None:
         s, r = self.sizes, self.results

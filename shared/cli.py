@@ -1,4 +1,4 @@
-"""The ``nbpool`` command: ``up``, ``events``, ``status``, ``bus-credentials``, ``cluster init``."""
+"""The ``nbpool`` command: ``up``, ``events``, ``status``, ``bus-credentials``, ``cluster init``, ``profile build``."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from nbpool.busauth import OPERATOR
 from nbpool.embedded import Supervisor, UpSettings
 from nbpool.models import BadMessage, Event, HostLoss, SandboxRecord, ServiceBeat, SpawnerBeat, decode
 from nbpool.names import Names
+from nbpool.profiles import BuildFailed, build_profile, content_profiles
 from nbpool.settings import CommonSettings, SettingsError, load
 
 __all__ = ["main", "operator_settings"]
@@ -160,7 +161,8 @@ async def _status(args: argparse.Namespace, settings: CommonSettings) -> int:
     rows = []
     for beat in spawners:
         for name, c in beat.pools.items():
-            rows.append([beat.id, name, beat.runtime, "yes" if beat.healthy else f"NO ({beat.reason})",
+            health = ("yes" if not c.problem else f"NO ({c.problem})") if beat.healthy else f"NO ({beat.reason})"
+            rows.append([beat.id, name, beat.runtime, health,
                          c.warm, c.starting, c.claimed, f"{c.target}", f"{beat.total}/{beat.capacity}", _ago(now - beat.at)])
     print(_table(["SPAWNER", "PROFILE", "RUNTIME", "HEALTHY", "WARM", "STARTING", "CLAIMED", "TARGET", "TOTAL", "BEAT"], rows))
     print("\nSESSIONS")
@@ -201,6 +203,30 @@ def _up(args: argparse.Namespace) -> int:
         node=node,
     )
     return asyncio.run(supervisor.run())
+
+
+def _profile_build(args: argparse.Namespace, settings: CommonSettings) -> int:
+    """Build the images of the named content profiles (all of them when none is named)."""
+    content = content_profiles(settings.profiles)
+    for name in args.names:
+        if name not in settings.profiles:
+            raise SettingsError(f"no profile {name!r} in NBPOOL_PROFILES (there are: {', '.join(sorted(settings.profiles))})")
+        if name not in content:
+            raise SettingsError(f"profile {name!r} has no content: nothing to build (give it \"content\" in NBPOOL_PROFILES)")
+    names = args.names or sorted(content)
+    if not names:
+        raise SettingsError('no profile in NBPOOL_PROFILES has content: nothing to build')
+    failed = 0
+    for name in names:
+        print(f"profile {name}: building from {content[name].content} ...", file=sys.stderr)
+        try:
+            tag = build_profile(name, content[name], base=os.environ.get("NBPOOL_DOCKER_IMAGE") or None)
+        except BuildFailed as err:
+            print(f"nbpool: profile {name}: not built: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"profile {name}: {tag}; running spawners recycle their warm sandboxes of the previous image")
+    return 1 if failed else 0
 
 
 def _cluster_init(args: argparse.Namespace) -> int:
@@ -260,6 +286,11 @@ def main(argv: list[str] | None = None) -> None:
     ci.add_argument("--replicas", type=int, default=3, help="servers keeping each bucket and stream (default 3)")
     ci.add_argument("--sync", default="default", help="JetStream's flush to disk: default (every 2 min), always, or a duration")
 
+    pr = sub.add_parser("profile", help="content profiles: build their images")
+    pr_sub = pr.add_subparsers(dest="profile_command", required=True)
+    pb = pr_sub.add_parser("build", help="build the images of content profiles whose inputs changed (shows progress)")
+    pb.add_argument("names", nargs="*", metavar="NAME", help="profiles of NBPOOL_PROFILES (default: every one with content)")
+
     ev = sub.add_parser("events", help="print lifecycle events live, one line each")
     ev.add_argument("--json", action="store_true", help="print the raw JSON documents")
     ev.add_argument("--all", action="store_true", help="start from the oldest stored event")
@@ -286,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
             code = _bus_credentials(args, load(CommonSettings))
         elif args.command == "cluster":
             code = _cluster_init(args)
+        elif args.command == "profile":
+            code = _profile_build(args, load(CommonSettings))
         else:
             runner = _events if args.command == "events" else _status
             code = asyncio.run(runner(args, operator_settings()))

@@ -27,7 +27,8 @@ from nbpool.aio import cancel_and_wait, poll_ready, wait_event
 from nbpool.children import Child, binary, go_env
 from nbpool.cluster import nats_config, read_spec
 from nbpool.names import Names
-from nbpool.settings import CommonSettings
+from nbpool.profiles import BuildFailed, build_profile, content_profiles
+from nbpool.settings import CommonSettings, Profile
 
 __all__ = ["Supervisor", "UpSettings", "traefik_static_config"]
 
@@ -97,6 +98,19 @@ def _docker_reachable() -> str | None:
         return f"{err.__class__.__name__}: {err}"
 
 
+def _image_present(image: str) -> bool:
+    import docker
+
+    client = docker.from_env(timeout=10)
+    try:
+        client.images.get(image)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+    finally:
+        client.close()
+
+
 def _build_script() -> Path | None:
     """deploy/images/build.sh of the checkout nbpool runs from (an editable install), if any."""
     script = Path(__file__).resolve().parent.parent / "deploy" / "images" / "build.sh"
@@ -146,7 +160,9 @@ class Supervisor:
         notebook image is built first (only when its inputs changed), showing progress.
         """
         wanted = os.environ.get("NBPOOL_RUNTIME")
+        content = content_profiles(self.settings.profiles)
         if wanted == "process":
+            self._no_content(content)
             return {"NBPOOL_RUNTIME": "process"}
         problem = _docker_reachable()
         if problem is not None:
@@ -157,9 +173,11 @@ class Supervisor:
             self._say("They are NOT isolated: visitors' code runs as you. Only for people you trust.")
             self._say(f"(Docker said: {problem})")
             self._say("!" * 78)
+            self._no_content(content)
             return {"NBPOOL_RUNTIME": "process"}
         env = {"NBPOOL_RUNTIME": "docker"}
         if os.environ.get("NBPOOL_DOCKER_IMAGE"):
+            self._build_content(content, os.environ["NBPOOL_DOCKER_IMAGE"])
             return env
         script = _build_script()
         if script is None:
@@ -170,7 +188,31 @@ class Supervisor:
             raise SystemExit("nbpool up: the notebook image did not build; see the output above")
         env["NBPOOL_DOCKER_IMAGE"] = result.stdout.strip().splitlines()[-1]
         self._say(f"sandboxes are containers of {env['NBPOOL_DOCKER_IMAGE']}")
+        self._build_content(content, env["NBPOOL_DOCKER_IMAGE"])
         return env
+
+    def _build_content(self, content: dict[str, Profile], notebook_image: str) -> None:
+        """Build each content profile's image if its inputs changed. A failure is said, and does
+        not stop nbpool: the profile keeps its previous image, or is not pooled until one builds."""
+        for name, profile in content.items():
+            self._say(f"profile {name}: building its image from {profile.content} if its inputs changed ...")
+            try:
+                tag = build_profile(name, profile, base=notebook_image)
+            except BuildFailed as err:
+                image = profile.image_of(name)
+                previous = _image_present(image) if image else False
+                self._say("!" * 78)
+                self._say(f"profile {name}: its image did not build: {err}")
+                self._say(f"It keeps serving its previous image ({image})." if previous else
+                          f"It has no image yet, so it is not pooled until `nbpool profile build {name}` succeeds.")
+                self._say("!" * 78)
+                continue
+            self._say(f"profile {name}: sandboxes are containers of {tag}")
+
+    def _no_content(self, content: dict[str, Profile]) -> None:
+        for name in content:
+            self._say(f"WARNING: profile {name} has content, which needs the Docker runtime: "
+                      "its sandboxes start with the default home and packages.")
 
     def _env(self, **extra: str) -> dict[str, str]:
         s = self.settings

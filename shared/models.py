@@ -112,6 +112,8 @@ class PoolCounts(BaseModel):
     warm: int = 0
     starting: int = 0
     claimed: int = 0
+    #: Why this spawner does not start sandboxes of the profile ("" when it does), e.g. its image is missing.
+    problem: str = ""
 
 
 class SpawnerBeat(_Doc):

@@ -7,6 +7,7 @@ One class per service, all sharing :class:`CommonSettings`. Defaults work on one
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 import sys
 from pathlib import Path
@@ -48,6 +49,36 @@ class Profile(BaseModel):
         default=None, pattern=r"^[a-z][a-z0-9_.-]{0,40}$",
         description="the Docker runtime of its containers, e.g. runsc (gVisor); default the engine's (runc)",
     )
+    content: str | None = Field(
+        default=None, min_length=1, max_length=1000,
+        description="a folder, or a local git repository as PATH@REF: its files (and requirements.txt, apt.txt) "
+                    "become the profile's image, nbpool/profile-<name>, built on `image` or the notebook image",
+    )
+    start: str | None = Field(
+        default=None, min_length=7, max_length=1000,
+        description="the notebook that opens first and whose kernel is pre-started (relative to the home folder)",
+    )
+
+    @field_validator("start")
+    @classmethod
+    def _start_is_a_notebook(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        parts = value.split("/")
+        if not value.endswith(".ipynb") or value.startswith("/") or ".." in parts or "" in parts or any(
+                ord(c) < 32 or c in '\\?#' for c in value):
+            raise ValueError(f"start {value!r}: give a notebook (.ipynb) relative to the home folder, "
+                             "without '..', '?', '#' or backslashes")
+        return value
+
+    def image_of(self, name: str) -> str | None:
+        """The image this profile's sandboxes run: its content image, ``image``, or None (the default)."""
+        return f"nbpool/profile-{name}:latest" if self.content is not None else self.image
+
+    def prestart_of(self, default: str) -> str | None:
+        """The notebook whose kernel is pre-started: ``start``; else ``default`` unless the content
+        replaces the home (a content profile without ``start`` pre-starts nothing)."""
+        return self.start if self.start is not None else (default if self.content is None else None)
 
 
 class CommonSettings(BaseSettings):
@@ -100,6 +131,10 @@ class CommonSettings(BaseSettings):
         for name in value:
             if not name or not name.replace("-", "").replace("_", "").isalnum() or len(name) > 40:
                 raise ValueError(f"profile name {name!r}: use letters, digits, '-' and '_' (40 at most)")
+            if value[name].content is not None and not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name):
+                raise ValueError(f"profile name {name!r}: a profile with content names its image "
+                                 "nbpool/profile-<name>, so use lower case letters, digits, '-' and '_', "
+                                 "beginning with a letter or digit")
         return value
 
     @field_validator("embed_origins")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from typing import Any
 
@@ -359,6 +360,30 @@ def test_settings_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch) -> N
         load(SpawnerSettings)
     monkeypatch.setenv("NBPOOL_DEFAULT_PROFILE", "small")
     assert load(SpawnerSettings).pool_target("small") == 1
+
+
+def test_content_profiles_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NBPOOL_PROFILES", json.dumps({
+        "default": {}, "course": {"content": "/srv/course", "start": "notebooks/Intro.ipynb"},
+        "plain": {"image": "nbpool/notebook:x", "start": "Tour.ipynb"}}))
+    profiles = load(SpawnerSettings).profiles
+    assert profiles["course"].image_of("course") == "nbpool/profile-course:latest"
+    assert profiles["plain"].image_of("plain") == "nbpool/notebook:x" and profiles["default"].image_of("default") is None
+    # The kernel pre-started: the start notebook; else Welcome.ipynb unless content replaces the home.
+    assert profiles["course"].prestart_of("Welcome.ipynb") == "notebooks/Intro.ipynb"
+    assert profiles["default"].prestart_of("Welcome.ipynb") == "Welcome.ipynb"
+    assert load(SpawnerSettings).model_copy().profiles["plain"].prestart_of("Welcome.ipynb") == "Tour.ipynb"
+    monkeypatch.setenv("NBPOOL_PROFILES", json.dumps({"default": {}, "x": {"content": "/c"}}))
+    assert load(SpawnerSettings).profiles["x"].prestart_of("Welcome.ipynb") is None
+    for profiles_json, named in (
+        ({"default": {}, "Course": {"content": "/c"}}, "lower case"),
+        ({"default": {}, "c": {"content": "/c", "start": "../x.ipynb"}}, "without '..'"),
+        ({"default": {}, "c": {"content": "/c", "start": "notes.md"}}, r"\.ipynb"),
+        ({"default": {}, "c": {"content": "", "start": "a.ipynb"}}, "CONTENT"),
+    ):
+        monkeypatch.setenv("NBPOOL_PROFILES", json.dumps(profiles_json))
+        with pytest.raises(SettingsError, match=named):
+            load(SpawnerSettings)
 
 
 def test_bad_messages_are_refused_with_what_was_wrong() -> None:

@@ -92,7 +92,12 @@ class Claimer:
             if reply.ok and reply.record is not None:
                 return reply.record
             reasons.append(reply.reason)
-        candidates = [b for b in healthy if pool(b)[1] > 0 or b.headroom() > 0]
+        able = [b for b in healthy if not (b.pools.get(profile) and b.pools[profile].problem)]
+        if not able and not reasons:
+            problems = sorted({b.pools[profile].problem for b in healthy})
+            raise NoCapacity(f"no spawner can start sandboxes of profile {profile}: " + "; ".join(problems),
+                             retry_after=30)
+        candidates = [b for b in able if pool(b)[1] > 0 or b.headroom() > 0]
         if not candidates:
             raise NoCapacity("all sandboxes are in use", retry_after=15, full=True)
         if wait <= 0:

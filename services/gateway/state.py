@@ -14,6 +14,7 @@ import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import quote
 
 import nats.js.errors
 from fastapi import HTTPException, Request
@@ -121,7 +122,13 @@ class Gateway:
         return peer
 
     def lab_url(self, rec: SandboxRecord, page: str = "lab") -> str:
-        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token."""
+        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token.
+
+        JupyterLab itself (``lab``) opens on the profile's ``start`` notebook when it has one.
+        """
+        profile = self.settings.profiles.get(rec.pool)
+        if page == "lab" and profile is not None and profile.start is not None:
+            page = "lab/tree/" + quote(profile.start)
         return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
 
     def snapshot_links(self, snapshot_id: str) -> dict[str, str]:

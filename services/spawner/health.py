@@ -11,6 +11,7 @@ from nbpool import logs
 from nbpool.models import SandboxRecord, State
 from nbpool.records import read_record
 from nbpool.runtime import RuntimeUnavailable
+from nbpool.spawner.images import check_images
 from nbpool.spawner.removal import remove, retry_stuck
 from nbpool.spawner.state import SpawnerState
 
@@ -71,6 +72,7 @@ class HealthWatch:
             await s.runtime.remove(sid)
             s.known.discard(sid)
             s.changed()
+        await check_images(s, found)
         if rounds % 5 == 0:
             await self._check_pool()
 
@@ -113,6 +115,7 @@ class HealthWatch:
             # Out of the pool at once, so no claim gets it; removed and replaced right after.
             s.pool.discard(sandbox_id)
             rec = s.records.get(sandbox_id)
-            if rec is not None and rec.state in (State.WARM, State.CLAIMED) and sandbox_id not in s.starting:
+            if (rec is not None and rec.state in (State.WARM, State.CLAIMED) and sandbox_id not in s.starting
+                    and sandbox_id not in s.removing):  # (one this spawner is removing is not news)
                 log.warning("sandbox died", **s.log(sandbox_id, state=rec.state))
                 s.background.start(remove(s, rec, "died"))

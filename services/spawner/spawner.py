@@ -27,6 +27,7 @@ from nbpool.settings import SpawnerSettings
 from nbpool.spawner.beats import activity_loop, beat_loop, send_beat
 from nbpool.spawner.claims import ClaimDesk
 from nbpool.spawner.health import HealthWatch
+from nbpool.spawner.images import check_images
 from nbpool.spawner.removal import remove, remove_all
 from nbpool.spawner.starting import Starter
 from nbpool.spawner.state import SpawnerState
@@ -87,6 +88,10 @@ class Spawner:
         try:
             await asyncio.gather(s.records.ready.wait(), s.routes.ready.wait(), s.control.ready.wait())
             await self.reconcile()
+            try:
+                await check_images(s, {})  # before the first start: a missing image is said, not tried
+            except RuntimeUnavailable:
+                pass  # the health rounds look again
             sub = await s.bus.nc.subscribe(s.bus.names.claim_subject(s.id), cb=self.claims.on_request)
             loops = [
                 asyncio.ensure_future(self.starter.run()),

@@ -72,7 +72,7 @@ class Starter:
         if profile in s.starting.values():
             return True
         room = s.settings.max_sandboxes - s.total()
-        return s.healthy and room > 0 and not self.backoff[profile].blocked()
+        return s.healthy and room > 0 and not self.backoff[profile].blocked() and profile not in s.problems
 
     async def run(self) -> None:
         """Start what the plan says, whenever something changes (and every second)."""
@@ -81,7 +81,7 @@ class Starter:
             s.wake.clear()
             look_again = 1.0  # and when woken by any change; re-checks backoffs and runtime health
             if s.healthy and not s.draining:
-                counts = {n: c for n, c in s.counts().items() if not self.backoff[n].blocked()}
+                counts = {n: c for n, c in s.counts().items() if not self.backoff[n].blocked() and not c.problem}
                 waiting = s.waiting()
                 plan = spawn_plan(
                     counts,
@@ -117,7 +117,7 @@ class Starter:
                 token=secrets.token_urlsafe(24),
                 base_path=path,
                 profile=profile,
-                image=s.settings.profiles[profile].image,
+                image=s.settings.profiles[profile].image_of(profile),
                 runtime=s.settings.profiles[profile].runtime,
                 share_url=f"{s.settings.public_url}/sessions/{sid}/snapshots" if s.settings.origins.snapshot_url else None,
                 embed_origins=s.settings.embed_origins,
@@ -134,10 +134,11 @@ class Starter:
             deadline = began + s.settings.start_timeout
             await self._wait_answering(rec, deadline)
             answered = time.monotonic()
-            if s.settings.prestart_kernel:
+            notebook = s.settings.profiles[profile].prestart_of(s.settings.prestart_notebook)
+            if s.settings.prestart_kernel and notebook is not None:
                 remaining = max(1.0, deadline - time.monotonic())
                 async with asyncio.timeout(remaining):
-                    kernel_id = await prestart_kernel(s.http, rec, s.settings.prestart_notebook, remaining)
+                    kernel_id = await prestart_kernel(s.http, rec, notebook, remaining)
                 rec = rec.model_copy(update={"kernel_id": kernel_id})
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await self._routed[sid].wait()

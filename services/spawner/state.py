@@ -51,6 +51,8 @@ class SpawnerState:
         self.stuck: dict[str, str] = {}  # id -> why it is being removed
         self.healthy = True
         self.reason = ""
+        #: Profiles this spawner cannot start sandboxes of, and why (their image is not on this host).
+        self.problems: dict[str, str] = {}
         #: Set once the spawner is on its way out: the runtime's reports of sandboxes ending are ours.
         self.stopping = False
         #: Set on every change the pool loop and the heartbeat should look at.
@@ -82,6 +84,7 @@ class SpawnerState:
         counts = {name: PoolCounts(target=self.settings.pool_target(name)) for name in self.settings.profiles}
         for name in counts:
             counts[name].warm = self.pool.warm(name)
+            counts[name].problem = self.problems.get(name, "")
         for profile in self.starting.values():
             if profile in counts:
                 counts[profile].starting += 1

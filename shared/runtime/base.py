@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-__all__ = ["ReportsEvents", "Runtime", "StartsInBackground", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
+__all__ = ["HasImages", "ReportsEvents", "Runtime", "StartsInBackground", "RuntimeSandbox", "RuntimeUnavailable", "SandboxSpec", "SpawnFailed"]
 
 
 class SpawnFailed(Exception):
@@ -53,6 +53,8 @@ class RuntimeSandbox:
     target: str
     profile: str
     alive: bool
+    #: The id of the image it runs ("" when the runtime has no images).
+    image: str = ""
 
 
 class Runtime(Protocol):
@@ -102,6 +104,18 @@ class ReportsEvents(Protocol):
     """
 
     async def watch_events(self, report: Callable[[str, str], None]) -> None: ...
+
+
+@runtime_checkable
+class HasImages(Protocol):
+    """A runtime whose sandboxes run images that may or may not be on its host (the docker runtime).
+
+    :meth:`image_id` is the id of ``image`` (None: the runtime's default image) on this host, or
+    None when the host does not have it. A name such as ``nbpool/profile-x:latest`` may point at
+    a new id after a build: the spawner recycles warm sandboxes of the old one.
+    """
+
+    async def image_id(self, image: str | None) -> str | None: ...
 
 
 @runtime_checkable

@@ -218,7 +218,17 @@ class DockerRuntime:
             target=f"http://{ip}:{_PORT}" if ip else "",
             profile=labels.get(f"{LABEL}.profile", ""),
             alive=state.get("Status") == "running" and bool(ip),
+            image=str(attrs.get("Image") or ""),
         )
+
+    async def image_id(self, image: str | None) -> str | None:
+        def inspecting() -> str | None:
+            try:
+                return str(self._docker().images.get(image or self.image).id)
+            except docker.errors.APIError:  # not found, or not a valid image name: not here either way
+                return None
+
+        return await self._call(inspecting)
 
     async def promote(self, sandbox_id: str) -> None:
         """The started sandbox gets the normal CPU share (1024); it started at ``start_cpu_shares``."""

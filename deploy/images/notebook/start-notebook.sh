@@ -9,6 +9,8 @@
 #   NBPOOL_SHARE_URL where JupyterLab's "Share a snapshot" command POSTs (an absolute http(s) URL,
 #                    the gateway's snapshots endpoint for this session). It reaches the page as
 #                    the page config option nbpoolShareUrl. Unset or empty: no such command.
+#   NBPOOL_HOME_SOURCE  the folder whose files a new home starts with (default /opt/nbpool/home;
+#                    a content profile's image sets /opt/nbpool/content).
 #   NBPOOL_EMBED_ORIGINS  which other pages may use the server with its token (CORS, websockets,
 #                    frame-ancestors): *, none or origins; read by the image's
 #                    jupyter_server_config.py (nbpool_sandbox_config). Unset: *.
@@ -37,10 +39,12 @@ args=(
 if [[ -n "${NBPOOL_BASE_URL:-}" ]]; then
     args+=("--ServerApp.base_url=${NBPOOL_BASE_URL}")
 fi
-# The home folder starts empty (a fresh tmpfs under the docker runtime): its first contents.
+# The home folder starts empty (a fresh tmpfs under the docker runtime): its first contents,
+# the image's Welcome.ipynb or, in a content profile's image, NBPOOL_HOME_SOURCE (its files).
 # cp -n: a home that already has them (another runtime, a restart) keeps its own.
-if [[ -d /opt/nbpool/home ]]; then
-    cp -rn /opt/nbpool/home/. "$HOME"/ 2>/dev/null || true
+home_source="${NBPOOL_HOME_SOURCE:-/opt/nbpool/home}"
+if [[ -d $home_source ]]; then
+    cp -rn "$home_source"/. "$HOME"/ 2>/dev/null || true
     cp -rn /etc/skel/. "$HOME"/ 2>/dev/null || true
 fi
 # The share endpoint as page config: JupyterLab merges labconfig/page_config.json from every
