@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -171,10 +172,12 @@ def test_a_git_commit_as_content(profile: dict[str, Any], tmp_path: Path) -> Non
     built = build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v1", start="Intro.ipynb")},
                   name)
     assert built.returncode == 0, built.stderr
-    files = docker.from_env().containers.run(
-        f"nbpool/profile-{name}:latest", entrypoint="sh", command=["-c", "cd /opt/nbpool/content && find . -type f | sort && "
-                                                        "cat Exercises.ipynb"], remove=True, network_mode="none")
-    listed = files.decode()
+    # The docker client rather than the SDK's logs: those could miss the last line (no newline at
+    # its end) when read right after the container exited.
+    listed = subprocess.run(
+        [shutil.which("docker") or "docker", "run", "--rm", "--network=none", "--entrypoint", "sh",
+         f"nbpool/profile-{name}:latest", "-c", "cd /opt/nbpool/content && find . -type f | sort && cat Exercises.ipynb"],
+        capture_output=True, text=True, timeout=120, check=True).stdout
     assert "./Intro.ipynb\n./data/cities.csv\n./requirements.txt" in listed and "draft" not in listed
     assert "exercise 1" in listed and "not yet" not in listed
     unknown = build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v9")}, name)
