@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import subprocess
 import tempfile
 import time
 import uuid
@@ -30,11 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import docker
-from common import ROOT, BenchCluster, Figure, end_sessions, progress
-from embed import _pool_full
+from common import BenchCluster, Figure, end_sessions, progress
+from embed import pool_full
 from snapshots import visit
-from workshop import make_wheel, workshop
+from workshop import make_wheel, profile_build, remove_profile_images, workshop
 
 __all__ = ["BUILDS", "ContentResults", "measure"]
 
@@ -65,22 +62,12 @@ def _settings(image: str, wheels: Path, name: str, content: Path, pool: int) -> 
 
 def _build(settings: dict[str, str], name: str) -> tuple[float, str]:
     """``nbpool profile build NAME``: its wall time (s) and what it said."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")} | settings
     began = time.monotonic()
-    done = subprocess.run([str(ROOT / ".venv" / "bin" / "nbpool"), "profile", "build", name], env=env,
-                          capture_output=True, text=True, timeout=900)
+    done = profile_build(settings, name)
     took = time.monotonic() - began
     if done.returncode != 0:
         raise RuntimeError(f"nbpool profile build {name} failed: {done.stderr.strip().splitlines()[-1:]}")
     return took, done.stderr
-
-
-def _remove_images(name: str) -> None:
-    client = docker.from_env(timeout=60)
-    for repo in (f"nbpool/profile-{name}", f"nbpool/profile-{name}-packages"):
-        for image in client.images.list(name=repo):
-            for tag in image.tags:
-                client.images.remove(tag)
 
 
 async def measure(image: str, runs: int, visits: int, pool: int, results: ContentResults,
@@ -117,7 +104,7 @@ async def measure(image: str, runs: int, visits: int, pool: int, results: Conten
             await _visits(cluster, names[-1], visits, pool, results)
         finally:
             for name in names:
-                await asyncio.to_thread(_remove_images, name)
+                await asyncio.to_thread(remove_profile_images, name)
 
 
 async def _visits(cluster: BenchCluster, name: str, visits: int, pool: int, results: ContentResults) -> None:
@@ -127,7 +114,7 @@ async def _visits(cluster: BenchCluster, name: str, visits: int, pool: int, resu
         results.default_visit.add_run([])
         for i in range(visits + 1):  # the first pair untimed
             for body, fig in (({"profile": name}, results.content_visit), ({}, results.default_visit)):
-                await _pool_full(cluster, 2 * pool)
+                await pool_full(cluster, 2 * pool)
                 seen = await visit(cluster, body)
                 if i and seen.ok:
                     fig.runs[-1].append(seen.total_ms)

@@ -34,7 +34,7 @@ import httpx
 from common import ROOT, BenchCluster, Figure, end_sessions, progress
 from snapshots import visit
 
-__all__ = ["EmbedResults", "cluster", "measure"]
+__all__ = ["EmbedResults", "cluster", "measure", "pool_full"]
 
 _TIMEOUT_MS = 120_000
 #: The longest wait for the pool to be full again before a visitor.
@@ -137,7 +137,7 @@ def _claims(cluster: BenchCluster) -> int:
     return sum(e["type"] == "sandbox.claimed" for e in cluster.events())
 
 
-async def _pool_full(cluster: BenchCluster, pool: int) -> None:
+async def pool_full(cluster: BenchCluster, pool: int) -> None:
     deadline = time.monotonic() + REFILL_S
     while time.monotonic() < deadline:
         try:
@@ -170,17 +170,17 @@ async def measure(cluster: BenchCluster, pool: int, runs: int, per_run: int, res
                 )
                 try:
                     # Untimed: the first launch after start-up, and the browser's own first start.
-                    await _pool_full(cluster, pool)
+                    await pool_full(cluster, pool)
                     warm = await _thebe_view(browser, url, cluster, _scratch(results))
                     await end_sessions(cluster.url, [warm] if warm else [])
                     for run in range(runs):
                         for fig in (results.first_view, results.second_view, results.floor, *results.parts.values()):
                             fig.add_run([])
                         for _ in range(per_run):
-                            await _pool_full(cluster, pool)
+                            await pool_full(cluster, pool)
                             session = await _thebe_view(browser, url, cluster, results)
                             await end_sessions(cluster.url, [session] if session else [])
-                            await _pool_full(cluster, pool)
+                            await pool_full(cluster, pool)
                             plain = await visit(cluster, {})
                             if plain.ok:
                                 results.floor.runs[-1].append(plain.total_ms)

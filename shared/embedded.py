@@ -27,7 +27,7 @@ from nbpool.aio import cancel_and_wait, poll_ready, wait_event
 from nbpool.children import Child, binary, go_env
 from nbpool.cluster import nats_config, read_spec
 from nbpool.names import Names
-from nbpool.profiles import BuildFailed, build_profile, content_profiles
+from nbpool.profiles import BuildFailed, build_profile, content_profiles, images_script
 from nbpool.settings import CommonSettings, Profile
 
 __all__ = ["Supervisor", "UpSettings", "traefik_static_config"]
@@ -98,25 +98,6 @@ def _docker_reachable() -> str | None:
         return f"{err.__class__.__name__}: {err}"
 
 
-def _image_present(image: str) -> bool:
-    import docker
-
-    client = docker.from_env(timeout=10)
-    try:
-        client.images.get(image)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
-    finally:
-        client.close()
-
-
-def _build_script() -> Path | None:
-    """deploy/images/build.sh of the checkout nbpool runs from (an editable install), if any."""
-    script = Path(__file__).resolve().parent.parent / "deploy" / "images" / "build.sh"
-    return script if script.exists() else None
-
-
 class Supervisor:
     """Starts, watches and stops nbpool's processes (see the module docstring)."""
 
@@ -179,7 +160,7 @@ class Supervisor:
         if os.environ.get("NBPOOL_DOCKER_IMAGE"):
             self._build_content(content, os.environ["NBPOOL_DOCKER_IMAGE"])
             return env
-        script = _build_script()
+        script = images_script("build.sh")
         if script is None:
             return env  # the default image name; the spawner says clearly if it is missing
         self._say("Docker engine found: building the notebook image if its inputs changed ...")
@@ -199,12 +180,10 @@ class Supervisor:
             try:
                 tag = build_profile(name, profile, base=notebook_image)
             except BuildFailed as err:
-                image = profile.image_of(name)
-                previous = _image_present(image) if image else False
                 self._say("!" * 78)
                 self._say(f"profile {name}: its image did not build: {err}")
-                self._say(f"It keeps serving its previous image ({image})." if previous else
-                          f"It has no image yet, so it is not pooled until `nbpool profile build {name}` succeeds.")
+                self._say(f"Its previous image ({profile.image_of(name)}) keeps serving if there is one; if not, the "
+                          f"profile is not pooled until `nbpool profile build {name}` succeeds (`nbpool status` says).")
                 self._say("!" * 78)
                 continue
             self._say(f"profile {name}: sandboxes are containers of {tag}")

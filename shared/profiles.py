@@ -16,19 +16,17 @@ from pathlib import Path
 
 from nbpool.settings import Profile
 
-__all__ = ["BuildFailed", "build_profile", "content_profiles", "script"]
+__all__ = ["BuildFailed", "build_profile", "content_profiles", "images_script"]
 
 
 class BuildFailed(Exception):
     """A profile's image did not build; the message says why (the script's last error line)."""
 
 
-def script(name: str = "build-profile.sh") -> Path:
-    """A script of deploy/images in the checkout nbpool runs from (an editable install)."""
+def images_script(name: str) -> Path | None:
+    """deploy/images/``name`` of the checkout nbpool runs from (an editable install), if any."""
     path = Path(__file__).resolve().parent.parent / "deploy" / "images" / name
-    if not path.exists():
-        raise BuildFailed(f"{path} is missing: content profiles are built from an nbpool checkout")
-    return path
+    return path if path.exists() else None
 
 
 def content_profiles(profiles: Mapping[str, Profile]) -> dict[str, Profile]:
@@ -36,7 +34,7 @@ def content_profiles(profiles: Mapping[str, Profile]) -> dict[str, Profile]:
     return {name: p for name, p in profiles.items() if p.content is not None}
 
 
-def build_profile(name: str, profile: Profile, base: str | None = None, env: Mapping[str, str] | None = None) -> str:
+def build_profile(name: str, profile: Profile, base: str | None = None) -> str:
     """Build (if its inputs changed) the image of profile ``name``; its tag.
 
     ``base`` is the image to build on when the profile names none (default: the notebook image,
@@ -45,8 +43,11 @@ def build_profile(name: str, profile: Profile, base: str | None = None, env: Map
     """
     if profile.content is None:
         raise BuildFailed(f"profile {name} has no content: nothing to build")
-    args = [str(script()), name, profile.content, *([profile.start] if profile.start else [])]
-    run_env = {**os.environ, **(env or {})}
+    script = images_script("build-profile.sh")
+    if script is None:
+        raise BuildFailed("deploy/images/build-profile.sh is missing: content profiles are built from an nbpool checkout")
+    args = [str(script), name, profile.content, *([profile.start] if profile.start else [])]
+    run_env = dict(os.environ)
     chosen = profile.image or base
     if chosen:
         run_env["NBPOOL_PROFILE_BASE"] = chosen

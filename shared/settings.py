@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from nbpool import busauth
 from nbpool.busauth import Credentials
+from nbpool.notebook_paths import BadNotebook, notebook_path
 from nbpool.origins import Origins, OriginsError, Routing
 from nbpool.sandbox_config import EmbedOriginsError, parse_embed_origins
 
@@ -55,21 +56,18 @@ class Profile(BaseModel):
                     "become the profile's image, nbpool/profile-<name>, built on `image` or the notebook image",
     )
     start: str | None = Field(
-        default=None, min_length=7, max_length=1000,
+        default=None,
         description="the notebook that opens first and whose kernel is pre-started (relative to the home folder)",
     )
 
     @field_validator("start")
     @classmethod
     def _start_is_a_notebook(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        parts = value.split("/")
-        if not value.endswith(".ipynb") or value.startswith("/") or ".." in parts or "" in parts or any(
-                ord(c) < 32 or c in '\\?#' for c in value):
-            raise ValueError(f"start {value!r}: give a notebook (.ipynb) relative to the home folder, "
-                             "without '..', '?', '#' or backslashes")
-        return value
+        try:
+            return None if value is None else notebook_path(value)
+        except BadNotebook as err:
+            raise ValueError(f"start {value!r}: {err}; give a notebook (.ipynb) relative to the home folder, "
+                             "without '..'") from None
 
     def image_of(self, name: str) -> str | None:
         """The image this profile's sandboxes run: its content image, ``image``, or None (the default)."""

@@ -22,10 +22,7 @@ import pytest
 from cluster import Cluster
 from kernel import execute
 from waiting import poll_until
-from workshop import make_wheel, notebook, workshop
-
-ROOT = Path(__file__).parent.parent
-NBPOOL = str(ROOT / ".venv" / "bin" / "nbpool")
+from workshop import make_wheel, notebook, profile_build, remove_profile_images, workshop
 
 
 @pytest.fixture
@@ -40,21 +37,11 @@ def profile(tmp_path: Path, docker_image: str) -> Iterator[dict[str, Any]]:
     make_wheel(wheels, "nbpool-demo-greet", "1.0", "def hello():\n    return 'hello from a wheel'\n")
     env = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(wheels), "NBPOOL_DOCKER_IMAGE": docker_image}
     yield {"name": name, "wheels": wheels, "env": env}
-    client = docker.from_env()
-    for repo in (f"nbpool/profile-{name}", f"nbpool/profile-{name}-packages"):
-        for image in client.images.list(name=repo):
-            for tag in image.tags:
-                client.images.remove(tag, noprune=False)
+    remove_profile_images(name)
 
 
 def profiles_setting(name: str, **profile: Any) -> str:
     return json.dumps({"default": {"pool_size": 0}, name: {"pool_size": 1, **profile}})
-
-
-def build(settings: dict[str, str], *names: str) -> subprocess.CompletedProcess[str]:
-    """``nbpool profile build NAME...`` with these settings, as an operator runs it."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")} | settings
-    return subprocess.run([NBPOOL, "profile", "build", *names], env=env, capture_output=True, text=True, timeout=900)
 
 
 def image_id(ref: str) -> str | None:
@@ -96,7 +83,7 @@ async def test_a_profile_from_a_folder_then_a_change_of_content(profile: dict[st
     before = image_id(f"nbpool/profile-{name}:latest")
     assert before is not None
     workshop(content, exercise="print('exercise 2')")
-    rebuilt = build(cluster.env, name)
+    rebuilt = profile_build(cluster.env, name)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "requirements.txt and apt.txt unchanged" in rebuilt.stderr and "resolving" not in rebuilt.stderr
     after = image_id(f"nbpool/profile-{name}:latest")
@@ -123,7 +110,7 @@ def test_bad_content_is_refused_by_name_and_changes_nothing(profile: dict[str, A
     name, wheels = profile["name"], profile["wheels"]
     content = workshop(tmp_path / "workshop")
     good = {**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=str(content), start="Intro.ipynb")}
-    built = build(good, name)
+    built = profile_build(good, name)
     assert built.returncode == 0, built.stderr
     serving = image_id(f"nbpool/profile-{name}:latest")
     assert serving is not None
@@ -150,7 +137,7 @@ def test_bad_content_is_refused_by_name_and_changes_nothing(profile: dict[str, A
             bad = workshop(tmp_path / f"bad{len(what)}")
             (bad / "requirements.txt").write_text(extra.pop("requirements"))
             given = {**given, "content": str(bad)}
-        result = build({**profile["env"], **extra, "NBPOOL_PROFILES": profiles_setting(name, **given)}, name)
+        result = profile_build({**profile["env"], **extra, "NBPOOL_PROFILES": profiles_setting(name, **given)}, name)
         assert result.returncode != 0, (what, result.stderr)
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith(f"nbpool: profile {name}: not built:") and named in last, (what, last)
@@ -169,7 +156,7 @@ def test_a_git_commit_as_content(profile: dict[str, Any], tmp_path: Path) -> Non
     (repo / "draft.ipynb").write_text(notebook("1"))  # in the working tree only
     subprocess.run([*git, "commit", "-qam", "v2"], check=True)
 
-    built = build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v1", start="Intro.ipynb")},
+    built = profile_build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v1", start="Intro.ipynb")},
                   name)
     assert built.returncode == 0, built.stderr
     # The docker client rather than the SDK's logs: those could miss the last line (no newline at
@@ -180,7 +167,7 @@ def test_a_git_commit_as_content(profile: dict[str, Any], tmp_path: Path) -> Non
         capture_output=True, text=True, timeout=120, check=True).stdout
     assert "./Intro.ipynb\n./data/cities.csv\n./requirements.txt" in listed and "draft" not in listed
     assert "exercise 1" in listed and "not yet" not in listed
-    unknown = build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v9")}, name)
+    unknown = profile_build({**profile["env"], "NBPOOL_PROFILES": profiles_setting(name, content=f"{repo}@v9")}, name)
     assert unknown.returncode != 0 and "no branch, tag or commit 'v9'" in unknown.stderr
 
 

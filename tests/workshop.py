@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
+import os
+import subprocess
 import zipfile
 from pathlib import Path
 
-__all__ = ["make_wheel", "notebook", "workshop"]
+import docker
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+__all__ = ["make_wheel", "notebook", "profile_build", "remove_profile_images", "workshop"]
 
 
 def _record_line(path: str, data: bytes) -> str:
@@ -45,12 +50,9 @@ def make_wheel(folder: Path, name: str, version: str, code: str, requires: tuple
 
 def notebook(*cells: str) -> str:
     """A notebook (nbformat 4) of code cells."""
-    return json.dumps({
-        "cells": [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [],
-                   "source": source} for i, source in enumerate(cells)],
-        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
-        "nbformat": 4, "nbformat_minor": 5,
-    })
+    nb = new_notebook(cells=[new_code_cell(source) for source in cells], metadata={
+        "kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}})
+    return str(nbformat.writes(nb))  # type: ignore[no-untyped-call]
 
 
 def workshop(folder: Path, exercise: str = "print('exercise 1')", requirements: str = "nbpool-demo-greet>=1.0\n") -> Path:
@@ -62,3 +64,19 @@ def workshop(folder: Path, exercise: str = "print('exercise 1')", requirements: 
     (folder / "data" / "cities.csv").write_text("city,population\nLyon,522250\nGhent,265086\n")
     (folder / "requirements.txt").write_text("# what the notebooks import\n" + requirements)
     return folder
+
+
+def profile_build(settings: dict[str, str], *names: str) -> subprocess.CompletedProcess[str]:
+    """``nbpool profile build NAME...`` with these settings (and no other NBPOOL_*), as an operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")} | settings
+    nbpool = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "nbpool"
+    return subprocess.run([str(nbpool), "profile", "build", *names], env=env, capture_output=True, text=True, timeout=900)
+
+
+def remove_profile_images(name: str) -> None:
+    """Every tag of profile ``name``'s images (content and packages)."""
+    client = docker.from_env(timeout=60)
+    for repo in (f"nbpool/profile-{name}", f"nbpool/profile-{name}-packages"):
+        for image in client.images.list(name=repo):
+            for tag in image.tags:
+                client.images.remove(tag)

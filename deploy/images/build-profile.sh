@@ -130,14 +130,10 @@ digest() { if [[ -f $1 ]]; then sha256sum <"$1" | cut -c1-64; else echo none; fi
 # inputs_sha LINE...: the sha256 of an image's inputs, one per line (its tag is the first 12 hex).
 inputs_sha() { printf '%s\n' "$@" | sha256sum | cut -c1-64; }
 
-# build TAG CONTEXT DOCKERFILE FROM TITLE INPUTS_SHA
+# build TAG CONTEXT DOCKERFILE FROM FROM_ID TITLE INPUTS_SHA: lib.sh's build_image, of DOCKERFILE on FROM.
 build() {
-    local tag=$1 ctx=$2 dockerfile=$3 from=$4 title=$5 inputs_sha=$6
-    cp "$dockerfile" "$ctx/Dockerfile"
-    log "building $tag on $from (no network inside the build)"
-    "$DOCKER" build --network=none --force-rm --build-arg "BASE_IMAGE=$from" \
-        --label "org.opencontainers.image.title=$title" --label "nbpool.profile=$name" \
-        --label "nbpool.image.inputs-sha256=$inputs_sha" --tag "$tag" "$ctx" >&2
+    cp "$3" "$2/Dockerfile"
+    build_image "$1" "$2" "$6" "$7" "$5" "$4"
 }
 
 # ---- the packages layer --------------------------------------------------------------------
@@ -183,7 +179,7 @@ if [[ -f $requirements || ${#apt_packages[@]} -gt 0 ]]; then
                     die "apt.txt: apt could not fetch the Debian package '$package' (see apt's message above)"
             done
         fi
-        build "$packages" "$ctx" "$here/profile/packages.Dockerfile" "$base" "nbpool profile $name: packages" "$sha" ||
+        build "$packages" "$ctx" "$here/profile/packages.Dockerfile" "$base" "$base_id" "nbpool profile $name: packages" "$sha" ||
             die "the packages of profile $name did not install together (see pip's or dpkg's message above)"
     fi
 fi
@@ -197,7 +193,7 @@ if image_exists "$tag"; then
     log "$tag exists; nothing to build"
 else
     started=$SECONDS
-    build "$tag" "$work/content" "$here/profile/content.Dockerfile" "$packages" "nbpool profile $name" "$sha" ||
+    build "$tag" "$work/content" "$here/profile/content.Dockerfile" "$packages" "$packages_id" "nbpool profile $name" "$sha" ||
         die "the content of profile $name did not build (see above)"
     log "built $tag in $((SECONDS - started))s"
 fi

@@ -109,13 +109,14 @@ download_debs() {
     log "debs: $(cd "$dir" && echo *.deb)"
 }
 
-# build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID: docker build with no network inside.
+# build_image TAG CONTEXT TITLE INPUTS_SHA BASE_ID [FROM]: docker build with no network inside,
+# on FROM (the Dockerfile's BASE_IMAGE; default the Debian base).
 build_image() {
-    local tag=$1 ctx=$2 title=$3 inputs_sha=$4 base_id=$5
-    log "building $tag (no network inside the build)"
+    local tag=$1 ctx=$2 title=$3 inputs_sha=$4 base_id=$5 from=${6:-$NBPOOL_BASE_IMAGE}
+    log "building $tag on $from (no network inside the build)"
     # --force-rm: a failed step must not leave its stopped container behind.
     "$DOCKER" build --network=none --force-rm \
-        --build-arg "BASE_IMAGE=$NBPOOL_BASE_IMAGE" \
+        --build-arg "BASE_IMAGE=$from" \
         --label "org.opencontainers.image.title=$title" \
         --label "nbpool.image.inputs-sha256=$inputs_sha" \
         --label "nbpool.image.base-id=$base_id" \

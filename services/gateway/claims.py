@@ -86,17 +86,20 @@ class Claimer:
             counts = beat.pools.get(profile)
             return (counts.warm, counts.starting, beat.waiting) if counts else (0, 0, 0)
 
+        def problem(beat: SpawnerBeat) -> str:
+            counts = beat.pools.get(profile)
+            return counts.problem if counts else ""
+
         reasons: list[str] = []
         for beat in sorted((b for b in healthy if pool(b)[0] > 0), key=lambda b: -pool(b)[0]):
             reply = await self._ask(beat.id, ClaimRequest(profile=profile, wait=0, owner=owner), timeout=ASK_SLACK)
             if reply.ok and reply.record is not None:
                 return reply.record
             reasons.append(reply.reason)
-        able = [b for b in healthy if not (b.pools.get(profile) and b.pools[profile].problem)]
+        able = [b for b in healthy if not problem(b)]
         if not able and not reasons:
-            problems = sorted({b.pools[profile].problem for b in healthy})
-            raise NoCapacity(f"no spawner can start sandboxes of profile {profile}: " + "; ".join(problems),
-                             retry_after=30)
+            raise NoCapacity(f"no spawner can start sandboxes of profile {profile}: "
+                             + "; ".join(sorted({problem(b) for b in healthy})), retry_after=30)
         candidates = [b for b in able if pool(b)[1] > 0 or b.headroom() > 0]
         if not candidates:
             raise NoCapacity("all sandboxes are in use", retry_after=15, full=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from urllib.parse import quote, unquote
 
-__all__ = ["BadLink", "lab_path", "spawn_link"]
+__all__ = ["BadLink", "lab_path", "spawn_link", "tree_page"]
 
 _PREFIXES = ("lab/tree/", "notebooks/", "tree/", "lab/workspaces/")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -55,7 +55,12 @@ def lab_path(path: str = "", urlpath: str | None = None) -> str:
         if raw.startswith(prefix):
             raw = raw[len(prefix):]
             break
-    return "lab/tree/" + quote(raw)
+    return tree_page(raw)
+
+
+def tree_page(path: str) -> str:
+    """The page that opens the file at ``path`` (plain, relative to the home folder) in JupyterLab."""
+    return "lab/tree/" + quote(path)
 
 
 def spawn_link(rest: str) -> str:

@@ -10,26 +10,18 @@ from __future__ import annotations
 
 import json
 import posixpath
-import re
 from urllib.parse import quote
 
 import httpx
 import nbformat
 
 from nbpool.models import SandboxRecord
+from nbpool.notebook_paths import NOTEBOOK_PATH, BadNotebook, notebook_path
 
 __all__ = [
     "NOTEBOOK_PATH", "BadNotebook", "NoSuchNotebook", "SandboxFiles", "SandboxUnreachable", "TooLarge", "check_notebook",
     "notebook_path",
 ]
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
-#: What a notebook path in a request may look like, for the OpenAPI document (the check is notebook_path's).
-NOTEBOOK_PATH = r"^(?!/)(?!.*://)(?!(.*/)?\.\.(/|$))[^\x00-\x1f\x7f\\]*[^/\x00-\x1f\x7f\\]\.ipynb$"
-
-
-class BadNotebook(ValueError):
-    """Not a path to a notebook, or not a valid notebook (422); the message says which."""
 
 
 class NoSuchNotebook(LookupError):
@@ -42,22 +34,6 @@ class TooLarge(ValueError):
 
 class SandboxUnreachable(ConnectionError):
     """The sandbox's server did not answer as a Jupyter server should (503)."""
-
-
-def notebook_path(path: str) -> str:
-    """``path`` made plain (``a/./b.ipynb`` -> ``a/b.ipynb``), or :class:`BadNotebook` saying why not."""
-    if _CONTROL.search(path):
-        raise BadNotebook("the path must not contain control characters or backslashes")
-    if len(path) > 1024:
-        raise BadNotebook("the path is longer than 1024 characters")
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise BadNotebook("the path must not contain '..'")
-    if path.startswith("/") or "://" in path:
-        raise BadNotebook("give the notebook's path relative to the home folder, like Welcome.ipynb")
-    if not path.endswith(".ipynb") or not re.fullmatch(NOTEBOOK_PATH, path):
-        raise BadNotebook("only notebooks (a path ending in <name>.ipynb) can be published")
-    return "/".join(parts)
 
 
 def check_notebook(data: bytes) -> nbformat.NotebookNode:

@@ -14,7 +14,6 @@ import asyncio
 import time
 from collections import OrderedDict
 from typing import Any
-from urllib.parse import quote
 
 import nats.js.errors
 from fastapi import HTTPException, Request
@@ -27,7 +26,7 @@ from nbpool.culler.policy import CullPolicy, expires_at
 from nbpool.gateway.admin_sessions import AdminSessions
 from nbpool.gateway.claims import Claimer
 from nbpool.gateway.events import EventTail
-from nbpool.gateway.links import spawn_link
+from nbpool.gateway.links import spawn_link, tree_page
 from nbpool.gateway.pages import ended_page
 from nbpool.gateway.queue import LaunchQueue
 from nbpool.gateway.ratelimit import RateLimiter
@@ -128,7 +127,7 @@ class Gateway:
         """
         profile = self.settings.profiles.get(rec.pool)
         if page == "lab" and profile is not None and profile.start is not None:
-            page = "lab/tree/" + quote(profile.start)
+            page = tree_page(profile.start)
         return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
 
     def snapshot_links(self, snapshot_id: str) -> dict[str, str]:

@@ -81,7 +81,7 @@ class Starter:
             s.wake.clear()
             look_again = 1.0  # and when woken by any change; re-checks backoffs and runtime health
             if s.healthy and not s.draining:
-                counts = {n: c for n, c in s.counts().items() if not self.backoff[n].blocked() and not c.problem}
+                counts = {n: c for n, c in s.counts().items() if not self.backoff[n].blocked() and n not in s.problems}
                 waiting = s.waiting()
                 plan = spawn_plan(
                     counts,
