@@ -1,11 +1,13 @@
 """A burst: more visitors than the pool holds, arriving within seconds. None may be lost.
 
 What it measures: ``visitors`` visitors arrive evenly over ``over_s`` seconds at a pool of
-``pool`` warm sandboxes (with room for all of them). Each does what a visitor of
-``first_output`` does: ``POST /sessions``, honouring ``503`` + ``Retry-After`` (bounded), then
-``1+1`` on its kernel through the proxy. Reported per visitor: how long until it had a
-sandbox (its *wait*), how long until its first output, and how many times it was told to come
-back. While the burst runs, ``/api/stats`` is sampled twice a second to show the pool
+``pool`` warm sandboxes (with room for all of them), alternately a program and a browser. A
+program does what a visitor of ``first_output`` does, asking to wait in line (``POST /sessions``
+with ``{"wait": …}``; a ``503`` would still be honoured, bounded); a browser follows ``GET
+/spawn``: a 302, or the waiting page's place in line until it is sent on. Each then runs ``1+1``
+on its kernel through the proxy. Reported per visitor: how long until it had a sandbox (its
+*wait*), how long until its first output, how many times it was told to come back, and whether
+someone who arrived later was served first (*overtaken*), for programs and browsers alike. While the burst runs, ``/api/stats`` is sampled twice a second to show the pool
 draining and refilling. Sessions stay open until every visitor is done, as real visitors'
 would.
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import BenchCluster, HTTPConnection, progress
-from first_output import Visit, visit
+from first_output import PATIENCE_S, Visit, browser_visit, visit
 
 __all__ = ["BurstResults", "measure"]
 
@@ -71,7 +73,9 @@ async def measure(cluster: BenchCluster, pool: int, visitors: int, over_s: float
 
     async def arrive(i: int) -> Visit:
         await asyncio.sleep(max(0.0, began + i * over_s / visitors - time.perf_counter()))
-        return await visit(cluster.url, arrived=time.perf_counter())
+        if i % 2:
+            return await browser_visit(cluster.url, arrived=time.perf_counter())
+        return await visit(cluster.url, arrived=time.perf_counter(), wait=PATIENCE_S)
 
     results.visits = list(await asyncio.gather(*(arrive(i) for i in range(visitors))))
     results.took_s = time.perf_counter() - began
@@ -89,7 +93,7 @@ async def measure(cluster: BenchCluster, pool: int, visitors: int, over_s: float
 def to_json(results: BurstResults) -> dict[str, Any]:
     return {
         "pool": results.pool, "visitors": results.visitors, "over_s": results.over_s, "took_s": results.took_s,
-        "visits": [{"arrived_s": v.arrived, "claim_ms": v.claim_ms, "total_ms": v.total_ms, "refused": v.refused,
-                    "error": v.error} for v in results.visits],
+        "visits": [{"arrived_s": v.arrived, "kind": v.kind, "claim_ms": v.claim_ms, "total_ms": v.total_ms,
+                    "refused": v.refused, "error": v.error} for v in results.visits],
         "pool_over_time": results.pool_over_time,
     }

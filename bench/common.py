@@ -402,9 +402,11 @@ class BenchCluster(Cluster):
         base = {
             "NBPOOL_INSTANCE": instance,
             "NBPOOL_LOG_LEVEL": "INFO",
-            # One client address makes every request here; the rate limit is not what is measured.
+            # One client address makes every request here; the rate limit and the cap on one client's
+            # sessions are not what is measured.
             "NBPOOL_RATE_LIMIT": "1000000",
             "NBPOOL_RATE_BURST": "1000000",
+            "NBPOOL_MAX_SESSIONS_PER_CLIENT": "1000000",
         }
         super().__init__(Path(self._tmp.name), {**base, **settings})
         self.label = label

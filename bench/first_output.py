@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import secrets
 import time
 import uuid
@@ -49,7 +50,7 @@ from common import (
 )
 from kernel import execute_on
 
-__all__ = ["FloorResults", "TTFOResults", "Visit", "cluster", "docker_floor", "measure",
+__all__ = ["FloorResults", "TTFOResults", "Visit", "browser_visit", "cluster", "docker_floor", "first_output_on", "measure",
            "process_floor", "visit"]
 
 #: A visitor gives up after this long, or this many 503/429 answers.
@@ -72,6 +73,8 @@ class Visit:
     refused: int = 0  # 503/429 answers honoured before the claim succeeded
     error: str = ""
     session: dict[str, Any] | None = None
+    #: "api" (POST /sessions) or "browser" (GET /spawn, then its place in line until sent on)
+    kind: str = "api"
 
     @property
     def ok(self) -> bool:
@@ -101,13 +104,17 @@ class Round:
 
 
 async def visit(url: str, arrived: float | None = None, run_code: bool = True, round_: Round | None = None,
-                profile: str | None = None) -> Visit:
+                profile: str | None = None, wait: float | None = None) -> Visit:
     """One visitor: claim (retrying on 503/429 as told, bounded), then ``1+1`` on the pre-started kernel.
 
     With ``round_``, a second ``1+1`` follows once the round says so (see :class:`Round`). With
-    ``profile``, the claim asks for that profile (``{"profile": …}``); else the default one.
+    ``profile``, the claim asks for that profile (``{"profile": …}``); else the default one. With
+    ``wait``, the claim waits in line up to that long (``{"wait": …}``) instead of the claim timeout.
     """
-    body = json.dumps({"profile": profile}).encode() if profile else b"{}"
+    asked: dict[str, Any] = {"profile": profile} if profile else {}
+    if wait is not None:
+        asked["wait"] = wait
+    body = json.dumps(asked).encode()
     began = time.perf_counter() if arrived is None else arrived
     out = Visit(arrived=began)
     conn = HTTPConnection.to(url, timeout=PATIENCE_S)
@@ -165,6 +172,65 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True, r
         first_output_over()
         await conn.close()
     return out
+
+
+async def browser_visit(url: str, arrived: float) -> Visit:
+    """A browser's visitor: ``GET /spawn``; when none is warm, its waiting page's place in line
+    (the page's event stream) until it is sent on; then ``1+1`` on the pre-started kernel that
+    JupyterLab would open. Its claim is until the sandbox's address is known."""
+    import httpx
+
+    out = Visit(arrived=arrived, kind="browser")
+    try:
+        async with httpx.AsyncClient(timeout=PATIENCE_S, trust_env=False) as http:
+            resp = await http.get(f"{url}/spawn", follow_redirects=False)
+            location = resp.headers.get("location")
+            if location is None:
+                found = re.search(r'href="/queue/([^"]+)"', resp.text)
+                if found is None:
+                    out.error = f"{resp.status_code} without a place in line: {resp.text[:120]!r}"
+                    return out
+                async with http.stream("GET", f"{url}/queue/{found.group(1)}/events") as events:
+                    async for line in events.aiter_lines():
+                        if line.startswith("data: "):
+                            state = json.loads(line[6:])
+                            if state["state"] == "ready":
+                                location = state["url"]
+                                break
+                            if state["state"] == "failed":
+                                out.error = f"failed in line: {state['message']}"
+                                return out
+                if location is None:
+                    out.error = "the waiting page's stream ended without a server"
+                    return out
+            claimed = time.perf_counter()
+            out.claim_ms = (claimed - arrived) * 1000
+            base, query = location.split("?", 1)
+            token = dict(p.split("=", 1) for p in query.split("&"))["token"]
+            base = base[: base.index("/", len("http://")) + 1]
+            sessions = (await http.get(f"{base}api/sessions", params={"token": token})).json()
+            kernel = next(s["kernel"]["id"] for s in sessions if s["path"] == "Welcome.ipynb")
+            out.session = {"id": base.split("//", 1)[1].split(".", 1)[0], "token": token}
+        await first_output_on(out, base, kernel, token, claimed)
+    except Exception as err:  # noqa: BLE001 - a visitor's failure is a figure, not a crash of the bench
+        out.error = f"{err.__class__.__name__}: {err}"
+    return out
+
+
+async def first_output_on(out: Visit, base: str, kernel_id: str, token: str, claimed: float) -> None:
+    """``1+1`` on a kernel of the server at ``base`` over its websocket; ``out`` gets the times from
+    ``claimed`` (and its total from its arrival), or the error."""
+    async with websockets.connect(kernel_channels(base, kernel_id, token), open_timeout=60, close_timeout=2,
+                                  proxy=None) as ws:
+        connected = time.perf_counter()
+        result = await execute_on(ws, "1+1", timeout=60)
+        done = time.perf_counter()
+    if result != "2":
+        out.error = f"1+1 gave {result!r}"
+        return
+    out.connect_ms = (connected - claimed) * 1000
+    out.execute_ms = (done - connected) * 1000
+    out.total_ms = (done - out.arrived) * 1000
 
 
 # ---- nbpool ---------------------------------------------------------------------------------------

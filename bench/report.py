@@ -23,6 +23,7 @@ from content import BUILDS as CONTENT_BUILDS
 from content import ContentResults
 from embed import PARTS as EMBED_PARTS
 from embed import EmbedResults
+from fill import FillResults
 from first_output import FloorResults, TTFOResults
 from gvisor import GVisorResults
 from hosts import HostsResults
@@ -64,6 +65,7 @@ class Results:
     snapshots: SnapshotResults | None = None
     embed: EmbedResults | None = None
     content: ContentResults | None = None
+    fill: FillResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -155,6 +157,15 @@ def _targets(r: Results) -> list[list[str]]:
                      f"{b.lost} lost; longest wait {n(max((v.claim_ms for v in ok), default=float('nan')) / 1000, 's')}",
                      f"first {b.pool} visitors' first output p50 {n(statistics.median(first) if first else float('nan'), 'ms')}",
                      "–", verdict(b.lost == 0)])
+    if r.burst:
+        ok = [v for v in r.burst.visits if v.ok]
+        over = {kind: _overtaken(ok, kind) for kind in ("api", "browser")}
+        rows.append(["burst: visitors overtaken by a later arrival, programs / browsers", "0 / 0",
+                     f"{over['api']} / {over['browser']}", "–", "–", verdict(not any(over.values()))])
+    if r.fill and "nbpool" in r.fill.rate and r.fill.rate["nbpool"].samples:
+        rate, floor_rate = r.fill.rate["nbpool"].pooled.p50, r.fill.rate["floor"].pooled.p50
+        rows.append([f"pool fill rate, empty to {r.fill.pool} warm", "≥ 3 /s", n(rate, "/s"),
+                     f"by hand {n(floor_rate, '/s')}", ratio(rate, floor_rate), verdict(rate >= 3)])
     if r.proxy:
         for name in ("sandbox (Jupyter)", "stub server"):
             d, p = r.proxy.latency.get(f"{name}, direct"), r.proxy.latency.get(f"{name}, through Traefik")
@@ -280,9 +291,10 @@ def _burst_section(r: Results, out: list[str]) -> None:
     first = [v.total_ms for v in ok[: b.pool]]
     later = [v.total_ms for v in ok[b.pool:]]
     out += ["## 3. Burst", "",
-            (f"{b.visitors} visitors arrive evenly over {b.over_s:g} s at a warm pool of {b.pool} (room for all). Each "
-            "claims (retrying on `503` as told by `Retry-After`, bounded), then runs `1+1` through the proxy; sessions "
-            "stay open until all are done. `/api/stats` is sampled twice a second."), "",
+            (f"{b.visitors} visitors arrive evenly over {b.over_s:g} s at a warm pool of {b.pool} (room for all), "
+            "alternately a program (`POST /sessions` with `{\"wait\": …}`: it waits in line) and a browser (`GET /spawn`, "
+            "then its waiting page's place in line until it is sent on). Each then runs `1+1` through the proxy; "
+            "sessions stay open until all are done. `/api/stats` is sampled twice a second."), "",
             table(["", "value"], [
                 ["served", f"{len(ok)} of {b.visitors}"],
                 ["lost", str(b.lost)],
@@ -293,7 +305,8 @@ def _burst_section(r: Results, out: list[str]) -> None:
                 ["visitors told to come back (`503`) at least once", str(sum(1 for v in ok if v.refused))],
                 ["`503`s honoured in all", str(sum(v.refused for v in b.visits))],
                 ["visitors who waited more than 1 s", str(len(waited))],
-                ["visitors overtaken by a later arrival (by more than 1 s)", str(_overtaken(ok))],
+                ["visitors overtaken by a later arrival (by more than 1 s): programs / browsers",
+                 f"{_overtaken(ok, 'api')} / {_overtaken(ok, 'browser')}"],
                 ["the whole burst took", n(b.took_s, "s")],
             ])]
     errors = [v.error for v in b.visits if not v.ok]
@@ -302,10 +315,12 @@ def _burst_section(r: Results, out: list[str]) -> None:
     out += ["", "![burst](bench-burst.png)", ""]
 
 
-def _overtaken(visits: list[Any]) -> int:
-    """Visitors who got their sandbox more than a second after someone who arrived after them."""
-    got = [(v.arrived, v.arrived + v.claim_ms / 1000) for v in visits]
-    return sum(1 for i, (arrived, at) in enumerate(got) if any(a > arrived and g < at - 1 for a, g in got[i + 1:]))
+def _overtaken(visits: list[Any], kind: str | None = None) -> int:
+    """Visitors (of ``kind``, or all) who got their sandbox more than a second after someone,
+    of either kind, who arrived after them."""
+    got = [(v.arrived, v.arrived + v.claim_ms / 1000, getattr(v, "kind", "api")) for v in visits]
+    return sum(1 for i, (arrived, at, k) in enumerate(got)
+               if (kind is None or k == kind) and any(a > arrived and g < at - 1 for a, g, _ in got[i + 1:]))
 
 
 def _p(values: list[float], p: float) -> float:
@@ -778,6 +793,47 @@ def _content_section(r: Results, out: list[str]) -> None:
             "To measure only this: `.venv/bin/python bench/run.py --only content --out /tmp/b`.", ""]
 
 
+def _fill_section(r: Results, out: list[str]) -> None:
+    f = r.fill
+    assert f is not None
+    out += ["## 12. Pool fill rate", "",
+            (f"From nothing to {f.pool} warm sandboxes (each: container, Jupyter answering, the Welcome notebook's "
+             f"kernel pre-started with its warm-up execution; nbpool's also routed), {f.concurrency} starts at once "
+             f"(nbpool's default on {f.cores} cores). *nbpool*: `nbpool up` with a pool of {f.pool}, timed by the "
+             "spawner's own events, from the first start's beginning to the last `sandbox.warm`. *By hand*: the same "
+             "containers through nbpool's Docker runtime (same image, limits, network, start-up CPU share), the same "
+             "kernel pre-start, no bus, records or routes. CPU: the host's (all processes) over the fill per sandbox, "
+             "and in the sandbox's container at warm. Runs alternate, each from nothing."), ""]
+    rows = []
+    for way, label in (("nbpool", "nbpool"), ("floor", "by hand (floor)")):
+        if way not in f.rate or not f.rate[way].samples:
+            continue
+        rows.append([label, n(f.rate[way].pooled.p50, "/s"), n(f.fill_s[way].pooled.p50, "s"),
+                     n(f.host_cpu_s[way].pooled.p50, "s"), n(f.sandbox_cpu_s[way].pooled.p50, "s"),
+                     spread(f.rate[way])])
+    out += [table(["", "sandboxes per second", f"empty to {f.pool} warm", "host CPU per sandbox",
+                   "CPU in the sandbox, p50", "runs (rate)"], rows), ""]
+    if "nbpool" in f.rate and f.rate["nbpool"].samples:
+        cpu = f.host_cpu_s["nbpool"].pooled.p50
+        most = f.cores / cpu if cpu else float("nan")
+        rate = f.rate["nbpool"].pooled.p50
+        if rate < 3:
+            out += [(f"**Why 3 per second is missed.** Starting a sandbox is CPU-bound: {n(cpu, 's')} of the host's "
+                     f"CPU per sandbox in this run, of which {n(f.sandbox_cpu_s['nbpool'].pooled.p50, 's')} in the "
+                     "sandbox itself (a fresh Python process importing and starting the Jupyter server, then a second "
+                     "importing and starting the kernel) and the rest in the Docker engine, the kernel's network and "
+                     f"cgroup set-up and nbpool. {f.cores} cores can therefore start at most about {n(most, '/s')}, "
+                     f"and the run reached {n(rate, '/s')}, "
+                     f"{ratio(rate, f.rate['floor'].pooled.p50) if 'floor' in f.rate else '–'} of the by-hand floor: "
+                     "what is left is the cost of the start itself, not nbpool's. Three per second on 2 cores needs "
+                     f"at most {n(f.cores / 3, 's')} of CPU per sandbox: a restored checkpoint of a started server "
+                     "instead of a start. On this machine: " + f.criu + ". Else more cores: the rate grows with "
+                     "them (starts in flight follow the cores)."), ""]
+    if f.errors:
+        out += ["Errors: " + "; ".join(f.errors[:5]), ""]
+    out += ["To measure only this: `.venv/bin/python bench/run.py --only fill --out /tmp/b`.", ""]
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -815,6 +871,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _embed_section(r, out)
     if r.content:
         _content_section(r, out)
+    if r.fill:
+        _fill_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

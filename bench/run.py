@@ -25,6 +25,7 @@ The groups, each in its own module:
   output;
 - ``content``: a content profile's image builds (cold, after a change of content, after a change of
   requirements), and first output on it against the default profile's;
+- ``fill``: sandboxes per second from an empty pool to a full one, against the same starts by hand;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -36,7 +37,7 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
-of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's; then the several hosts. Sized to finish within 15
+of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's; then the fill rate's; then the several hosts. Sized to finish within 15
 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
@@ -58,6 +59,7 @@ import burst
 import claims
 import content
 import embed
+import fill
 import first_output
 import gvisor
 import hosts
@@ -71,7 +73,7 @@ from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine,
 from nbpool import logs
 
 GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "embed",
-          "content", "hosts")
+          "content", "fill", "hosts")
 _T = TypeVar("_T")
 
 
@@ -122,6 +124,9 @@ class Sizes:
     content_runs: int = 3
     content_visits: int = 10
     content_pool: int = 3
+    #: pool fill rate: sandboxes from nothing to warm, and runs of each way (nbpool, by hand)
+    fill_pool: int = 40
+    fill_runs: int = 2
     #: several hosts: warm stub sandboxes per host, claims per concurrency, and failover runs of each kind.
     hosts_pool: int = 30
     hosts_per_level: int = 120
@@ -143,7 +148,7 @@ def quick() -> Sizes:
         hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
         hosts_ttfo={1: 2, 10: 1}, snapshots_runs=1, snapshots_publishes=3, snapshots_cold_views=2,
         snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3, embed_runs=1, embed_per_run=2,
-        content_runs=1, content_visits=3,
+        content_runs=1, content_visits=3, fill_pool=6, fill_runs=1,
     )
 
 
@@ -252,6 +257,13 @@ class Bench:
 
         if self.wants("content"):
             await self.phase("content", self._content)
+
+        if self.wants("fill"):
+            if self.image:
+                r.fill = fill.FillResults(pool=s.fill_pool)
+                await self.phase("fill", lambda: fill.measure(str(self.image), s.fill_pool, s.fill_runs, r.fill))  # type: ignore[arg-type]
+            else:
+                r.notes.append("Pool fill rate not measured: sandboxes are processes in this run (no Docker engine).")
 
         if self.wants("hosts"):
             import tempfile

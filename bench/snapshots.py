@@ -56,10 +56,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import nbformat
-import websockets
-from common import BenchCluster, Figure, HTTPConnection, end_sessions, kernel_channels, progress
-from first_output import Visit
-from kernel import execute_on
+from common import BenchCluster, Figure, HTTPConnection, end_sessions, progress
+from first_output import Visit, first_output_on
 
 __all__ = ["KINDS", "SIZES", "SnapshotResults", "cluster", "make_notebook", "measure", "visit"]
 
@@ -274,17 +272,7 @@ async def visit(cluster: BenchCluster, body: dict[str, Any]) -> Visit:
         if not session["url"].startswith(base) or not session.get("kernel_id"):
             out.error = f"unexpected answer: url {session['url'][:80]!r}, kernel_id {session.get('kernel_id')!r}"
             return out
-        async with websockets.connect(kernel_channels(base, session["kernel_id"], session["token"]),
-                                      open_timeout=60, close_timeout=2, proxy=None) as ws:
-            connected = time.perf_counter()
-            result = await execute_on(ws, "1+1", timeout=60)
-            done = time.perf_counter()
-        if result != "2":
-            out.error = f"1+1 gave {result!r}"
-            return out
-        out.connect_ms = (connected - claimed) * 1000
-        out.execute_ms = (done - connected) * 1000
-        out.total_ms = (done - began) * 1000
+        await first_output_on(out, base, session["kernel_id"], session["token"], claimed)
     except Exception as err:  # noqa: BLE001 - a visitor's failure is a figure, not a crash of the bench
         out.error = f"{err.__class__.__name__}: {err}"
     finally:

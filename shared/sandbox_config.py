@@ -137,10 +137,16 @@ def identity_provider() -> type:
     return EmbedIdentityProvider
 
 
-def _cors_filter(allowed: re.Pattern[str] | None) -> type:
-    """A Tornado output transform that drops ``Access-Control-Allow-*`` from answers to another
-    origin's requests unless ``allowed`` matches it: Jupyter answers every preflight that asks
-    for ``Authorization`` with the asking origin once any CORS setting is on."""
+#: How long a browser may keep a preflight's answer (seconds; Chromium keeps at most 7200). Without
+#: it Chromium keeps one 5 s, so a page's every API call to the sandbox costs a second round trip.
+PREFLIGHT_MAX_AGE = 600
+
+
+def _cors_filter(allowed: re.Pattern[str] | None, narrowed: bool) -> type:
+    """A Tornado output transform for answers to another origin's requests. When ``narrowed``, it
+    drops ``Access-Control-Allow-*`` unless ``allowed`` matches the origin: Jupyter answers every
+    preflight that asks for ``Authorization`` with the asking origin once any CORS setting is on.
+    A preflight it grants gets ``Access-Control-Max-Age``."""
     from tornado.web import OutputTransform
 
     class EmbedCorsFilter(OutputTransform):
@@ -151,9 +157,13 @@ def _cors_filter(allowed: re.Pattern[str] | None) -> type:
         def transform_first_chunk(self, status_code: int, headers: Any, chunk: bytes,
                                   finishing: bool) -> tuple[int, Any, bytes]:
             origin = self.request.headers.get("Origin")
-            if origin is not None and _foreign(self.request) and not (allowed and allowed.match(origin.lower())):
+            if origin is None:
+                return status_code, headers, chunk
+            if narrowed and _foreign(self.request) and not (allowed and allowed.match(origin.lower())):
                 for name in [n for n in headers if n.lower().startswith("access-control-allow-")]:
                     del headers[name]
+            elif self.request.method == "OPTIONS" and "Access-Control-Allow-Origin" in headers:
+                headers["Access-Control-Max-Age"] = str(PREFLIGHT_MAX_AGE)
             return status_code, headers, chunk
 
     return EmbedCorsFilter
@@ -164,12 +174,12 @@ def _jupyter_server_extension_points() -> list[dict[str, str]]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
-    """Jupyter's hook: with origins narrowed (or none), answers to other origins lose the CORS
-    grants Jupyter would give them."""
+    """Jupyter's hook: granted preflights are kept by browsers for :data:`PREFLIGHT_MAX_AGE`; with
+    origins narrowed (or none), answers to other origins lose the CORS grants Jupyter would give
+    them."""
     origins = parse_embed_origins(os.environ.get("NBPOOL_EMBED_ORIGINS"))
-    if origins is not None:
-        allowed = re.compile(origin_pattern(origins)) if origins else None
-        serverapp.web_app.add_transform(_cors_filter(allowed))
+    allowed = re.compile(origin_pattern(origins)) if origins else None
+    serverapp.web_app.add_transform(_cors_filter(allowed, narrowed=origins is not None))
 
 
 def configure(c: Any, environ: Mapping[str, str] = os.environ) -> None:

@@ -7,6 +7,7 @@ One class per service, all sharing :class:`CommonSettings`. Defaults work on one
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 import sys
@@ -196,6 +197,8 @@ class GatewaySettings(CommonSettings):
     gateway_port: int = Field(default=8001, ge=1, le=65535)
     admin_token: str = ""
     claim_timeout: float = Field(default=10.0, ge=0, description="how long a launch waits for a starting sandbox")
+    max_wait: float = Field(default=300.0, ge=0, le=3600.0,
+                            description="the longest `wait` a POST /sessions may ask for, in seconds")
     rate_limit: float = Field(default=60.0, gt=0, description="launches per minute per client")
     # Well below a spawner's capacity (NBPOOL_MAX_SANDBOXES, 20): one client cannot take the pool at once.
     rate_burst: int = Field(default=5, ge=1)
@@ -247,12 +250,14 @@ class SpawnerSettings(CommonSettings):
     runtime: Literal["process", "docker"] = "process"
     pool_size: int = Field(default=3, ge=0)
     max_sandboxes: int = Field(default=20, ge=1)
-    spawn_concurrency: int = Field(default=2, ge=1)
+    #: Starts in flight. A start is CPU-bound (the Jupyter server's and kernel's start-up): more
+    #: starts at once than cores only makes each slower (make bench's fill group, docs/benchmarks.md).
+    spawn_concurrency: int = Field(default_factory=lambda: max(2, os.cpu_count() or 2), ge=1)
     refill_delay: float = Field(default=1.0, ge=0, description="seconds refills wait after a burst of claims")
     start_timeout: float = Field(default=60.0, gt=0)
     heartbeat_interval: float = Field(default=2.0, gt=0)
     activity_interval: float = Field(default=3.0, gt=0)
-    jupyter_command: str = Field(default=f"{sys.executable} -m jupyter_server", description="process runtime")
+    jupyter_command: str = Field(default=f"{sys.executable} -m nbpool.sandbox_server", description="process runtime")
     process_address: str = Field(
         default="127.0.0.1", description="process runtime: where servers listen (in a cluster, an address the proxy tier reaches)",
     )

@@ -84,7 +84,8 @@ def is_jupyter_server(proc: psutil.Process) -> bool:
         cmd = " ".join(proc.cmdline())
     except psutil.Error:
         return False
-    return ("jupyter_server" in cmd or "jupyter-server" in cmd or "jupyter server" in cmd) and "ipykernel" not in cmd
+    servers = ("jupyter_server", "jupyter-server", "jupyter server", "sandbox_server")
+    return any(name in cmd for name in servers) and "ipykernel" not in cmd
 
 
 def end_docker_leftovers(instance: str, network: str) -> list[str]:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import pytest
 from cluster import Cluster, NatsServer
 from waiting import poll_until
 
@@ -100,3 +104,71 @@ def test_up_with_an_existing_nats_server(nats_server: NatsServer, make_cluster: 
     assert httpx.get(f"{cluster.base(session)}api/status", params={"token": session["token"]}).status_code == 200
     records = cluster.status()["sandboxes"]  # read from the given server
     assert session["id"] in {r["id"] for r in records}
+
+
+def test_api_clients_wait_in_line_with_browsers(make_cluster: Any) -> None:
+    """``POST /sessions {"wait"}`` waits in the browsers' line, first come first served; a client
+    that goes away or runs out of wait leaves it; nobody is overtaken and nothing is handed out twice."""
+    # Room for two sandboxes: the one taken, the one starting; the rest come as sessions end.
+    cluster: Cluster = make_cluster({"NBPOOL_POOL_SIZE": "1", "NBPOOL_MAX_SANDBOXES": "2", "NBPOOL_MAX_WAIT": "90"})
+    taken = cluster.new_session()
+    # The next sandbox is held stopped while the line forms (its start deadline is 60 s), so the
+    # pool stays empty and the order of arrival alone decides.
+    starting = poll_until(lambda: next((p for sid, p in cluster.server_processes().items() if sid != taken["id"]), None),
+                          60, "the next sandbox's server")
+    starting.suspend()
+    served: dict[str, float] = {}
+    with ThreadPoolExecutor(4) as pool:
+        try:
+            # 1: a browser, whose waiting page watches its ticket.
+            page = httpx.get(f"{cluster.url}/spawn", follow_redirects=False)
+            assert page.status_code == 200, page.text
+            ticket = re.search(r'href="/queue/([^"]+)"', page.text)
+            assert ticket is not None
+
+            def browser() -> str:
+                resp = poll_until(lambda: (r := httpx.get(f"{cluster.url}/queue/{ticket.group(1)}", follow_redirects=False))
+                                  .status_code == 302 and r, 90, "the browser's turn", interval=0.3)
+                served["browser"] = time.monotonic()
+                return str(resp.headers["location"])
+
+            def program(name: str, wait: float) -> httpx.Response:
+                resp = httpx.post(f"{cluster.url}/sessions", json={"wait": wait}, timeout=wait + 30)
+                served[name] = time.monotonic()
+                return resp
+
+            first = pool.submit(browser)
+            time.sleep(0.5)
+            second = pool.submit(program, "second", 90)
+            time.sleep(0.5)
+            # 2b: a program that goes away after a second leaves the line and gets nothing.
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{cluster.url}/sessions", json={"wait": 60}, timeout=1)
+            third = pool.submit(program, "third", 90)
+            time.sleep(0.5)
+            # One that will not wait long: 503 with its place (4th: the gone client left), and it leaves.
+            short = httpx.post(f"{cluster.url}/sessions", json={"wait": 1})
+            assert short.status_code == 503, short.text
+            assert short.json()["reason"] == "waiting" and short.json()["position"] == 4, short.json()
+            assert int(short.headers["Retry-After"]) >= 1
+            # More than NBPOOL_MAX_WAIT: refused, saying the bound.
+            too_long = httpx.post(f"{cluster.url}/sessions", json={"wait": 91})
+            assert too_long.status_code == 422 and "at most 90" in too_long.json()["detail"]
+            assert not (first.done() or second.done() or third.done())
+        finally:
+            starting.resume()
+        assert ".sb.localhost:" in first.result(timeout=120)
+        # Every sandbox in use: the next in line gets one when a session ends, and only then.
+        time.sleep(2)
+        assert not second.done()
+        httpx.delete(f"{cluster.url}/sessions/{taken['id']}", params={"token": taken["token"]})
+        second_answer = second.result(timeout=120)
+        assert second_answer.status_code == 201, second_answer.text
+        assert not third.done()
+        httpx.delete(f"{cluster.url}/sessions/{second_answer.json()['id']}", params={"token": second_answer.json()["token"]})
+        third_answer = third.result(timeout=120)
+        assert third_answer.status_code == 201, third_answer.text
+    assert served["browser"] < served["second"] < served["third"], served
+    claimed = [r for r in cluster.status()["sandboxes"] if r["state"] == "claimed"]
+    # The browser's and the third's; nothing for the ones that left.
+    assert len(claimed) == 2 and third_answer.json()["id"] in {r["id"] for r in claimed}, claimed

@@ -67,6 +67,8 @@ def test_build_streams_binder_events_and_the_session_serves_the_warm_kernel(make
     assert preflight.status_code < 300, preflight.text
     assert preflight.headers["access-control-allow-origin"] in (PAGE, "*")
     assert "authorization" in preflight.headers["access-control-allow-headers"].lower()
+    # The browser keeps the grant (Chromium's default is 5 s: a second round trip for each call).
+    assert int(preflight.headers["access-control-max-age"]) >= 600
     assert httpx.get(f"{url}api/kernels", headers=_auth(token) | {"Origin": PAGE}).status_code == 200
     # JupyterLab may be framed by any page (the default), and never sends credentials' grant.
     lab = httpx.get(f"{url}lab?token={token}")
@@ -124,6 +126,7 @@ def test_a_narrowed_embed_setting_grants_only_its_origins(make_cluster: Any) -> 
         pre = httpx.options(f"{base}api/kernels", headers={
             "Origin": origin, "Access-Control-Request-Method": "GET", "Access-Control-Request-Headers": "authorization"})
         assert "access-control-allow-origin" not in pre.headers, (origin, dict(pre.headers))
+        assert "access-control-max-age" not in pre.headers, (origin, dict(pre.headers))
         assert httpx.get(f"{base}api/kernels", headers={"Origin": origin} | auth).status_code in (403, 404)
     # Kernel websockets with the token: from an allowed origin only (Jupyter alone lets any
     # origin in once the token is given).

@@ -19,7 +19,8 @@ from cluster import BIN, Cluster
 
 def test_the_api_keeps_its_documented_contract(make_cluster: Any, tmp_path: Path) -> None:
     cluster: Cluster = make_cluster(
-        {"NBPOOL_POOL_SIZE": "2", "NBPOOL_MAX_SANDBOXES": "4", "NBPOOL_CLAIM_TIMEOUT": "1",
+        # A launch that waits in line is held up to its `wait`: at most 2 s here (the document's maximum).
+        {"NBPOOL_POOL_SIZE": "2", "NBPOOL_MAX_SANDBOXES": "4", "NBPOOL_CLAIM_TIMEOUT": "1", "NBPOOL_MAX_WAIT": "2",
          "NBPOOL_IDLE_TIMEOUT": "60"},
         warm=2,
     )

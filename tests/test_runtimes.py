@@ -36,7 +36,7 @@ async def make_runtime(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         if kind == "process":
             from nbpool.runtime.process import ProcessRuntime
 
-            runtime = ProcessRuntime(tmp_path, owner, spawner_id, f"{sys.executable} -m jupyter_server")
+            runtime = ProcessRuntime(tmp_path, owner, spawner_id, f"{sys.executable} -m nbpool.sandbox_server")
         elif kind == "docker":
             from nbpool.runtime.docker import DockerRuntime
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from typing import Any
 
 import pytest
@@ -12,7 +13,7 @@ import pytest
 from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
-from nbpool.gateway.queue import LaunchQueue
+from nbpool.gateway.queue import LaunchQueue, Ticket
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, BadNotebook, notebook_path
 from nbpool.gateway.state import RenderedViews
@@ -79,8 +80,9 @@ class TestLaunchQueue:
         watched = queue.join("default", "lab", "visitor")
         for _ in range(20):
             watched.touch()
-            if await watched.changed(timeout=0.1) and watched.state == "ready":
+            if watched.state == "ready":
                 break
+            await watched.changed(timeout=0.1, since=watched.version)
         assert claims == ["visitor"] and watched.url == "sb0001"
         assert unwatched.url is None and queue.waiting("default") == 1
         await queue.close()
@@ -108,8 +110,9 @@ class TestLaunchQueue:
         first.touch(), second.touch()
         await asyncio.sleep(0.1)
         queue.leave(first)  # its claim is under way: it keeps nothing
+        seen = second.version
         arrive.set()
-        assert await second.changed(timeout=2) and second.state == "ready" and second.url == "sb0001"
+        assert await second.changed(timeout=2, since=seen) and second.state == "ready" and second.url == "sb0001"
         assert first.state != "ready" and queue.waiting("default") == 0 and discarded == []
         third = queue.join("default", "lab", "c")
         third.touch()
@@ -533,3 +536,14 @@ def test_rendered_views_keep_the_most_recent_within_their_budget() -> None:
     assert views.get("huge") is None and views.get("a")
     views.drop("a")
     assert views.get("a") is None
+
+
+async def test_a_ticket_change_between_reading_and_waiting_is_not_missed() -> None:
+    """A watcher reads the ticket, the line changes it before the watcher waits: the wait ends at once."""
+    ticket = Ticket(id="t", profile="default", page="lab", owner="a")
+    seen = ticket.version
+    ticket.notify()  # e.g. the ticket turned ready while the watcher sent an event
+    began = time.monotonic()
+    assert await ticket.changed(timeout=5, since=seen)
+    assert time.monotonic() - began < 1
+    assert not await ticket.changed(timeout=0.05, since=ticket.version)

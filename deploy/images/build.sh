@@ -67,6 +67,7 @@ install -m 0644 "$welcome" "$ctx/Welcome.ipynb"
 install -m 0644 "$here/notebook/page_config.json" "$ctx/page_config.json"
 install -m 0644 "$repo/shared/sandbox_ws.py" "$ctx/nbpool_sandbox_ws.py"
 install -m 0644 "$repo/shared/sandbox_config.py" "$ctx/nbpool_sandbox_config.py"
+install -m 0644 "$repo/shared/sandbox_server.py" "$ctx/nbpool_sandbox_server.py"
 install -m 0644 "$here/notebook/jupyter_server_config.py" "$ctx/jupyter_server_config.py"
 if [[ -n $ca_bundle ]]; then
     install -m 0644 "$ca_bundle" "$ctx/extra-ca.pem"

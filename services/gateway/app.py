@@ -28,7 +28,7 @@ from nbpool.gateway.middleware import BodyLimit, PathCors
 from nbpool.gateway.origin_guard import OriginGuard
 from nbpool.gateway.pages import content_security_policy
 from nbpool.gateway.schemas import RELATIVE_PATH
-from nbpool.gateway.state import Gateway
+from nbpool.gateway.state import Gateway, StillWaiting
 from nbpool.sandbox_config import origin_pattern
 from nbpool.settings import GatewaySettings
 
@@ -83,6 +83,11 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse({"detail": exc.reason, "reason": "full"}, 503, headers)
 
+    @app.exception_handler(StillWaiting)
+    async def _waited(request: Request, exc: StillWaiting) -> Response:
+        body = {"detail": str(exc), "reason": "waiting", "position": exc.position, "estimate_s": exc.estimate_s}
+        return JSONResponse(body, 503, {"Retry-After": str(exc.retry_after)})
+
     app.include_router(sessions.router)
     app.include_router(launch.router)
     app.include_router(binder.router)
@@ -95,7 +100,9 @@ def create_app(settings: GatewaySettings, bus: Bus | None = None) -> FastAPI:
         if app.openapi_schema is None:
             schema = document()
             names = {"enum": sorted(settings.profiles), "type": "string"}
-            schema["components"]["schemas"]["SessionRequest"]["properties"]["profile"]["anyOf"][0] = names
+            request = schema["components"]["schemas"]["SessionRequest"]["properties"]
+            request["profile"]["anyOf"][0] = names
+            request["wait"]["anyOf"][0]["maximum"] = settings.max_wait
             for where in ("/spawn", "/spawn/{path}", "/v2/{provider}/{spec}"):
                 for param in schema["paths"][where]["get"]["parameters"]:
                     if param["name"] == "profile":

@@ -150,6 +150,7 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
         last = None
         while not await request.is_disconnected():
             ticket.touch()
+            seen = ticket.version
             if ticket.state == "ready" and ticket.record is not None:
                 yield _event("launching", "Launching server...\n")
                 yield ready(ticket.record)
@@ -166,7 +167,7 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
                 yield _event("waiting", f"Waiting for a server: {ticket.position} in line{about}\n",
                              position=ticket.position)
                 last = now
-            if not await ticket.changed(timeout=HEARTBEAT_S):
+            if not await ticket.changed(timeout=HEARTBEAT_S, since=seen):
                 yield ": still waiting\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",

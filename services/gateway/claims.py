@@ -31,14 +31,17 @@ class NoCapacity(Exception):
     """No sandbox can be had now. ``retry_after`` is a fair guess in seconds.
 
     ``full`` says every spawner is at capacity (a visitor waits for someone to leave), as
-    opposed to sandboxes being on their way, or nbpool being unhealthy or draining.
+    opposed to sandboxes being on their way, or nbpool being unhealthy or draining. ``coming``
+    says one will be free by itself (one is starting, or sessions will end): worth waiting in line
+    for, as opposed to nbpool being unhealthy or draining.
     """
 
-    def __init__(self, reason: str, retry_after: int, full: bool = False) -> None:
+    def __init__(self, reason: str, retry_after: int, full: bool = False, coming: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
         self.full = full
+        self.coming = coming or full
 
 
 class Claimer:
@@ -104,14 +107,14 @@ class Claimer:
         if not candidates:
             raise NoCapacity("all sandboxes are in use", retry_after=15, full=True)
         if wait <= 0:
-            raise NoCapacity("no sandbox is ready yet; more are starting", retry_after=2)
+            raise NoCapacity("no sandbox is ready yet; more are starting", retry_after=2, coming=True)
         # The spawner with the most starts in flight per claim already waiting there, then the most room.
         best = max(candidates, key=lambda b: (pool(b)[1] - pool(b)[2], b.headroom()))
         request = ClaimRequest(profile=profile, wait=wait, owner=owner)
         reply = await self._ask(best.id, request, timeout=wait + ASK_SLACK)
         if reply.ok and reply.record is not None:
             return reply.record
-        raise NoCapacity(f"no sandbox became free within {wait:g} s ({reply.reason})", retry_after=5)
+        raise NoCapacity(f"no sandbox became free within {wait:g} s ({reply.reason})", retry_after=5, coming=True)
 
     async def _ask(self, spawner_id: str, request: ClaimRequest, timeout: float) -> ClaimReply:
         subject = self._bus.names.claim_subject(spawner_id)

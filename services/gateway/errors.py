@@ -33,7 +33,11 @@ class ErrorBody(BaseModel):
     """What every error answer carries."""
 
     detail: str = Field(description="what was wrong and what to do, for a person")
-    reason: str | None = Field(default=None, description="503 only: full, draining, unhealthy ...")
+    reason: str | None = Field(default=None, description="503 only: full (nbpool cannot serve it now), or waiting "
+                               "(a POST /sessions waited its `wait` in line)")
+    position: int | None = Field(default=None, description="503 waiting only: the place in line it had (it has left)")
+    estimate_s: int | None = Field(default=None, description="503 waiting only: about how long the wait would still "
+                                   "have been, in seconds, when the line has been moving")
     errors: list[Problem] | None = Field(default=None, description="422 only: each invalid part")
 
 
@@ -46,7 +50,8 @@ _MEANING = {
     413: "the body is larger than NBPOOL_MAX_BODY_BYTES",
     422: "invalid input: malformed JSON, an unknown field or profile, a bad path or id",
     429: "over the launch rate limit (see Retry-After)",
-    503: "no sandbox free in time, or nbpool is draining or unhealthy (see Retry-After)",
+    503: "no sandbox free in time (waited in line: reason waiting, with the position), or nbpool is draining or "
+         "unhealthy (see Retry-After)",
 }
 
 

@@ -75,7 +75,7 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
         except NoCapacity:
             pass
     ticket = gw.queue.join(profile, page, client)
-    await ticket.changed(timeout=0.3)  # a sandbox about to turn warm needs no waiting page
+    await ticket.changed(timeout=0.3, since=ticket.version)  # a sandbox about to turn warm needs no waiting page
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)
     full = ticket.state == "full"
@@ -111,13 +111,14 @@ async def ticket_events(ticket_id: str, request: Request, gw: TheGateway) -> Res
         last = None
         while not await request.is_disconnected():
             ticket.touch()
+            seen = ticket.version
             snap = ticket.snapshot()
             if snap != last:
                 yield f"data: {json.dumps(snap)}\n\n"
                 last = snap
             if ticket.state in ("ready", "failed"):
                 return
-            if not await ticket.changed(timeout=5.0):
+            if not await ticket.changed(timeout=5.0, since=seen):
                 yield ": still waiting\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream",

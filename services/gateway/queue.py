@@ -56,6 +56,8 @@ class Ticket:
     record: SandboxRecord | None = None
     #: The visitor went away (:meth:`LaunchQueue.leave`).
     left: bool = False
+    #: Counts the changes: a watcher that read the ticket at one version waits for a later one.
+    version: int = 0
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def snapshot(self) -> dict[str, Any]:
@@ -73,11 +75,15 @@ class Ticket:
         self.seen = time.monotonic()
 
     def notify(self) -> None:
+        self.version += 1
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def changed(self, timeout: float) -> bool:
-        """Wait until the ticket changes (True) or ``timeout`` passes (False)."""
+    async def changed(self, timeout: float, since: int) -> bool:
+        """Wait until the ticket is past version ``since`` (True: at once if it already is; a change
+        between reading the ticket and waiting is never missed) or ``timeout`` passes (False)."""
+        if self.version != since:
+            return True
         return await wait_event(self._changed, timeout)
 
 

@@ -42,6 +42,13 @@ class SessionRequest(BaseModel):
                       json_schema_extra={"pattern": RELATIVE_PATH})
     snapshot: str | None = Field(default=None, description="a snapshot's id: the session starts with a copy of its "
                                  "notebook, opened (remix)", json_schema_extra={"pattern": SNAPSHOT_ID})
+    wait: float | None = Field(
+        default=None, ge=0,
+        description="seconds to wait in line for a sandbox, at most NBPOOL_MAX_WAIT (the document's maximum). When "
+                    "none is warm, or others are waiting, the request waits in the same first-come-first-served line "
+                    "as browsers and is answered when its turn comes; past the wait, 503 with its `position`. Closing "
+                    "the connection leaves the line. Absent: up to the claim timeout (NBPOOL_CLAIM_TIMEOUT) for sandboxes that "
+                    "are starting, and 503 at once when every sandbox is in use.")
 
     @field_validator("snapshot")
     @classmethod

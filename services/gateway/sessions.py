@@ -36,6 +36,10 @@ _SNAPSHOT_ERRORS: dict[int | str, dict[str, Any]] = {
 async def create_session(request: Request, gw: TheGateway, body: SessionRequest | None = None) -> SessionCreated:
     """Claim a warm sandbox. The answer's ``url`` opens JupyterLab at once.
 
+    When no sandbox is warm, or others are already waiting, the request waits in line (first
+    come, first served, with browsers) for up to ``wait`` seconds, then answers 503 with its
+    ``position`` (``reason`` ``waiting``); closing the connection leaves the line.
+
     With ``snapshot``, the session starts with a copy of that snapshot's notebook in its home folder,
     and ``url`` opens it (remix).
     """
@@ -54,7 +58,10 @@ async def create_session(request: Request, gw: TheGateway, body: SessionRequest 
             raise HTTPException(503, f"the snapshot store did not answer ({err.__class__.__name__}); try again",
                                 headers={"Retry-After": "5"}) from err
         page = lab_path(body.path or snap.name)
-    rec = await gw.launch(request, body.profile)
+    if body.wait is not None and body.wait > gw.settings.max_wait:
+        raise HTTPException(422, f"wait may be at most {gw.settings.max_wait:g} s on this nbpool (NBPOOL_MAX_WAIT); "
+                                 f"{body.wait:g} was asked")
+    rec = await gw.launch(request, body.profile, page, body.wait)
     if snap is not None:
         try:
             await gw.remix_into(rec, snap, data)

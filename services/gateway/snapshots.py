@@ -301,7 +301,7 @@ async def remix(request: Request, snapshot_id: SnapshotId, gw: TheGateway) -> Re
             await _prepared(gw, rec, prepare)
             return RedirectResponse(gw.lab_url(rec, page), status_code=302)
     ticket = gw.queue.join(profile, page, client, prepare=prepare)
-    await ticket.changed(timeout=0.3)
+    await ticket.changed(timeout=0.3, since=ticket.version)
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)
     full = ticket.state == "full"

@@ -24,11 +24,11 @@ from nbpool.aio import cancel_and_wait, poll_ready
 from nbpool.bus import Bus, KVMirror
 from nbpool.culler.policy import CullPolicy, expires_at
 from nbpool.gateway.admin_sessions import AdminSessions
-from nbpool.gateway.claims import Claimer
+from nbpool.gateway.claims import Claimer, NoCapacity
 from nbpool.gateway.events import EventTail
 from nbpool.gateway.links import spawn_link, tree_page
 from nbpool.gateway.pages import ended_page
-from nbpool.gateway.queue import LaunchQueue
+from nbpool.gateway.queue import LaunchQueue, Ticket
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.gateway.sandbox_files import SandboxFiles, SandboxUnreachable
 from nbpool.hosts import HostWatch
@@ -39,9 +39,26 @@ from nbpool.records import read_record, transition
 from nbpool.settings import GatewaySettings
 from nbpool.snapshots import SnapshotStore
 
-__all__ = ["Gateway", "RenderedViews", "gateway_of", "the_gateway"]
+__all__ = ["Gateway", "RenderedViews", "StillWaiting", "gateway_of", "the_gateway"]
 
 log = logs.get("nbpool.gateway")
+
+
+class StillWaiting(Exception):
+    """A launch waited its ``wait`` seconds in line without a sandbox; where it was (it has left)."""
+
+    def __init__(self, ticket: Ticket, waited: float) -> None:
+        self.position = ticket.position
+        self.estimate_s = ticket.snapshot()["estimate_s"]
+        self.full = ticket.state == "full"
+        about = f", about {self.estimate_s} s from a sandbox" if self.estimate_s is not None else ""
+        why = f" ({ticket.message})" if ticket.message else ""
+        super().__init__(f"no sandbox within the {waited:g} s waited{why}: {self.position} in line{about}; "
+                         "ask again with a longer wait")
+
+    @property
+    def retry_after(self) -> int:
+        return max(1, min(60, int(self.estimate_s or (15 if self.full else 2))))
 
 
 class Gateway:
@@ -189,15 +206,58 @@ class Gateway:
             )
         return profile, client
 
-    async def launch(self, request: Request, profile: str | None) -> SandboxRecord:
-        """Admit the visitor and claim a sandbox for them (NoCapacity if there is none)."""
+    async def launch(self, request: Request, profile: str | None, page: str = "lab",
+                     wait: float | None = None) -> SandboxRecord:
+        """Admit a program's launch and claim a sandbox for it.
+
+        With nobody in line and a sandbox warm, at once. Otherwise it waits in the same line as
+        browsers (:class:`LaunchQueue`: nobody overtakes anybody), held up to ``wait`` seconds,
+        and leaves the line when the client goes away. Without a ``wait`` it waits up to the claim
+        timeout for sandboxes that are starting, but not for sessions to end: with every sandbox
+        in use it is answered at once. Raises :class:`NoCapacity` when nbpool cannot serve the
+        profile now (unhealthy, draining; full, without a ``wait``), and :class:`StillWaiting` with
+        its place when the wait ran out.
+        """
         profile, client = self.admit(request, profile)
+        asked = wait is not None
+        wait = self.settings.claim_timeout if wait is None else wait
         began = time.perf_counter()
-        rec = await self.claimer.claim(profile, owner=client)
+        rec: SandboxRecord | None = None
+        if not self.queue.waiting(profile):
+            try:
+                rec = await self.claimer.claim(profile, owner=client, wait=0)
+            except NoCapacity as exc:
+                if not exc.coming or wait <= 0 or (exc.full and not asked):
+                    raise
+        if rec is None:
+            rec = await self._wait_in_line(request, profile, page, client, wait, while_full=asked)
         # Debug: at INFO this line cost ~12% of the gateway's CPU per claim (the spawner's
         # sandbox.claimed event already records every claim).
         log.debug("claimed", extra={"sandbox": rec.id, "client": client, "ms": round((time.perf_counter() - began) * 1000, 2)})
         return rec
+
+    async def _wait_in_line(self, request: Request, profile: str, page: str, client: str, wait: float,
+                            while_full: bool) -> SandboxRecord:
+        ticket = self.queue.join(profile, page, client)
+        deadline = time.monotonic() + wait
+        try:
+            while ticket.state not in ("ready", "failed"):
+                seen = ticket.version
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or await request.is_disconnected() or (ticket.state == "full" and not while_full):
+                    break
+                ticket.touch()  # the request itself is the page that watches
+                await ticket.changed(timeout=min(1.0, remaining), since=seen)
+        finally:
+            if ticket.state not in ("ready", "failed"):
+                self.queue.leave(ticket)
+        if ticket.state == "ready" and ticket.record is not None:
+            return ticket.record
+        if ticket.state == "failed":
+            raise NoCapacity(ticket.message or "the launch failed; please try again", retry_after=2)
+        if ticket.state == "full" and not while_full:
+            raise NoCapacity(ticket.message or "all sandboxes are in use", retry_after=15, full=True)
+        raise StillWaiting(ticket, wait)
 
     async def end_session(self, session_id: str, reason: str) -> bool:
         """Move a live session to ending and wait (bounded) until its server is gone; False if none."""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Default CMD of the notebook image: a Jupyter server (JupyterLab is one of its extensions)
+# Default CMD of the notebook image: a Jupyter server (`jupyter server`, started by nbpool_sandbox_server) (JupyterLab is one of its extensions)
 # on 0.0.0.0:8888, configured by the spawner through the environment:
 #
 #   NBPOOL_TOKEN     the sandbox's token. Unset or empty: Jupyter generates a random one and
@@ -77,4 +77,5 @@ if [[ -n "${NBPOOL_TOKEN:-}" ]]; then
 fi
 unset NBPOOL_TOKEN
 
-exec jupyter server "${args[@]}" "$@"
+# `jupyter server`, without the imports it never uses (nbpool_sandbox_server: shared/sandbox_server.py).
+exec python -m nbpool_sandbox_server "${args[@]}" "$@"

@@ -1,0 +1,264 @@
+"""Pool fill rate: sandboxes per second from an empty pool to ``pool`` warm, against starting the same
+sandboxes by hand.
+
+nbpool: ``nbpool up`` with a pool of ``pool``, starting as many at once as it does by default
+(``NBPOOL_SPAWN_CONCURRENCY``: the cores). Once it is full and quiet, ``pool`` programs claim every
+warm sandbox at once (the sessions stay open, idle), and the spawner refills the pool from empty:
+what a stream of visitors meets. The fill is the spawner's own account of the refill: from the
+first new start's beginning (``sandbox.warm`` time minus its ``startup_s``) to the last new
+sandbox turning warm, each one created, its Jupyter answering, the Welcome notebook's kernel
+pre-started with its warm-up execution, and routed. Rate = ``pool`` / that time. (The first fill
+after ``nbpool up`` would also count the services' own start.)
+
+Floor: the same containers by hand: nbpool's own Docker runtime (the same image, user,
+capabilities, read-only root, tmpfs home, limits, network and start-up CPU share), the same
+number at once, each until its server answers and the same kernel pre-start is done
+(``nbpool.spawner.kernel.prestart_kernel``), then given the normal CPU share, as the spawner does.
+No bus, records, routes or events: what nbpool adds to a start is the difference.
+
+Both: the host's CPU (all processes, ``/proc/stat``) over the fill, per sandbox, and the CPU in
+the sandbox's own container (its cgroup) at warm; with the cores, the fastest fill the CPU
+allows. And whether the kernel lets this machine checkpoint and restore processes (``criu
+check``): restoring pre-started servers is the one way past the CPU a fresh start costs.
+
+Runs alternate floor and nbpool, each from nothing (the cluster is stopped between runs).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common import Figure, docker_client, progress
+from first_output import cluster as ttfo_cluster
+
+__all__ = ["FillResults", "checkpoint_restore", "measure"]
+
+
+@dataclass
+class FillResults:
+    pool: int
+    concurrency: int = 0
+    cores: int = os.cpu_count() or 1
+    #: sandboxes per second, one sample per run
+    rate: dict[str, Figure] = field(default_factory=dict)
+    #: seconds from nothing to ``pool`` warm, one sample per run
+    fill_s: dict[str, Figure] = field(default_factory=dict)
+    #: the host's CPU seconds per sandbox over the fill, one sample per run
+    host_cpu_s: dict[str, Figure] = field(default_factory=dict)
+    #: CPU seconds in each sandbox's container at warm, all sandboxes of all runs
+    sandbox_cpu_s: dict[str, Figure] = field(default_factory=dict)
+    #: ``criu check``'s verdict
+    criu: str = ""
+    errors: list[str] = field(default_factory=list)
+
+
+class HostCPU:
+    """Samples the host's busy CPU seconds (all cores, /proc/stat) every 0.1 s while running, so a
+    window known only afterwards (from event times) can be measured."""
+
+    def __init__(self) -> None:
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> HostCPU:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append((time.time(), _busy_seconds()))
+            self._stop.wait(0.1)
+
+    def between(self, start: float, end: float) -> float:
+        """Busy CPU seconds between two wall-clock times (the samples nearest to each)."""
+        def at(t: float) -> float:
+            return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+        return at(end) - at(start)
+
+
+def _busy_seconds() -> float:
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(v) for v in fields]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _container_cpu_s(container_id: str) -> float | None:
+    for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",
+                 f"/sys/fs/cgroup/cpu,cpuacct/docker/{container_id}/cpuacct.usage"):
+        with contextlib.suppress(OSError, ValueError):
+            return int(Path(path).read_text()) / 1e9
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        stat = Path(f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat").read_text()
+        return int(stat.split()[1]) / 1e6
+    return None
+
+
+def _containers_cpu_s(label: str, only: set[str] | None = None) -> list[float]:
+    """CPU seconds of each running container with ``label`` (and, given ``only``, one of those sandbox ids)."""
+    from nbpool.runtime.docker import LABEL
+
+    found = []
+    for container in docker_client().containers.list(filters={"label": label}):
+        if only is not None and container.labels.get(f"{LABEL}.sandbox") not in only:
+            continue
+        used = _container_cpu_s(container.id)
+        if used is not None:
+            found.append(used)
+    return found
+
+
+def checkpoint_restore() -> str:
+    """``criu check``'s verdict on this machine, in a line."""
+    criu = shutil.which("criu") or next((p for p in ("/usr/sbin/criu", "/sbin/criu") if os.path.exists(p)), None)
+    if criu is None:
+        return "criu is not installed (Debian's package `criu`)"
+    try:
+        done = subprocess.run([criu, "check"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.SubprocessError) as err:
+        return f"`criu check` could not run: {err}"
+    version = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
+    version = " ".join(version.split()[:2]) or "criu"
+    if done.returncode == 0:
+        return f"{version}: `criu check` passes"
+    errors = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
+    return f"{version}: `criu check` fails on this kernel ({os.uname().release}): " + " / ".join(errors[:2])
+
+
+async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
+    """One fill by hand; (seconds, host CPU seconds, CPU seconds of each container)."""
+    import httpx
+    from cluster import end_docker_leftovers
+
+    from nbpool.models import SandboxRecord, State
+    from nbpool.runtime.base import SandboxSpec
+    from nbpool.runtime.docker import LABEL, DockerRuntime
+    from nbpool.spawner.kernel import prestart_kernel
+
+    instance = f"benchfill{uuid.uuid4().hex[:8]}"
+    network = f"{instance}-sandboxes"
+    runtime = DockerRuntime(instance, "floor", image, network)
+    gate = asyncio.Semaphore(concurrency)
+    used: list[float] = []
+
+    async def one(http: httpx.AsyncClient) -> None:
+        async with gate:
+            sid = secrets.token_hex(6)
+            spec = SandboxSpec(id=sid, token=secrets.token_urlsafe(24), base_path="/", profile="default", image=image)
+            sandbox = await runtime.create(spec)
+            deadline = time.monotonic() + 120
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await http.get(f"{sandbox.target}/api", timeout=2)).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{sandbox.target} did not answer within 120 s")
+                await asyncio.sleep(0.05)
+            rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
+                                path="/", token=spec.token, created_at=time.time())
+            await prestart_kernel(http, rec, "Welcome.ipynb", 120)
+            await runtime.promote(sid)
+
+    try:
+        async with httpx.AsyncClient(trust_env=False) as http:
+            began = time.time()
+            await asyncio.gather(*(one(http) for _ in range(pool)))
+            ended = time.time()
+        used = await asyncio.to_thread(_containers_cpu_s, f"{LABEL}.instance={instance}")
+    finally:
+        await asyncio.to_thread(end_docker_leftovers, instance, network)
+    return ended - began, cpu.between(began, ended), used
+
+
+def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
+    """One refill of an emptied pool by ``nbpool up``; (seconds, host CPU seconds, CPU seconds of
+    each new container)."""
+    import httpx
+
+    from nbpool.runtime.docker import LABEL
+
+    with ttfo_cluster("fill", image, pool, 2 * pool, concurrency) as cluster:
+        cluster.env["NBPOOL_UNOPENED_TIMEOUT"] = "3600"  # the claimed sessions stay while the pool refills
+        cluster.start(warm=1, timeout=300)
+        cluster.wait_quiet(pool, timeout=600)
+        time.sleep(3)  # the last starts settle
+        first = {e.get("sandbox_id") for e in cluster.events() if e.get("type") == "sandbox.warm"}
+        with httpx.Client(timeout=60, trust_env=False) as http:
+            for _ in range(pool):
+                resp = http.post(f"{cluster.url}/sessions", json={"wait": 60})
+                if resp.status_code != 201:
+                    raise RuntimeError(f"claiming the pool: {resp.status_code} {resp.text[:200]}")
+        cluster.wait_quiet(pool, timeout=600)
+        warm = [e for e in cluster.events() if e.get("type") == "sandbox.warm" and e.get("sandbox_id") not in first]
+        used = _containers_cpu_s(f"{LABEL}.instance={cluster.instance}", {str(e.get("sandbox_id")) for e in warm})
+    if len(warm) < pool:
+        raise RuntimeError(f"{len(warm)} new sandbox.warm events after claiming a pool of {pool}")
+    began = min(float(e["time"]) - float(e["data"]["startup_s"]) for e in warm)
+    ended = max(float(e["time"]) for e in warm)
+    return ended - began, cpu.between(began, ended), used
+
+
+async def measure(image: str, pool: int, runs: int, results: FillResults) -> None:
+    """``runs`` fills of ``pool`` each way, alternating, into ``results``."""
+    results.concurrency = max(2, os.cpu_count() or 2)  # nbpool's default NBPOOL_SPAWN_CONCURRENCY
+    results.criu = await asyncio.to_thread(checkpoint_restore)
+    for way in ("floor", "nbpool"):
+        results.rate[way] = Figure(f"fill rate, {way}", unit="/s")
+        results.fill_s[way] = Figure(f"empty to {pool} warm, {way}", unit="s")
+        results.host_cpu_s[way] = Figure(f"host CPU per sandbox, {way}", unit="s")
+        results.sandbox_cpu_s[way] = Figure(f"CPU in the sandbox at warm, {way}", unit="s")
+    for run in range(runs):
+        for way in ("floor", "nbpool"):
+            await asyncio.sleep(3)  # the previous run's removals settle
+            with HostCPU() as cpu:
+                if way == "floor":
+                    took, busy, used = await _floor_run(image, pool, results.concurrency, cpu)
+                else:
+                    took, busy, used = await asyncio.to_thread(_nbpool_run, image, pool, results.concurrency, cpu)
+            results.rate[way].add_run([pool / took])
+            results.fill_s[way].add_run([took])
+            results.host_cpu_s[way].add_run([busy / pool])
+            results.sandbox_cpu_s[way].add_run(used)
+            progress(f"fill, run {run + 1}, {way}: {pool} warm in {took:.1f} s ({pool / took:.2f}/s), host CPU "
+                     f"{busy / pool:.2f} s per sandbox, in the sandbox {statistics.median(used) if used else float('nan'):.2f} s")
+
+
+def summary(results: FillResults) -> dict[str, Any]:
+    """The figures as plain numbers, for a quick look (``python bench/fill.py``)."""
+    return {way: {"rate_per_s": f.pooled.p50, "fill_s": results.fill_s[way].pooled.p50,
+                  "host_cpu_s": results.host_cpu_s[way].pooled.p50, "sandbox_cpu_s": results.sandbox_cpu_s[way].pooled.p50}
+            for way, f in results.rate.items()}
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="the fill group alone, printed as JSON")
+    parser.add_argument("--pool", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=1)
+    args = parser.parse_args()
+    client = docker_client()
+    if client is None:
+        sys.exit("no Docker engine answers")
+    found = FillResults(pool=args.pool)
+    asyncio.run(measure("nbpool/notebook:latest", args.pool, args.runs, found))
+    print(json.dumps({"criu": found.criu, **summary(found)}, indent=1))
