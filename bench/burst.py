@@ -74,7 +74,7 @@ async def measure(cluster: BenchCluster, pool: int, visitors: int, over_s: float
     async def arrive(i: int) -> Visit:
         await asyncio.sleep(max(0.0, began + i * over_s / visitors - time.perf_counter()))
         if i % 2:
-            return await browser_visit(cluster.url, arrived=time.perf_counter())
+            return await browser_visit(cluster.url)
         return await visit(cluster.url, arrived=time.perf_counter(), wait=PATIENCE_S)
 
     results.visits = list(await asyncio.gather(*(arrive(i) for i in range(visitors))))

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from common import Figure, docker_client, progress
+from first_output import CPU
 from first_output import cluster as ttfo_cluster
 
 __all__ = ["FillResults", "checkpoint_restore", "measure"]
@@ -60,6 +61,8 @@ class FillResults:
     host_cpu_s: dict[str, Figure] = field(default_factory=dict)
     #: CPU seconds in each sandbox's container at warm, all sandboxes of all runs
     sandbox_cpu_s: dict[str, Figure] = field(default_factory=dict)
+    #: nbpool's refills: CPU seconds per new sandbox by where it was spent (processes, sandboxes), per run
+    nbpool_cpu: list[dict[str, float]] = field(default_factory=list)
     #: ``criu check``'s verdict
     criu: str = ""
     errors: list[str] = field(default_factory=list)
@@ -188,7 +191,8 @@ async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> t
     return ended - began, cpu.between(began, ended), used
 
 
-def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
+def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU,
+                split: list[dict[str, float]]) -> tuple[float, float, list[float]]:
     """One refill of an emptied pool by ``nbpool up``; (seconds, host CPU seconds, CPU seconds of
     each new container)."""
     import httpx
@@ -201,13 +205,23 @@ def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[
         cluster.wait_quiet(pool, timeout=600)
         time.sleep(3)  # the last starts settle
         first = {e.get("sandbox_id") for e in cluster.events() if e.get("type") == "sandbox.warm"}
+        meter = CPU(cluster)
+        before = meter.read(starting=True)
         with httpx.Client(timeout=60, trust_env=False) as http:
             for _ in range(pool):
                 resp = http.post(f"{cluster.url}/sessions", json={"wait": 60})
                 if resp.status_code != 201:
                     raise RuntimeError(f"claiming the pool: {resp.status_code} {resp.text[:200]}")
         cluster.wait_quiet(pool, timeout=600)
+        after = meter.read(starting=False)
         warm = [e for e in cluster.events() if e.get("type") == "sandbox.warm" and e.get("sandbox_id") not in first]
+        new = {str(e.get("sandbox_id")) for e in warm}
+        # Where the CPU of the refill went, per new sandbox: each process, the new sandboxes, the others.
+        spent = {name: (used - before[0].get(name, 0.0)) / 1000 / pool for name, used in after[0].items()}
+        spent["the new sandboxes"] = sum(ms for sid, ms in after[1].items() if sid in new) / 1000 / pool
+        spent["the claimed sandboxes (idle)"] = sum(
+            ms - before[1].get(sid, 0.0) for sid, ms in after[1].items() if sid not in new) / 1000 / pool
+        split.append(spent)
         used = _containers_cpu_s(f"{LABEL}.instance={cluster.instance}", {str(e.get("sandbox_id")) for e in warm})
     if len(warm) < pool:
         raise RuntimeError(f"{len(warm)} new sandbox.warm events after claiming a pool of {pool}")
@@ -232,7 +246,8 @@ async def measure(image: str, pool: int, runs: int, results: FillResults) -> Non
                 if way == "floor":
                     took, busy, used = await _floor_run(image, pool, results.concurrency, cpu)
                 else:
-                    took, busy, used = await asyncio.to_thread(_nbpool_run, image, pool, results.concurrency, cpu)
+                    took, busy, used = await asyncio.to_thread(_nbpool_run, image, pool, results.concurrency, cpu,
+                                                               results.nbpool_cpu)
             results.rate[way].add_run([pool / took])
             results.fill_s[way].add_run([took])
             results.host_cpu_s[way].add_run([busy / pool])
@@ -261,4 +276,4 @@ if __name__ == "__main__":
         sys.exit("no Docker engine answers")
     found = FillResults(pool=args.pool)
     asyncio.run(measure("nbpool/notebook:latest", args.pool, args.runs, found))
-    print(json.dumps({"criu": found.criu, **summary(found)}, indent=1))
+    print(json.dumps({"criu": found.criu, **summary(found), "nbpool_cpu": found.nbpool_cpu}, indent=1))

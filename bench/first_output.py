@@ -50,7 +50,7 @@ from common import (
 )
 from kernel import execute_on
 
-__all__ = ["FloorResults", "TTFOResults", "Visit", "browser_visit", "cluster", "docker_floor", "first_output_on", "measure",
+__all__ = ["CPU", "FloorResults", "TTFOResults", "Visit", "browser_visit", "cluster", "docker_floor", "first_output_on", "measure",
            "process_floor", "visit"]
 
 #: A visitor gives up after this long, or this many 503/429 answers.
@@ -174,15 +174,18 @@ async def visit(url: str, arrived: float | None = None, run_code: bool = True, r
     return out
 
 
-async def browser_visit(url: str, arrived: float) -> Visit:
+async def browser_visit(url: str) -> Visit:
     """A browser's visitor: ``GET /spawn``; when none is warm, its waiting page's place in line
     (the page's event stream) until it is sent on; then ``1+1`` on the pre-started kernel that
-    JupyterLab would open. Its claim is until the sandbox's address is known."""
+    JupyterLab would open. Its claim is until the sandbox's address is known. It arrives once its
+    HTTP client is made (which takes a busy machine tens of milliseconds, enough to swap places
+    with the next visitor), as a browser's clock starts at the click."""
     import httpx
 
-    out = Visit(arrived=arrived, kind="browser")
+    out = Visit(arrived=float("nan"), kind="browser")
     try:
         async with httpx.AsyncClient(timeout=PATIENCE_S, trust_env=False) as http:
+            out.arrived = arrived = time.perf_counter()
             resp = await http.get(f"{url}/spawn", follow_redirects=False)
             location = resp.headers.get("location")
             if location is None:
@@ -264,7 +267,7 @@ VISITORS_SANDBOXES = "visitors' sandboxes"
 OTHER_SANDBOXES = "other sandboxes (pool, starting)"
 
 
-class _CPU:
+class CPU:
     """CPU milliseconds used so far: by the sandboxes (cgroups or process trees), the Docker engine,
     each of nbpool's processes and the bench itself."""
 
@@ -327,7 +330,7 @@ async def measure(cluster: BenchCluster, pool: int, plan: dict[int, int], result
     visitors over 2000 ms/s is the least time the whole round can take.
     """
     url = cluster.url
-    meter = await asyncio.to_thread(_CPU, cluster)
+    meter = await asyncio.to_thread(CPU, cluster)
     for level, rounds in plan.items():
         key = (pool, level)
         total = results.total.setdefault(key, Figure(f"time to first output, pool {pool}, {level} concurrent"))

@@ -813,6 +813,13 @@ def _fill_section(r: Results, out: list[str]) -> None:
                      spread(f.rate[way])])
     out += [table(["", "sandboxes per second", f"empty to {f.pool} warm", "host CPU per sandbox",
                    "CPU in the sandbox, p50", "runs (rate)"], rows), ""]
+    if f.nbpool_cpu:
+        names = sorted({k for run in f.nbpool_cpu for k in run}, key=lambda k: -statistics.median(
+            run.get(k, 0.0) for run in f.nbpool_cpu))
+        rows = [[name, n(statistics.median(run.get(name, 0.0) for run in f.nbpool_cpu), "s")] for name in names]
+        out += [("Where the host's CPU went during nbpool's refills, per new sandbox (median over runs; from "
+                 "the claims to the pool full again; sandboxes from their cgroups, processes from `/proc`):"), "",
+                table(["", "CPU per new sandbox"], rows), ""]
     if "nbpool" in f.rate and f.rate["nbpool"].samples:
         cpu = f.host_cpu_s["nbpool"].pooled.p50
         most = f.cores / cpu if cpu else float("nan")

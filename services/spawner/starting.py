@@ -187,13 +187,20 @@ class Starter:
     async def _wait_answering(self, rec: SandboxRecord, deadline: float) -> None:
         url = f"{rec.target}{rec.path}api"
         runtime = self.state.runtime
+        looked = time.monotonic()
 
         async def answers() -> bool | None:
+            nonlocal looked
             try:
                 if (await self.state.http.get(url, timeout=2.0)).status_code == 200:
                     return True
             except httpx.HTTPError:
                 pass
+            # Has it died? Asking the runtime costs the spawner and the engine far more than a
+            # refused connection: once a second, not at every try.
+            if time.monotonic() - looked < 1.0:
+                return None
+            looked = time.monotonic()
             sandbox = await runtime.inspect(rec.id)
             if sandbox is None or not sandbox.alive:
                 last = (await runtime.logs(rec.id, lines=3)).strip().splitlines()
