@@ -831,8 +831,11 @@ def _fill_section(r: Results, out: list[str]) -> None:
                      "importing and starting the kernel) and the rest in the Docker engine, the kernel's network and "
                      f"cgroup set-up and nbpool. {f.cores} cores can therefore start at most about {n(most, '/s')}, "
                      f"and the run reached {n(rate, '/s')}, "
-                     f"{ratio(rate, f.rate['floor'].pooled.p50) if 'floor' in f.rate else '–'} of the by-hand floor: "
-                     "what is left is the cost of the start itself, not nbpool's. Three per second on 2 cores needs "
+                     f"{ratio(rate, f.rate['floor'].pooled.p50) if 'floor' in f.rate else '–'} of the by-hand floor, "
+                     f"whose starts cost {n(f.host_cpu_s['floor'].pooled.p50, 's') if 'floor' in f.host_cpu_s else '–'} "
+                     "each: nbpool's own share of a start is the difference (the split above: the spawner, Traefik "
+                     "and the router for the start and its route; the claimed sandboxes' activity polling; the "
+                     "bench's own client). Even by hand, the start itself is most of it. Three per second on 2 cores needs "
                      f"at most {n(f.cores / 3, 's')} of CPU per sandbox: a restored checkpoint of a started server "
                      "instead of a start. On this machine: " + f.criu + ". Else more cores: the rate grows with "
                      "them (starts in flight follow the cores)."), ""]

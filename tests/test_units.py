@@ -547,3 +547,22 @@ async def test_a_ticket_change_between_reading_and_waiting_is_not_missed() -> No
     assert await ticket.changed(timeout=5, since=seen)
     assert time.monotonic() - began < 1
     assert not await ticket.changed(timeout=0.05, since=ticket.version)
+
+
+async def test_a_launch_that_tried_for_a_warm_sandbox_keeps_its_place_of_arrival() -> None:
+    """A launch that came in first but joins the line after others (its try for a warm sandbox
+    took a while) is still ahead of them."""
+
+    class Claimer:
+        async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+            await asyncio.sleep(wait)
+            raise NoCapacity("starting", 1, coming=True)
+
+    queue = LaunchQueue(Claimer(), lambda rec, page: rec.id)  # type: ignore[arg-type]
+    first_came = time.monotonic()
+    later = [queue.join("default", "lab", name) for name in ("b", "c")]
+    first = queue.join("default", "lab", "a", arrived=first_came)
+    assert [t.position for t in (first, *later)] == [1, 2, 3]
+    last = queue.join("default", "lab", "d")
+    assert last.position == 4
+    await queue.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
@@ -118,6 +119,7 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
     ``NBPOOL_EMBED_ORIGINS``). Waits in the same first-come-first-served line as ``/spawn``;
     when every sandbox is in use the stream ends with ``failed``.
     """
+    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, binder_profile(gw, provider, spec))
     record: SandboxRecord | None = None
     if not gw.queue.waiting(profile):
@@ -125,7 +127,7 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
             record = await gw.claimer.claim(profile, owner=client, wait=0)
         except NoCapacity:
             pass
-    ticket = None if record is not None else gw.queue.join(profile, "lab", client)
+    ticket = None if record is not None else gw.queue.join(profile, "lab", client, arrived=arrived)
 
     def ready(rec: SandboxRecord) -> str:
         url = gw.origins.sandbox_url(rec.id)

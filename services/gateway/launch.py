@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -67,6 +68,7 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
         page = lab_path(path, urlpath)
     except BadLink as err:
         raise HTTPException(422, str(err)) from None
+    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, profile)
     if not gw.queue.waiting(profile):
         try:
@@ -74,7 +76,7 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
             return RedirectResponse(gw.lab_url(rec, page), status_code=302)
         except NoCapacity:
             pass
-    ticket = gw.queue.join(profile, page, client)
+    ticket = gw.queue.join(profile, page, client, arrived=arrived)
     await ticket.changed(timeout=0.3, since=ticket.version)  # a sandbox about to turn warm needs no waiting page
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)

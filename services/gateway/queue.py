@@ -128,15 +128,25 @@ class LaunchQueue:
         self.pace: dict[str, float] = {}
 
     def join(self, profile: str, page: str, owner: str,
-             prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None) -> Ticket:
-        """Put a visitor at the end of the line of ``profile`` (``prepare``: see :class:`Ticket`)."""
+             prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None,
+             arrived: float | None = None) -> Ticket:
+        """Put a visitor in the line of ``profile`` (``prepare``: see :class:`Ticket`), at its end,
+        or, given ``arrived`` (``time.monotonic()`` when the launch came in), behind everybody who
+        came in before it: a launch that first tried for a warm sandbox, and found none, keeps the
+        place it had when it came, ahead of those who joined while it tried."""
         self._forget_old()
         ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner, prepare=prepare)
+        if arrived is not None:
+            ticket.created = arrived
         # The launch request itself watches for a moment (a sandbox about to turn warm needs no
         # waiting page); after that, only the visitor's page keeps the ticket watched.
         ticket.seen -= max(0.0, self._watch_window - 1.0)
         self._tickets[ticket.id] = ticket
-        self._lines.setdefault(profile, deque()).append(ticket)
+        line = self._lines.setdefault(profile, deque())
+        place = len(line)
+        while place > 0 and line[place - 1].created > ticket.created and self._serving.get(profile) is not line[place - 1]:
+            place -= 1
+        line.insert(place, ticket)
         self._reposition(profile)
         worker = self._workers.get(profile)
         if worker is None or worker.done():

@@ -286,6 +286,7 @@ async def remix(request: Request, snapshot_id: SnapshotId, gw: TheGateway) -> Re
         return _missing(gw, err)
     except Exception as err:
         raise _store_failed(err) from err
+    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, None)
     page = "lab/tree/" + quote(snap.name)
 
@@ -300,7 +301,7 @@ async def remix(request: Request, snapshot_id: SnapshotId, gw: TheGateway) -> Re
         else:
             await _prepared(gw, rec, prepare)
             return RedirectResponse(gw.lab_url(rec, page), status_code=302)
-    ticket = gw.queue.join(profile, page, client, prepare=prepare)
+    ticket = gw.queue.join(profile, page, client, prepare=prepare, arrived=arrived)
     await ticket.changed(timeout=0.3, since=ticket.version)
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)
