@@ -225,27 +225,32 @@ class Gateway:
         began = time.perf_counter()
         rec: SandboxRecord | None = None
         if not self.queue.waiting(profile):
+            # Nobody in line. Without a wait asked for, as a launch always did: the spawners' own
+            # line, up to the claim timeout. With one: at once, or into the line below.
             try:
-                rec = await self.claimer.claim(profile, owner=client, wait=0)
+                rec = await self.claimer.claim(profile, owner=client, wait=0 if asked else wait)
             except NoCapacity as exc:
-                if not exc.coming or wait <= 0 or (exc.full and not asked):
+                if not asked or not exc.coming or wait <= 0:
                     raise
         if rec is None:
-            rec = await self._wait_in_line(request, profile, page, client, wait, arrived, while_full=asked)
+            rec = await self._wait_in_line(request, profile, page, client, wait, arrived, asked=asked)
         # Debug: at INFO this line cost ~12% of the gateway's CPU per claim (the spawner's
         # sandbox.claimed event already records every claim).
         log.debug("claimed", extra={"sandbox": rec.id, "client": client, "ms": round((time.perf_counter() - began) * 1000, 2)})
         return rec
 
     async def _wait_in_line(self, request: Request, profile: str, page: str, client: str, wait: float,
-                            arrived: float, while_full: bool) -> SandboxRecord:
+                            arrived: float, asked: bool) -> SandboxRecord:
+        """Hold the launch in line (see :meth:`launch`). Without a ``wait`` asked for, it does not
+        wait for sessions to end, and a wait that runs out answers as a launch always did (503
+        "full"); with one, 503 "waiting" with its place."""
         ticket = self.queue.join(profile, page, client, arrived=arrived)
         deadline = arrived + wait
         try:
             while ticket.state not in ("ready", "failed"):
                 seen = ticket.version
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or await request.is_disconnected() or (ticket.state == "full" and not while_full):
+                if remaining <= 0 or await request.is_disconnected() or (ticket.state == "full" and not asked):
                     break
                 ticket.touch()  # the request itself is the page that watches
                 await ticket.changed(timeout=min(1.0, remaining), since=seen)
@@ -256,8 +261,11 @@ class Gateway:
             return ticket.record
         if ticket.state == "failed":
             raise NoCapacity(ticket.message or "the launch failed; please try again", retry_after=2)
-        if ticket.state == "full" and not while_full:
+        if ticket.state == "full" and not asked:
             raise NoCapacity(ticket.message or "all sandboxes are in use", retry_after=15, full=True)
+        if not asked:
+            why = f" ({ticket.message})" if ticket.message else ""
+            raise NoCapacity(f"no sandbox became free within {wait:g} s{why}", retry_after=2, coming=True)
         raise StillWaiting(ticket, wait)
 
     async def end_session(self, session_id: str, reason: str) -> bool:
