@@ -543,9 +543,8 @@ async def test_a_ticket_change_between_reading_and_waiting_is_not_missed() -> No
     ticket = Ticket(id="t", profile="default", page="lab", owner="a")
     seen = ticket.version
     ticket.notify()  # e.g. the ticket turned ready while the watcher sent an event
-    began = time.monotonic()
+    # True: the change was seen (a wait that timed out would answer False).
     assert await ticket.changed(timeout=5, since=seen)
-    assert time.monotonic() - began < 1
     assert not await ticket.changed(timeout=0.05, since=ticket.version)
 
 

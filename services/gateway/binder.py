@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections.abc import AsyncIterator
 from fnmatch import fnmatchcase
 from typing import Annotated, Any
@@ -27,7 +26,6 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Res
 from fastapi.responses import StreamingResponse
 
 from nbpool import logs
-from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.errors import error_responses
 from nbpool.gateway.launch import SPAWN_RESPONSES, spawn
 from nbpool.gateway.queue import Ticket
@@ -119,15 +117,9 @@ async def build(request: Request, gw: TheGateway, provider: Provider, spec: Spec
     ``NBPOOL_EMBED_ORIGINS``). Waits in the same first-come-first-served line as ``/spawn``;
     when every sandbox is in use the stream ends with ``failed``.
     """
-    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, binder_profile(gw, provider, spec))
-    record: SandboxRecord | None = None
-    if not gw.queue.waiting(profile):
-        try:
-            record = await gw.claimer.claim(profile, owner=client, wait=0)
-        except NoCapacity:
-            pass
-    ticket = None if record is not None else gw.queue.join(profile, "lab", client, arrived=arrived)
+    got = await gw.claim_or_join(profile, client, "lab")
+    record, ticket = (got, None) if isinstance(got, SandboxRecord) else (None, got)
 
     def ready(rec: SandboxRecord) -> str:
         url = gw.origins.sandbox_url(rec.id)

@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 
-from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.errors import error_responses
 from nbpool.gateway.links import BadLink, lab_path
 from nbpool.gateway.pages import landing_page, waiting_page
 from nbpool.gateway.schemas import ProfileQuery, UrlPathQuery
 from nbpool.gateway.state import Gateway, the_gateway
-from nbpool.models import State
+from nbpool.models import SandboxRecord, State
 
 __all__ = ["router"]
 
@@ -68,15 +66,10 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
         page = lab_path(path, urlpath)
     except BadLink as err:
         raise HTTPException(422, str(err)) from None
-    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, profile)
-    if not gw.queue.waiting(profile):
-        try:
-            rec = await gw.claimer.claim(profile, owner=client, wait=0)
-            return RedirectResponse(gw.lab_url(rec, page), status_code=302)
-        except NoCapacity:
-            pass
-    ticket = gw.queue.join(profile, page, client, arrived=arrived)
+    ticket = await gw.claim_or_join(profile, client, page)
+    if isinstance(ticket, SandboxRecord):
+        return RedirectResponse(gw.lab_url(ticket, page), status_code=302)
     await ticket.changed(timeout=0.3, since=ticket.version)  # a sandbox about to turn warm needs no waiting page
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)

@@ -22,8 +22,8 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from nbpool import logs
-from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.errors import error_responses
+from nbpool.gateway.links import tree_page
 from nbpool.gateway.pages import waiting_page
 from nbpool.gateway.sandbox_files import (
     BadNotebook,
@@ -286,22 +286,16 @@ async def remix(request: Request, snapshot_id: SnapshotId, gw: TheGateway) -> Re
         return _missing(gw, err)
     except Exception as err:
         raise _store_failed(err) from err
-    arrived = time.monotonic()  # its place in line, if it must wait
     profile, client = gw.admit(request, None)
-    page = "lab/tree/" + quote(snap.name)
+    page = tree_page(snap.name)
 
     async def prepare(rec: SandboxRecord) -> None:
         await gw.remix_into(rec, snap, data)
 
-    if not gw.queue.waiting(profile):
-        try:
-            rec = await gw.claimer.claim(profile, owner=client, wait=0)
-        except NoCapacity:
-            pass
-        else:
-            await _prepared(gw, rec, prepare)
-            return RedirectResponse(gw.lab_url(rec, page), status_code=302)
-    ticket = gw.queue.join(profile, page, client, prepare=prepare, arrived=arrived)
+    ticket = await gw.claim_or_join(profile, client, page, prepare)
+    if isinstance(ticket, SandboxRecord):
+        await _prepared(gw, ticket, prepare)
+        return RedirectResponse(gw.lab_url(ticket, page), status_code=302)
     await ticket.changed(timeout=0.3, since=ticket.version)
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)

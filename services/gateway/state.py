@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats.js.errors
@@ -238,6 +239,19 @@ class Gateway:
         # sandbox.claimed event already records every claim).
         log.debug("claimed", extra={"sandbox": rec.id, "client": client, "ms": round((time.perf_counter() - began) * 1000, 2)})
         return rec
+
+    async def claim_or_join(self, profile: str, client: str, page: str,
+                            prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None) -> SandboxRecord | Ticket:
+        """A browser's launch: a warm sandbox at once when nobody is in line, else a place in the
+        line (``prepare``: see :class:`Ticket`), the place it had when it came in even if its try
+        for a warm sandbox took a while."""
+        arrived = time.monotonic()
+        if not self.queue.waiting(profile):
+            try:
+                return await self.claimer.claim(profile, owner=client, wait=0)
+            except NoCapacity:
+                pass
+        return self.queue.join(profile, page, client, prepare=prepare, arrived=arrived)
 
     async def _wait_in_line(self, request: Request, profile: str, page: str, client: str, wait: float,
                             arrived: float, asked: bool) -> SandboxRecord:
