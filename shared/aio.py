@@ -33,11 +33,22 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
         waiter.cancel()
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[Any]) -> None:
-    """Cancel ``tasks`` and wait until every one has finished; what they raise on the way out is dropped."""
+async def cancel_and_wait(*tasks: asyncio.Future[Any], again_after: float | None = None) -> None:
+    """Cancel ``tasks`` and wait until every one has finished; what they raise on the way out is dropped.
+
+    With ``again_after``, a task still running that many seconds later is cancelled again: a
+    cancellation can be swallowed by a ``wait_for`` inside a library (see the module docstring;
+    nats-py has them), and a loop that lost it would run on and hold its owner's shutdown forever.
+    Only for tasks with nothing to finish once cancelled: a second cancellation would cut that short.
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=again_after)
     for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not report it as never retrieved
 
 
 class Background:

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from nbpool.aio import cancel_and_wait
 from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link
@@ -565,3 +566,26 @@ async def test_a_launch_that_tried_for_a_warm_sandbox_keeps_its_place_of_arrival
     last = queue.join("default", "lab", "d")
     assert last.position == 4
     await queue.close()
+
+
+async def test_a_task_that_swallowed_its_cancellation_is_cancelled_again() -> None:
+    """Python 3.11's wait_for (inside nats-py) can swallow a cancellation; the owner's shutdown still ends."""
+    cancels = 0
+
+    async def loop_that_swallows_once() -> None:
+        nonlocal cancels
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels += 1
+                if cancels > 1:
+                    raise
+
+    async def fails() -> None:
+        raise RuntimeError("dropped on the way out")
+
+    tasks = [asyncio.ensure_future(loop_that_swallows_once()), asyncio.ensure_future(fails())]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(cancel_and_wait(*tasks, again_after=0.05), 10)
+    assert cancels == 2 and all(t.done() for t in tasks)

@@ -36,6 +36,9 @@ __all__ = ["Spawner"]
 
 log = logs.get("nbpool.spawner")
 
+#: On stop, a loop still running this long after its cancellation (one swallowed inside nats-py) is cancelled again.
+LOOPS_STOP_AGAIN_S = 1.0
+
 
 class Spawner:
     """One spawner replica (see the module docstring)."""
@@ -107,11 +110,12 @@ class Spawner:
             finally:
                 s.stopping = True
                 await sub.unsubscribe()
-                await cancel_and_wait(*loops)
+                # The loops hold no work of their own (starts run in s.background, closed below):
+                await cancel_and_wait(*loops, again_after=LOOPS_STOP_AGAIN_S)
                 if s.settings.remove_on_stop:
                     await remove_all(s, "shutdown")
         finally:
-            await cancel_and_wait(*mirrors)
+            await cancel_and_wait(*mirrors, again_after=LOOPS_STOP_AGAIN_S)
             await s.background.close()
             await s.http.aclose()
             await s.runtime.close()
