@@ -59,10 +59,10 @@ class EmbedResults:
     thebe: str = ""
 
 
-def cluster(image: str | None, pool: int, concurrency: int) -> BenchCluster:
+def cluster(image: str | None, pool: int, concurrency: int, label: str = "embed") -> BenchCluster:
     """A pool of ``pool`` real sandboxes (containers of ``image``, else processes)."""
     runtime = {"NBPOOL_RUNTIME": "docker", "NBPOOL_DOCKER_IMAGE": image} if image else {"NBPOOL_RUNTIME": "process"}
-    return BenchCluster("embed", {**runtime, "NBPOOL_POOL_SIZE": str(pool), "NBPOOL_MAX_SANDBOXES": str(pool + 2),
+    return BenchCluster(label, {**runtime, "NBPOOL_POOL_SIZE": str(pool), "NBPOOL_MAX_SANDBOXES": str(pool + 2),
                                   "NBPOOL_SPAWN_CONCURRENCY": str(concurrency)})
 
 

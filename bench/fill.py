@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from common import Figure, docker_client, progress
 from first_output import CPU
 from first_output import cluster as ttfo_cluster
@@ -146,15 +147,36 @@ def checkpoint_restore() -> str:
     return f"{version}: `criu check` fails on this kernel ({os.uname().release}): " + " / ".join(errors[:2])
 
 
-async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
-    """One fill by hand; (seconds, host CPU seconds, CPU seconds of each container)."""
-    import httpx
-    from cluster import end_docker_leftovers
-
+async def start_by_hand(runtime: Any, http: Any, image: str) -> tuple[str, str, str]:
+    """A sandbox through nbpool's Docker ``runtime`` as the spawner starts one, without nbpool: created,
+    answering, its Welcome notebook's kernel pre-started, given the normal CPU share; (id, URL, token)."""
     from nbpool.models import SandboxRecord, State
     from nbpool.runtime.base import SandboxSpec
-    from nbpool.runtime.docker import LABEL, DockerRuntime
     from nbpool.spawner.kernel import prestart_kernel
+
+    sid = secrets.token_hex(6)
+    spec = SandboxSpec(id=sid, token=secrets.token_urlsafe(24), base_path="/", profile="default", image=image)
+    sandbox = await runtime.create(spec)
+    deadline = time.monotonic() + 120
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(f"{sandbox.target}/api", timeout=2)).status_code == 200:
+                break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{sandbox.target} did not answer within 120 s")
+        await asyncio.sleep(0.05)
+    rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
+                        path="/", token=spec.token, created_at=time.time())
+    await prestart_kernel(http, rec, "Welcome.ipynb", 120)
+    await runtime.promote(sid)
+    return sid, sandbox.target, spec.token
+
+
+async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
+    """One fill by hand; (seconds, host CPU seconds, CPU seconds of each container)."""
+    from cluster import end_docker_leftovers
+
+    from nbpool.runtime.docker import LABEL, DockerRuntime
 
     instance = f"benchfill{uuid.uuid4().hex[:8]}"
     network = f"{instance}-sandboxes"
@@ -164,21 +186,7 @@ async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> t
 
     async def one(http: httpx.AsyncClient) -> None:
         async with gate:
-            sid = secrets.token_hex(6)
-            spec = SandboxSpec(id=sid, token=secrets.token_urlsafe(24), base_path="/", profile="default", image=image)
-            sandbox = await runtime.create(spec)
-            deadline = time.monotonic() + 120
-            while True:
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await http.get(f"{sandbox.target}/api", timeout=2)).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{sandbox.target} did not answer within 120 s")
-                await asyncio.sleep(0.05)
-            rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
-                                path="/", token=spec.token, created_at=time.time())
-            await prestart_kernel(http, rec, "Welcome.ipynb", 120)
-            await runtime.promote(sid)
+            await start_by_hand(runtime, http, image)
 
     try:
         async with httpx.AsyncClient(trust_env=False) as http:

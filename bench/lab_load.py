@@ -1,95 +1,228 @@
-"""JupyterLab's first load in a real browser, with and without the static-asset offload.
+"""JupyterLab's first load in Chromium: click Launch on the landing page until Lab is usable.
 
-Each load is cold: a new browser context (empty cache) opens the URL ``POST /sessions`` returns,
-and the time runs from navigation start until JupyterLab's shell and launcher are on screen
-(``performance.now()`` in the page). Writes docs/lab-load.md.
-Usage: python bench/lab_load.py [--runs 10] [--runtime process|docker]
+A *visitor* opens nbpool's landing page (``/``) and clicks *Launch*; the clock runs from the click
+(``Date.now()`` in the landing page, just before it) until JupyterLab's shell and launcher are on
+screen (``performance.timeOrigin + performance.now()`` in Lab's page, read once Playwright sees
+them). Its parts: the launch (the click until the browser asks the sandbox for Lab's page, Navigation
+Timing's ``fetchStart``: ``/spawn``, the claim and the redirect) and Lab's load (the rest: its page,
+scripts, styles, settings, and its boot).
+
+- *cold*: a new browser context (empty cache) per visitor;
+- *returning*: the same context as a visitor before it, now launching a new session (its cache
+  holds the earlier session's files).
+
+Floor, in the same run: the same image's JupyterLab straight from a container without nbpool
+(started through nbpool's Docker runtime by hand, its kernel pre-started as a pooled sandbox's
+is), opened at its own address in a new context: navigation start until the launcher is on
+screen. A fresh container for each floor load, as each visitor gets a fresh sandbox.
+
+Each load also counts its responses and the bytes that came over the network (Resource Timing's
+``transferSize``, 0 for what came from the cache). Visitors one at a time, the pool full before
+each, kinds in turn.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
+import re
 import statistics
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
 
+import embed
 import httpx
+from common import BenchCluster, Figure, end_sessions, progress
+from embed import pool_full
+from fill import start_by_hand
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+__all__ = ["KINDS", "LabLoadResults", "cluster", "measure"]
 
-from cluster import Cluster  # noqa: E402
-
+#: What "usable" is: JupyterLab's shell with its launcher (the page nbpool's Launch opens).
 READY = ".jp-LabShell .jp-Launcher"
+_TIMEOUT_MS = 120_000
+KINDS = ("cold", "returning", "floor")
+PARTS = ("launch", "Lab's load")
+_BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--disable-sync"]
+#: In Lab's page once it is usable: when (epoch ms), when its navigation began (before any redirect),
+#: when its own request began (after them), what it fetched.
+_READ_PAGE = """() => {
+  const res = performance.getEntriesByType("resource");
+  const nav = performance.getEntriesByType("navigation")[0];
+  return {now: performance.timeOrigin + performance.now(), navigated: performance.timeOrigin,
+          origin: performance.timeOrigin + (nav ? nav.fetchStart : 0),
+          responses: res.length + 1,
+          bytes: res.reduce((sum, r) => sum + (r.transferSize || 0), 0) + (nav ? nav.transferSize : 0),
+          cached: res.filter(r => r.transferSize === 0 && r.decodedBodySize > 0).length};
+}"""
 
 
-async def loads(cluster: Cluster, runs: int) -> list[float]:
-    """Milliseconds to a usable JupyterLab, one cold load per run."""
+@dataclass
+class LabLoadResults:
+    """Everything the group measured (milliseconds; bytes and responses per load)."""
+
+    pool: int
+    runs: int
+    load: dict[str, Figure] = field(default_factory=lambda: {
+        "cold": Figure("Launch -> JupyterLab usable, cold browser"),
+        "returning": Figure("Launch -> JupyterLab usable, returning browser"),
+        "floor": Figure("straight from a container, cold browser (floor)"),
+    })
+    parts: dict[str, dict[str, Figure]] = field(default_factory=lambda: {
+        kind: {p: Figure(p) for p in PARTS} for kind in ("cold", "returning")})
+    bytes: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="B") for k in KINDS})
+    responses: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
+    cached: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+    floor_note: str = ""
+
+
+def cluster(image: str | None, pool: int, concurrency: int) -> BenchCluster:
+    """A pool of ``pool`` real sandboxes (containers of ``image``, else processes)."""
+    return embed.cluster(image, pool, concurrency, label="lab-load")
+
+
+async def measure(cluster: BenchCluster, image: str | None, pool: int, runs: int, results: LabLoadResults) -> None:
+    """``runs`` rounds; in each, a cold visitor, a returning one and a floor load, in turn."""
     from playwright.async_api import async_playwright
 
-    times = []
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        for _ in range(runs):
-            cluster.wait_warm(1, timeout=300)
-            session = httpx.post(f"{cluster.url}/sessions", timeout=30).json()
-            context = await browser.new_context(viewport={"width": 1280, "height": 800})
-            page = await context.new_page()
-            await page.goto(session["url"])
-            await page.locator(READY).wait_for(timeout=60_000)
-            times.append(await page.evaluate("performance.now()"))
-            await context.close()
-            httpx.delete(f"{cluster.url}/sessions/{session['id']}", params={"token": session["token"]})
-        await browser.close()
-    return times
+        browser = await pw.chromium.launch(executable_path="/usr/bin/chromium", args=_BROWSER_ARGS)
+        floors = _Floors(image)
+        try:
+            # Untimed: the browser's own first start, and the services' first Lab page.
+            returning = await browser.new_context(viewport={"width": 1280, "height": 800})
+            await pool_full(cluster, pool)
+            await _visit(cluster, returning, _scratch(results), "cold")
+            for run in range(runs):
+                _new_run(results)
+                await pool_full(cluster, pool)
+                context = await browser.new_context(viewport={"width": 1280, "height": 800})
+                try:
+                    await _visit(cluster, context, results, "cold")
+                finally:
+                    await context.close()
+                await pool_full(cluster, pool)
+                await _visit(cluster, returning, results, "returning")
+                if image:
+                    await _floor_load(browser, floors, results)
+                progress(f"lab-load: run {run}: " + ", ".join(
+                    f"{kind} {statistics.median(results.load[kind].runs[-1]):.0f} ms"
+                    for kind in KINDS if results.load[kind].runs[-1]))
+            await returning.close()
+        finally:
+            await browser.close()
+            await floors.close()
+    if not image:
+        results.floor_note = "no floor: sandboxes are processes in this run (the floor is a container by hand)"
 
 
-async def main(args: argparse.Namespace) -> None:
-    results = {}
-    for offload in (False, True):
-        with tempfile.TemporaryDirectory(prefix="nbpool-labload-") as tmp:
-            env = {"NBPOOL_RUNTIME": args.runtime, "NBPOOL_POOL_SIZE": "3", "NBPOOL_STATIC_OFFLOAD": str(offload).lower()}
-            if args.runtime == "docker":
-                built = subprocess.run([str(ROOT / "deploy" / "images" / "build.sh")], stdout=subprocess.PIPE,
-                                       text=True, check=True)
-                env["NBPOOL_DOCKER_IMAGE"] = built.stdout.strip().splitlines()[-1]
-                env["NBPOOL_INSTANCE"] = f"labload{int(offload)}"
-            cluster = Cluster(Path(tmp), env).start(warm=3, timeout=300)
-            try:
-                await loads(cluster, 1)  # warm the services' own caches; not counted
-                results[offload] = await loads(cluster, args.runs)
-            finally:
-                cluster.stop()
-    lines = [
-        "# JupyterLab first load, with and without the static-asset offload",
-        "",
-        f"`python bench/lab_load.py --runs {args.runs} --runtime {args.runtime}` on "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: headless Chromium (Debian), a new browser "
-        "context (cold cache) per load, from navigation start to JupyterLab's launcher on screen, through "
-        "Traefik on loopback.",
-        "",
-        "| static files from | n | p50 ms | min | max |",
-        "|---|---|---|---|---|",
-    ]
-    for offload, label in ((False, "each sandbox's own Jupyter server"), (True, "the gateway (Traefik route, no extra hop per sandbox)")):
-        t = results[offload]
-        lines.append(f"| {label} | {len(t)} | {statistics.median(t):.0f} | {min(t):.0f} | {max(t):.0f} |")
-    ratio = statistics.median(results[True]) / statistics.median(results[False])
-    lines += ["", f"Offload / no offload (p50): {ratio:.2f}.", ""]
-    out = ROOT / "docs" / "lab-load.md"
-    out.write_text("\n".join(lines))
-    print("\n".join(lines))
+def _scratch(results: LabLoadResults) -> LabLoadResults:
+    """Results that are thrown away (the untimed warm-up), with a run to add to."""
+    scratch = LabLoadResults(pool=results.pool, runs=0)
+    _new_run(scratch)
+    return scratch
 
 
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--runtime", choices=["process", "docker"], default="docker")
-    asyncio.run(main(parser.parse_args()))
+def _new_run(results: LabLoadResults) -> None:
+    """An empty run in every figure, for the round that begins."""
+    figures = [*results.load.values(), *results.bytes.values(), *results.responses.values(), *results.cached.values()]
+    for fig in figures + [f for parts in results.parts.values() for f in parts.values()]:
+        fig.add_run([])
+
+
+async def _visit(cluster: BenchCluster, context: Any, results: LabLoadResults, kind: str) -> None:
+    """One visitor: the landing page, Launch, JupyterLab usable; the session ended after."""
+    page = await context.new_page()
+    went: list[str] = []
+    page.on("framenavigated", lambda frame: went.append(frame.url) if frame == page.main_frame else None)
+    session: dict[str, Any] | None = None
+    try:
+        await page.goto(f"{cluster.url}/", timeout=_TIMEOUT_MS)
+        await page.locator("#launch").wait_for(timeout=_TIMEOUT_MS)
+        clicked = await page.evaluate("() => { const t = Date.now(); document.querySelector('#launch').click(); return t; }")
+        await page.locator(READY).wait_for(timeout=_TIMEOUT_MS)
+        seen = await page.evaluate(_READ_PAGE)
+        results.load[kind].runs[-1].append(seen["now"] - clicked)
+        results.parts[kind]["launch"].runs[-1].append(seen["origin"] - clicked)
+        results.parts[kind]["Lab's load"].runs[-1].append(seen["now"] - seen["origin"])
+        _count(results, kind, seen)
+    except Exception as err:  # noqa: BLE001 - a failed visitor is counted and said, the run goes on
+        results.failures += 1
+        results.errors.append(f"{kind}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+    finally:
+        await page.close()
+        session = _session_of(went)
+        if session is not None:
+            await end_sessions(cluster.url, [session])
+
+
+def _session_of(urls: list[str]) -> dict[str, Any] | None:
+    """The session the visitor was sent to: the sandbox URL with its token (Lab then drops it from the bar)."""
+    for url in urls:
+        parsed = httpx.URL(url)
+        token = parsed.params.get("token")
+        found = re.search(r"^([a-z0-9]+)\.", parsed.host) or re.search(r"^/user/([a-z0-9]+)/", parsed.path)
+        if token and found:
+            return {"id": found.group(1), "token": token}
+    return None
+
+
+def _count(results: LabLoadResults, kind: str, seen: dict[str, Any]) -> None:
+    results.bytes[kind].runs[-1].append(float(seen["bytes"]))
+    results.responses[kind].runs[-1].append(float(seen["responses"]))
+    results.cached[kind].runs[-1].append(float(seen["cached"]))
+
+
+class _Floors:
+    """Containers of the image started by hand through nbpool's Docker runtime, one per floor load."""
+
+    def __init__(self, image: str | None) -> None:
+        self.image = image
+        self.instance = f"benchlab{uuid.uuid4().hex[:8]}"
+        self.network = f"{self.instance}-sandboxes"
+        self.runtime: Any = None
+
+    async def start(self) -> tuple[str, str]:
+        """A fresh sandbox, answering, its kernel pre-started; its id and the URL a visitor would open."""
+        from nbpool.runtime.docker import DockerRuntime
+
+        if self.runtime is None:
+            self.runtime = DockerRuntime(self.instance, "floor", str(self.image), self.network)
+        async with httpx.AsyncClient(trust_env=False) as http:
+            sid, target, token = await start_by_hand(self.runtime, http, str(self.image))
+        return sid, f"{target}/lab?token={token}"
+
+    async def remove(self, sid: str) -> None:
+        await self.runtime.remove(sid)
+
+    async def close(self) -> None:
+        if self.runtime is None:
+            return
+        from cluster import end_docker_leftovers
+
+        await self.runtime.close()
+        await asyncio.to_thread(end_docker_leftovers, self.instance, self.network)
+
+
+async def _floor_load(browser: Any, floors: _Floors, results: LabLoadResults) -> None:
+    """One floor load: a fresh container's JupyterLab in a new context, from navigation start to usable."""
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    sid = None
+    try:
+        sid, url = await floors.start()
+        page = await context.new_page()
+        await page.goto(url, timeout=_TIMEOUT_MS)
+        await page.locator(READY).wait_for(timeout=_TIMEOUT_MS)
+        seen = await page.evaluate(_READ_PAGE)
+        results.load["floor"].runs[-1].append(seen["now"] - seen["navigated"])
+        _count(results, "floor", seen)
+    except Exception as err:  # noqa: BLE001 - a failed load is counted and said, the run goes on
+        results.failures += 1
+        results.errors.append(f"floor: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+    finally:
+        await context.close()
+        if sid is not None:
+            await floors.remove(sid)  # as nbpool ends a visitor's sandbox: none piles up

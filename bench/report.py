@@ -27,6 +27,8 @@ from fill import FillResults
 from first_output import FloorResults, TTFOResults
 from gvisor import GVisorResults
 from hosts import HostsResults
+from lab_load import KINDS as LAB_KINDS
+from lab_load import LabLoadResults
 from plots import draw
 from proxy import ProxyResults
 from resources import ResourceResults
@@ -66,6 +68,7 @@ class Results:
     embed: EmbedResults | None = None
     content: ContentResults | None = None
     fill: FillResults | None = None
+    lab_load: LabLoadResults | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -166,6 +169,16 @@ def _targets(r: Results) -> list[list[str]]:
         rate, floor_rate = r.fill.rate["nbpool"].pooled.p50, r.fill.rate["floor"].pooled.p50
         rows.append([f"pool fill rate, empty to {r.fill.pool} warm", "≥ 3 /s", n(rate, "/s"),
                      f"by hand {n(floor_rate, '/s')}", ratio(rate, floor_rate), verdict(rate >= 3)])
+    if r.lab_load and r.lab_load.load["cold"].samples:
+        cold, lab_floor = r.lab_load.load["cold"].pooled.p50, r.lab_load.load["floor"]
+        floor_p50 = lab_floor.pooled.p50 if lab_floor.samples else float("nan")
+        rows.append(["Launch -> JupyterLab usable in Chromium, cold browser, p50", "≤ 1.5 s and below the floor",
+                     n(cold / 1000, "s"), f"straight from a container {n(floor_p50 / 1000, 's')}", ratio(cold, floor_p50),
+                     verdict(cold <= 1500 and cold < floor_p50)])
+        if r.lab_load.load["returning"].samples:
+            back = r.lab_load.load["returning"].pooled.p50
+            rows.append(["Launch -> JupyterLab usable, returning browser, p50", "≤ 1.5 s", n(back / 1000, "s"),
+                         "–", ratio(back, floor_p50), verdict(back <= 1500)])
     if r.proxy:
         for name in ("sandbox (Jupyter)", "stub server"):
             d, p = r.proxy.latency.get(f"{name}, direct"), r.proxy.latency.get(f"{name}, through Traefik")
@@ -844,6 +857,45 @@ def _fill_section(r: Results, out: list[str]) -> None:
     out += ["To measure only this: `.venv/bin/python bench/run.py --only fill --out /tmp/b`.", ""]
 
 
+def _lab_section(r: Results, out: list[str]) -> None:
+    lab = r.lab_load
+    assert lab is not None
+    out += ["## 13. JupyterLab's first load", "",
+            ("In Chromium, one visitor at a time, a warm pool of "
+             f"{lab.pool} full before each. *Cold*: a new browser context (empty cache) opens the landing page and "
+             "clicks Launch; from the click until JupyterLab's shell and launcher are on screen. Its parts: the "
+             "launch (the click until Lab's page begins to load: `/spawn`, the claim, the redirect) and Lab's "
+             "load. *Returning*: the same, in a context that has launched before (its cache holds the earlier "
+             "session's files). *Floor*: the same image's JupyterLab straight from a fresh container started by "
+             "hand (nbpool's Docker runtime, kernel pre-started), no nbpool in the way, in a new context: "
+             "navigation start until the launcher is on screen. Milliseconds:"), ""]
+    floor = lab.load["floor"].pooled.p50 if lab.load["floor"].samples else float("nan")
+    rows = []
+    for kind in LAB_KINDS:
+        fig = lab.load[kind]
+        if not fig.samples:
+            continue
+        s = fig.pooled
+        rows.append([fig.name, str(s.n), n(s.p50), n(s.p95), n(s.max), spread(fig),
+                     "" if kind == "floor" else ratio(s.p50, floor)])
+        for part in lab.parts.get(kind, {}).values():
+            if part.samples:
+                rows.append(["– " + part.name, str(part.pooled.n), n(part.pooled.p50), n(part.pooled.p95),
+                             n(part.pooled.max), spread(part), ""])
+    out += [table(["", "n", "p50", "p95", "max", "runs", "p50 ratio to the floor"], rows), ""]
+    rows = [[kind, n(statistics.median(lab.responses[kind].samples)), n(statistics.median(lab.cached[kind].samples)),
+             n(statistics.median(lab.bytes[kind].samples) / 1e6, "MB")]
+            for kind in LAB_KINDS if lab.bytes[kind].samples]
+    if rows:
+        out += ["Per load (medians): responses, of them from the browser's cache, and bytes over the network "
+                "(Resource Timing's `transferSize`):", "",
+                table(["", "responses", "from the cache", "transferred"], rows), ""]
+    if lab.floor_note:
+        out += [lab.floor_note.capitalize() + ".", ""]
+    out += [f"Failed loads: {lab.failures}." + (" " + "; ".join(lab.errors[:5]) if lab.errors else ""), "",
+            "To measure only this: `.venv/bin/python bench/run.py --only lab-load --out /tmp/b`.", ""]
+
+
 def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
     """Write docs/benchmarks.md, its plots and docs/benchmarks.json; the paths written."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -883,6 +935,8 @@ def write(r: Results, docs: Path, with_plots: bool = True) -> list[Path]:
         _content_section(r, out)
     if r.fill:
         _fill_section(r, out)
+    if r.lab_load:
+        _lab_section(r, out)
     out += ["## The run", "", "Sizes: " + ", ".join(f"{k} {v}" for k, v in r.sizes.items()) + ".", "",
             "Time per phase: " + ", ".join(f"{k} {n(v, 's')}" for k, v in r.phases.items()) + ".", "",
             ("Raw figures (every sample): [benchmarks.json](benchmarks.json). The code: `bench/` (one module per "

@@ -26,6 +26,8 @@ The groups, each in its own module:
 - ``content``: a content profile's image builds (cold, after a change of content, after a change of
   requirements), and first output on it against the default profile's;
 - ``fill``: sandboxes per second from an empty pool to a full one, against the same starts by hand;
+- ``lab_load``: Launch on the landing page until JupyterLab is usable in Chromium (cold and
+  returning browser), against the same JupyterLab straight from a container;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -37,8 +39,8 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
-of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's; then the fill rate's; then the several hosts. Sized to finish within 15
-minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
+of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's;
+then the fill rate's; then JupyterLab's first load's; then the several hosts. About an hour on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ import fill
 import first_output
 import gvisor
 import hosts
+import lab_load
 import proxy
 import report
 import resources
@@ -73,7 +76,7 @@ from common import DOCS, ROOT, BenchCluster, docker_client, ensure_wrk, machine,
 from nbpool import logs
 
 GROUPS = ("floor", "claims", "first-output", "proxy", "resources", "scale", "burst", "gvisor", "snapshots", "embed",
-          "content", "fill", "hosts")
+          "content", "fill", "lab-load", "hosts")
 _T = TypeVar("_T")
 
 
@@ -124,6 +127,9 @@ class Sizes:
     content_runs: int = 3
     content_visits: int = 10
     content_pool: int = 3
+    #: JupyterLab's first load: rounds (each a cold visitor, a returning one, a floor load), the warm pool.
+    lab_runs: int = 10
+    lab_pool: int = 3
     #: pool fill rate: sandboxes from nothing to warm, and runs of each way (nbpool, by hand)
     fill_pool: int = 40
     fill_runs: int = 2
@@ -148,7 +154,7 @@ def quick() -> Sizes:
         hosts_pool=10, hosts_per_level=20, hosts_runs=2, hosts_records=200, hosts_ttfo_pool=10,
         hosts_ttfo={1: 2, 10: 1}, snapshots_runs=1, snapshots_publishes=3, snapshots_cold_views=2,
         snapshots_cached_views=5, snapshots_remix=2, snapshots_same=3, embed_runs=1, embed_per_run=2,
-        content_runs=1, content_visits=3, fill_pool=6, fill_runs=1,
+        content_runs=1, content_visits=3, fill_pool=6, fill_runs=1, lab_runs=2,
     )
 
 
@@ -265,6 +271,9 @@ class Bench:
             else:
                 r.notes.append("Pool fill rate not measured: sandboxes are processes in this run (no Docker engine).")
 
+        if self.wants("lab-load"):
+            await self.phase("lab-load", self._lab_load)
+
         if self.wants("hosts"):
             import tempfile
 
@@ -374,6 +383,14 @@ class Bench:
         with self.track(embed.cluster(self.image, s.embed_pool, s.spawn_concurrency)) as cluster:
             self.results.warm_s[f"pool {s.embed_pool} (embed)"] = await asyncio.to_thread(self._start, cluster, s.embed_pool)
             await embed.measure(cluster, s.embed_pool, s.embed_runs, s.embed_per_run, results)
+
+    async def _lab_load(self) -> None:
+        """JupyterLab's first load; what it measured stays in the report when it fails half-way."""
+        s = self.sizes
+        results = self.results.lab_load = lab_load.LabLoadResults(pool=s.lab_pool, runs=s.lab_runs)
+        with self.track(lab_load.cluster(self.image, s.lab_pool, s.spawn_concurrency)) as cluster:
+            self.results.warm_s[f"pool {s.lab_pool} (lab-load)"] = await asyncio.to_thread(self._start, cluster, s.lab_pool)
+            await lab_load.measure(cluster, self.image, s.lab_pool, s.lab_runs, results)
 
     async def _content(self) -> None:
         """The content profiles group (Docker only); what it measured stays in the report when it fails half-way."""
