@@ -150,6 +150,7 @@ def checkpoint_restore() -> str:
 async def start_by_hand(runtime: Any, http: Any, image: str) -> tuple[str, str, str]:
     """A sandbox through nbpool's Docker ``runtime`` as the spawner starts one, without nbpool: created,
     answering, its Welcome notebook's kernel pre-started, given the normal CPU share; (id, URL, token)."""
+    from nbpool.aio import poll_ready
     from nbpool.models import SandboxRecord, State
     from nbpool.runtime.base import SandboxSpec
     from nbpool.spawner.kernel import prestart_kernel
@@ -157,14 +158,14 @@ async def start_by_hand(runtime: Any, http: Any, image: str) -> tuple[str, str, 
     sid = secrets.token_hex(6)
     spec = SandboxSpec(id=sid, token=secrets.token_urlsafe(24), base_path="/", profile="default", image=image)
     sandbox = await runtime.create(spec)
-    deadline = time.monotonic() + 120
-    while True:
+
+    async def answers() -> bool | None:
         with contextlib.suppress(httpx.HTTPError):
             if (await http.get(f"{sandbox.target}/api", timeout=2)).status_code == 200:
-                break
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{sandbox.target} did not answer within 120 s")
-        await asyncio.sleep(0.05)
+                return True
+        return None
+
+    await poll_ready(answers, deadline=time.monotonic() + 120)  # paced as the spawner polls a start
     rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
                         path="/", token=spec.token, created_at=time.time())
     await prestart_kernel(http, rec, "Welcome.ipynb", 120)

@@ -138,7 +138,6 @@ async def _visit(cluster: BenchCluster, context: Any, results: LabLoadResults, k
     page = await context.new_page()
     went: list[str] = []
     page.on("framenavigated", lambda frame: went.append(frame.url) if frame == page.main_frame else None)
-    session: dict[str, Any] | None = None
     try:
         await page.goto(f"{cluster.url}/", timeout=_TIMEOUT_MS)
         await page.locator("#launch").wait_for(timeout=_TIMEOUT_MS)

@@ -587,5 +587,6 @@ async def test_a_task_that_swallowed_its_cancellation_is_cancelled_again() -> No
 
     tasks = [asyncio.ensure_future(loop_that_swallows_once()), asyncio.ensure_future(fails())]
     await asyncio.sleep(0)
-    await asyncio.wait_for(cancel_and_wait(*tasks, again_after=0.05), 10)
+    async with asyncio.timeout(10):  # (not wait_for: see nbpool.aio)
+        await cancel_and_wait(*tasks, again_after=0.05)
     assert cancels == 2 and all(t.done() for t in tasks)

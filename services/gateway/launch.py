@@ -67,9 +67,10 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
     except BadLink as err:
         raise HTTPException(422, str(err)) from None
     profile, client = gw.admit(request, profile)
-    ticket = await gw.claim_or_join(profile, client, page)
-    if isinstance(ticket, SandboxRecord):
-        return RedirectResponse(gw.lab_url(ticket, page), status_code=302)
+    got = await gw.claim_or_join(profile, client, page)
+    if isinstance(got, SandboxRecord):
+        return RedirectResponse(gw.lab_url(got, page), status_code=302)
+    ticket = got
     await ticket.changed(timeout=0.3, since=ticket.version)  # a sandbox about to turn warm needs no waiting page
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)

@@ -292,10 +292,11 @@ async def remix(request: Request, snapshot_id: SnapshotId, gw: TheGateway) -> Re
     async def prepare(rec: SandboxRecord) -> None:
         await gw.remix_into(rec, snap, data)
 
-    ticket = await gw.claim_or_join(profile, client, page, prepare)
-    if isinstance(ticket, SandboxRecord):
-        await _prepared(gw, ticket, prepare)
-        return RedirectResponse(gw.lab_url(ticket, page), status_code=302)
+    got = await gw.claim_or_join(profile, client, page, prepare)
+    if isinstance(got, SandboxRecord):
+        await _prepared(gw, got, prepare)
+        return RedirectResponse(gw.lab_url(got, page), status_code=302)
+    ticket = got
     await ticket.changed(timeout=0.3, since=ticket.version)
     if ticket.state == "ready" and ticket.url:
         return RedirectResponse(ticket.url, status_code=302)
