@@ -15,7 +15,7 @@ import time
 
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from nbpool import logs
 from nbpool.gateway.pages import admin_page, login_page
@@ -33,6 +33,8 @@ CSRF_HEADER = "x-csrf-token"
 
 
 class _DrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)  # a JSON true or false, nothing that converts to one
+
     draining: bool
 
 

@@ -35,7 +35,8 @@ def iso(ts: float | None) -> str | None:
 class SessionRequest(BaseModel):
     """What a launch may ask for. Every field is optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    # Strict: JSON's types as the document states them (lax mode would take `true` for 1 s, "5" for 5 s).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     profile: str | None = Field(default=None, description="a configured profile; the default profile if absent")
     path: str = Field(default="", max_length=1024, description="a file or folder to open, relative to the home folder",
@@ -67,7 +68,7 @@ class SessionRequest(BaseModel):
 class SnapshotRequest(BaseModel):
     """Which notebook of the session to publish."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     path: str = Field(max_length=1024, description="the notebook, relative to the session's home folder",
                       json_schema_extra={"pattern": NOTEBOOK_PATH, "examples": ["Welcome.ipynb"]})
