@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import socket
 import subprocess
@@ -135,6 +136,15 @@ def pytest_configure(config: Any) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def _collect_what_the_test_left() -> Iterator[None]:
+    """Collects the garbage after each test, so that a socket or file it left unclosed in a
+    reference cycle warns (ResourceWarning, an error here) in the teardown of the test that left
+    it, not in whichever later test the collector happens to run."""
+    yield
+    gc.collect()
 
 
 @pytest.hookimpl(wrapper=True)
