@@ -82,7 +82,7 @@ _T = TypeVar("_T")
 
 @dataclass
 class Sizes:
-    """How much of everything; the defaults are sized for 15 minutes on 2 cores with Docker."""
+    """How much of everything; the defaults are sized for about 50 minutes on 2 cores with Docker (every group)."""
 
     floor_runs: int = 5
     claims_pool: int = 100
