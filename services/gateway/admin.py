@@ -15,10 +15,10 @@ import time
 
 from fastapi import APIRouter, Form, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
-from pydantic import BaseModel, ConfigDict
 
 from nbpool import logs
 from nbpool.gateway.pages import admin_page, login_page
+from nbpool.gateway.schemas import RequestBody
 from nbpool.gateway.state import gateway_of
 from nbpool.gateway.tokens import from_authorization, same
 from nbpool.models import AdminSession, Drain, State, encode
@@ -32,9 +32,7 @@ COOKIE = "nbpool_admin"
 CSRF_HEADER = "x-csrf-token"
 
 
-class _DrainBody(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)  # a JSON true or false, nothing that converts to one
-
+class _DrainBody(RequestBody):
     draining: bool
 
 

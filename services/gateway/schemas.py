@@ -14,7 +14,7 @@ from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, notebook_path
 from nbpool.snapshots import SNAPSHOT_ID
 
 __all__ = [
-    "RELATIVE_PATH", "SESSION_ID", "ProfileQuery", "SessionCreated", "SessionInfo", "SessionRequest", "SnapshotCreated",
+    "RELATIVE_PATH", "SESSION_ID", "ProfileQuery", "RequestBody", "SessionCreated", "SessionInfo", "SessionRequest", "SnapshotCreated",
     "SnapshotInfo", "SnapshotRequest", "Stats", "UrlPathQuery", "iso",
 ]
 
@@ -32,11 +32,16 @@ def iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 
 
-class SessionRequest(BaseModel):
-    """What a launch may ask for. Every field is optional."""
+class RequestBody(BaseModel):
+    """A JSON request body: its fields and JSON's types as the document states them, nothing else
+    (pydantic's lax mode would read `true` as 1 and "5" as 5: the fuzzer's stateful phase found a
+    launch with `{"wait": true}` accepted)."""
 
-    # Strict: JSON's types as the document states them (lax mode would take `true` for 1 s, "5" for 5 s).
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SessionRequest(RequestBody):
+    """What a launch may ask for. Every field is optional."""
 
     profile: str | None = Field(default=None, description="a configured profile; the default profile if absent")
     path: str = Field(default="", max_length=1024, description="a file or folder to open, relative to the home folder",
@@ -65,10 +70,8 @@ class SessionRequest(BaseModel):
         return value.strip("/")
 
 
-class SnapshotRequest(BaseModel):
+class SnapshotRequest(RequestBody):
     """Which notebook of the session to publish."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
     path: str = Field(max_length=1024, description="the notebook, relative to the session's home folder",
                       json_schema_extra={"pattern": NOTEBOOK_PATH, "examples": ["Welcome.ipynb"]})
