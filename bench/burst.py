@@ -8,7 +8,8 @@ with ``{"wait": …}``; a ``503`` would still be honoured, bounded); a browser f
 on its kernel through the proxy. Reported per visitor: how long until it had a sandbox (its
 *wait*), how long until its first output, how many times it was told to come back, and whether
 someone who arrived later was served first (*overtaken*), for programs and browsers alike. While the burst runs, ``/api/stats`` is sampled twice a second to show the pool
-draining and refilling. Sessions stay open until every visitor is done, as real visitors'
+draining and refilling, and how long the gateway took to answer (a busy gateway takes up requests
+late, and those that wait together in no particular order). Sessions stay open until every visitor is done, as real visitors'
 would.
 
 Floor: the visitors who find a warm sandbox are the floor for those who do not: the first
@@ -37,22 +38,27 @@ class BurstResults:
     visitors: int
     over_s: float
     visits: list[Visit] = field(default_factory=list)
-    #: (seconds since the first arrival, available, starting, in_use, waiting)
-    pool_over_time: list[tuple[float, int, int, int, int]] = field(default_factory=list)
+    #: (seconds since the first arrival, available, starting, in_use, waiting, ms the answer took)
+    pool_over_time: list[tuple[float, int, int, int, int, float]] = field(default_factory=list)
     took_s: float = 0.0
+    #: How late each visitor (in order of arrival) was sent, against its even schedule (ms): the
+    #: bench's own loop, busy, sends visitors late and, when late, several together.
+    late_ms: list[float] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
         return sum(1 for v in self.visits if not v.ok)
 
 
-async def _sample_stats(url: str, began: float, into: list[tuple[float, int, int, int, int]], stop: asyncio.Event) -> None:
+async def _sample_stats(url: str, began: float, into: list[tuple[float, int, int, int, int, float]],
+                        stop: asyncio.Event) -> None:
     conn = HTTPConnection.to(url, timeout=5)
     try:
         while not stop.is_set():
             try:
                 s = (await conn.request("GET", "/api/stats")).json()
-                into.append((time.perf_counter() - began, s["available"], s["starting"], s["in_use"], s["waiting"]))
+                answered_ms = (time.perf_counter() - conn.sent) * 1000
+                into.append((conn.sent - began, s["available"], s["starting"], s["in_use"], s["waiting"], answered_ms))
             except (TimeoutError, OSError, ValueError, KeyError):
                 pass
             try:
@@ -75,14 +81,15 @@ async def measure(cluster: BenchCluster, pool: int, visitors: int, over_s: float
         await asyncio.sleep(max(0.0, began + i * over_s / visitors - time.perf_counter()))
         if i % 2:
             return await browser_visit(cluster.url)
-        return await visit(cluster.url, arrived=time.perf_counter(), wait=PATIENCE_S)
+        return await visit(cluster.url, wait=PATIENCE_S, connected=True)
 
     results.visits = list(await asyncio.gather(*(arrive(i) for i in range(visitors))))
     results.took_s = time.perf_counter() - began
     stop.set()
     await sampler
-    for v in results.visits:
+    for i, v in enumerate(results.visits):
         v.arrived -= began
+        results.late_ms.append((v.arrived - i * over_s / visitors) * 1000)
     ok = [v for v in results.visits if v.ok]
     waits = sorted(v.claim_ms for v in ok)
     progress(f"burst: {len(ok)} of {visitors} served in {results.took_s:.0f} s, "
@@ -95,5 +102,5 @@ def to_json(results: BurstResults) -> dict[str, Any]:
         "pool": results.pool, "visitors": results.visitors, "over_s": results.over_s, "took_s": results.took_s,
         "visits": [{"arrived_s": v.arrived, "kind": v.kind, "claim_ms": v.claim_ms, "total_ms": v.total_ms,
                     "refused": v.refused, "error": v.error} for v in results.visits],
-        "pool_over_time": results.pool_over_time,
+        "pool_over_time": results.pool_over_time, "late_ms": results.late_ms,
     }

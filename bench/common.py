@@ -195,6 +195,8 @@ class HTTPConnection:
         self.timeout = timeout
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        #: When the last request was written to the connection (``time.perf_counter()``).
+        self.sent = float("nan")
 
     @classmethod
     def to(cls, url: str, timeout: float = 30.0) -> HTTPConnection:
@@ -233,6 +235,7 @@ class HTTPConnection:
         assert self._reader is not None and self._writer is not None
         fixed = {"Host": f"{self.host}:{self.port}", "Content-Length": str(len(body))}
         lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in (fixed | headers).items())]
+        self.sent = time.perf_counter()
         self._writer.write(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
         head = await self._reader.readuntil(b"\r\n\r\n")
         status_line, *header_lines = head.decode("latin-1").split("\r\n")

@@ -38,7 +38,9 @@ __all__ = ["LEGAL", "IllegalMove", "Moved", "create_record", "read_record", "tra
 LEGAL: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.WARM, State.FAILED, State.ENDING}),
     State.WARM: frozenset({State.CLAIMED, State.ENDING}),
-    State.CLAIMED: frozenset({State.ENDING}),
+    # (claimed -> claimed: a sandbox claimed for a visitor in line changes hands to whoever is
+    # first in line when it comes; see nbpool.gateway.queue)
+    State.CLAIMED: frozenset({State.CLAIMED, State.ENDING}),
     State.ENDING: frozenset(),
     State.FAILED: frozenset(),
 }

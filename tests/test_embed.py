@@ -164,7 +164,9 @@ def test_the_line_over_the_event_stream(make_cluster: Any) -> None:
     try:
         # A client that reads one event and goes away.
         with httpx.stream("GET", f"{cluster.url}/build/gh/org/repo/HEAD", timeout=30) as gone:
-            first = next(line for line in gone.iter_lines() if line.startswith("data: "))
+            # (Held in a name: an iterator of httpx's that is dropped closes the connection.)
+            lines = gone.iter_lines()
+            first = next(line for line in lines if line.startswith("data: "))
             assert json.loads(first[6:])["phase"] == "waiting"
             assert httpx.get(f"{cluster.url}/api/stats").json()["waiting"] >= 1
         poll_until(lambda: httpx.get(f"{cluster.url}/api/stats").json()["waiting"] == 0, 15, "the gone client left the line")

@@ -72,7 +72,7 @@ class TestLaunchQueue:
                 claims.append(owner)
                 return record(sid=f"sb{len(claims):04d}")
 
-        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, watch_window=0.3)  # type: ignore[arg-type]
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, watch_window=0.3, grace=0.3)  # type: ignore[arg-type]
         unwatched = queue.join("default", "lab", "crawler")  # nothing free while its request waits
         await asyncio.sleep(0.4)
         free.set()
@@ -129,6 +129,66 @@ class TestLaunchQueue:
         fourth, fifth = queue.join("default", "lab", "d"), queue.join("default", "lab", "e")
         queue.leave(fifth)
         assert queue.waiting("default") == 1 and fourth.position == 1
+        await queue.close()
+
+    async def test_the_sandbox_goes_to_whoever_is_first_when_it_comes(self) -> None:
+        """A claim under way for one visitor, and an earlier arrival joins meanwhile (its own try
+        for a warm sandbox was slower): the sandbox is the earlier one's, under its owner; the
+        one it was claimed for is served next."""
+        arrive = asyncio.Event()
+        asked: list[str] = []
+        reowned: list[tuple[str, str]] = []
+
+        class Claimer:
+            async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+                asked.append(owner)
+                await arrive.wait()
+                arrive.clear()
+                return record(sid=f"sb{len(asked):04d}")
+
+        async def reown(rec: SandboxRecord, owner: str) -> SandboxRecord:
+            reowned.append((rec.id, owner))
+            return rec.model_copy(update={"owner": owner})
+
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, reown=reown)  # type: ignore[arg-type]
+        came = time.monotonic()
+        later = queue.join("default", "lab", "later")
+        later.touch()
+        await asyncio.sleep(0.1)  # the claim for "later" is under way
+        earlier = queue.join("default", "lab", "earlier", arrived=came)
+        earlier.touch()
+        assert (earlier.position, later.position) == (1, 2)
+        arrive.set()
+        assert await earlier.changed(timeout=2, since=earlier.version)
+        while earlier.state != "ready":
+            assert await earlier.changed(timeout=2, since=earlier.version)
+        assert earlier.url == "sb0001" and earlier.record is not None and earlier.record.owner == "earlier"
+        assert reowned == [("sb0001", "earlier")] and later.state != "ready" and later.position == 1
+        arrive.set()
+        while later.state != "ready":
+            later.touch()
+            assert await later.changed(timeout=2, since=later.version)
+        assert later.url == "sb0002" and asked == ["later", "later"] and len(reowned) == 1
+        await queue.close()
+
+    async def test_a_new_visitor_whose_page_is_still_connecting_is_not_passed_over(self) -> None:
+        """A sandbox comes before the first visitor's waiting page has connected: it waits for that
+        page (within the grace), rather than go to the visitor behind, whose page watches."""
+        class Claimer:
+            async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+                return record(sid=f"sb-{owner}")
+
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, grace=3.0)  # type: ignore[arg-type]
+        first, second = queue.join("default", "lab", "a"), queue.join("default", "lab", "b")
+        second.touch()
+        await asyncio.sleep(1.3)  # the first's page connects, later than the request's own moment
+        assert first.state != "ready" and second.state != "ready"
+        first.touch()
+        for ticket in (first, second):
+            while ticket.state != "ready":
+                ticket.touch()
+                assert await ticket.changed(timeout=2, since=ticket.version)
+        assert (first.url, second.url) == ("sb-a", "sb-b")
         await queue.close()
 
 

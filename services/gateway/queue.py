@@ -1,12 +1,15 @@
 """Visitors waiting for a server, first come, first served, each with a ticket they can watch.
 
-A launch that cannot be served at once joins the line of its profile. One worker per profile
-claims for the visitor at the head of the line only, so nobody overtakes anybody; the others see
-their position and a wait estimate measured from how fast the line has been moving. A sandbox
-goes only to a visitor whose page is watching (it touched the ticket within ``watch_window``
-seconds: the live page does every few seconds); a ``GET /spawn`` that nobody follows up (a
-crawler, a link preview, curl) keeps its place but gets nothing, and a visitor whose page stops
-watching for ``abandon_after`` seconds leaves the line.
+A launch that cannot be served at once joins the line of its profile, in the order the launches
+came in. One worker per profile claims one sandbox at a time and gives it to whoever is first in
+line when it comes (not necessarily the visitor it was asked for: an earlier arrival may have
+joined meanwhile, or that one left), so nobody overtakes anybody; the others see their position and
+a wait estimate measured from how fast the line has been moving. A sandbox goes only to a visitor
+whose page is watching (it touched the ticket within ``watch_window`` seconds: the live page does
+every few seconds). A new ticket's page has ``grace`` seconds to start watching, and the line waits
+for it that long rather than pass it over (on a busy machine a page takes a while to connect); a
+``GET /spawn`` that nobody follows up (a crawler, a link preview, curl) then keeps its place but gets
+nothing, and a visitor whose page stops watching for ``abandon_after`` seconds leaves the line.
 
 Each gateway replica keeps its own lines; behind them, each spawner serves waiting claims in
 arrival order as well.
@@ -49,8 +52,13 @@ class Ticket:
     message: str = ""
     url: str | None = None
     estimate_s: float | None = None
+    #: When the launch came in (``time.monotonic()``): the line's order.
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
+    #: A page (or the waiting launch request) has touched the ticket; until then it has a grace.
+    watched: bool = False
+    #: When it joined the line (``time.monotonic()``).
+    joined: float = field(default_factory=time.monotonic)
     prepare: Callable[[SandboxRecord], Awaitable[None]] | None = None
     #: The sandbox, once the ticket is ready.
     record: SandboxRecord | None = None
@@ -73,6 +81,7 @@ class Ticket:
     def touch(self) -> None:
         """The visitor's page is still watching."""
         self.seen = time.monotonic()
+        self.watched = True
 
     def notify(self) -> None:
         self.version += 1
@@ -91,6 +100,11 @@ async def _keep(record: SandboxRecord) -> None:
     """No way to end a sandbox given: it stays claimed and is culled as never opened."""
 
 
+async def _as_is(record: SandboxRecord, owner: str) -> SandboxRecord:
+    """No way to change a claim's owner given: the record keeps the one it was claimed for."""
+    return record
+
+
 def _rounded(seconds: float | None) -> int | None:
     """Whole seconds under a minute, tens of seconds above: enough for people, and steady."""
     if seconds is None:
@@ -99,7 +113,12 @@ def _rounded(seconds: float | None) -> int | None:
 
 
 class LaunchQueue:
-    """The lines of visitors, one per profile (see the module docstring)."""
+    """The lines of visitors, one per profile (see the module docstring).
+
+    ``discard`` ends a sandbox claimed for a line that nobody is left in; ``reown`` gives a claimed
+    sandbox to another owner (the visitor first in line when it came) and returns its record, or
+    None if it is no longer claimed.
+    """
 
     def __init__(
         self,
@@ -107,20 +126,23 @@ class LaunchQueue:
         make_url: Callable[[SandboxRecord, str], str],
         estimate_full: Callable[[str, int], float | None] = lambda profile, position: None,
         discard: Callable[[SandboxRecord], Awaitable[object]] | None = None,
+        reown: Callable[[SandboxRecord, str], Awaitable[SandboxRecord | None]] = _as_is,
         abandon_after: float = 30.0,
         keep_done: float = 120.0,
         watch_window: float = 8.0,
+        grace: float = 3.0,
     ) -> None:
         self._claimer = claimer
         self._make_url = make_url
         self._estimate_full = estimate_full
+        self._reown = reown
         self._abandon_after = abandon_after
         self._keep_done = keep_done
         self._watch_window = watch_window
+        self._grace = grace
         self._lines: dict[str, deque[Ticket]] = {}
         self._tickets: dict[str, Ticket] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
-        self._serving: dict[str, Ticket] = {}  # profile -> the ticket whose claim is under way
         self._discard = discard or _keep
         self._discarding: set[asyncio.Future[object]] = set()
         #: Seconds per visitor served from the line (moving average); None until measured.
@@ -138,13 +160,10 @@ class LaunchQueue:
         ticket = Ticket(id=secrets.token_urlsafe(12), profile=profile, page=page, owner=owner, prepare=prepare)
         if arrived is not None:
             ticket.created = arrived
-        # The launch request itself watches for a moment (a sandbox about to turn warm needs no
-        # waiting page); after that, only the visitor's page keeps the ticket watched.
-        ticket.seen -= max(0.0, self._watch_window - 1.0)
         self._tickets[ticket.id] = ticket
         line = self._lines.setdefault(profile, deque())
         place = len(line)
-        while place > 0 and line[place - 1].created > ticket.created and self._serving.get(profile) is not line[place - 1]:
+        while place > 0 and line[place - 1].created > ticket.created:
             place -= 1
         line.insert(place, ticket)
         self._reposition(profile)
@@ -157,11 +176,11 @@ class LaunchQueue:
         return self._tickets.get(ticket_id)
 
     def leave(self, ticket: Ticket) -> None:
-        """The visitor went away: their place goes at once. (A ticket already served is kept, and
-        one whose claim is under way is served: its sandbox, never opened, is culled as such.)"""
+        """The visitor went away: their place goes at once (a sandbox being claimed goes to whoever
+        is first in line when it comes). A ticket already served is kept."""
         ticket.left = True
         line = self._lines.get(ticket.profile, deque())
-        if ticket in line and self._serving.get(ticket.profile) is not ticket:
+        if ticket in line:
             line.remove(ticket)
             self._tickets.pop(ticket.id, None)
             log.info("visitor left the line", extra={"ticket": ticket.id, "profile": ticket.profile})
@@ -186,10 +205,27 @@ class LaunchQueue:
                 ticket.position, ticket.estimate_s = i + 1, estimate
                 ticket.notify()
 
-    def _next_watched(self, line: deque[Ticket]) -> Ticket | None:
-        """The first visitor in ``line`` whose page is watching and who has not left."""
+    def _may_be_served(self, ticket: Ticket, now: float) -> bool:
+        """Still here, and its page watching, or new and within its grace to start watching."""
+        if ticket.left:
+            return False
+        if ticket.watched:
+            return now - ticket.seen <= self._watch_window
+        return now - ticket.joined <= self._grace
+
+    def _first(self, line: deque[Ticket]) -> Ticket | None:
+        """The first visitor in ``line`` who may be served (see :meth:`_may_be_served`)."""
         now = time.monotonic()
-        return next((t for t in line if not t.left and now - t.seen <= self._watch_window), None)
+        return next((t for t in line if self._may_be_served(t, now)), None)
+
+    async def _taker(self, line: deque[Ticket]) -> Ticket | None:
+        """Whoever is first in line for a sandbox that has just come: the first who may be served,
+        waited for while their page is still connecting (within its grace), not passed over."""
+        while True:
+            first = self._first(line)
+            if first is None or first.watched:
+                return first
+            await asyncio.sleep(0.05)
 
     def _discard_later(self, record: SandboxRecord) -> None:
         task = asyncio.ensure_future(self._discard(record))
@@ -220,64 +256,73 @@ class LaunchQueue:
             self._drop_abandoned(profile)
             if not line:
                 return
-            head = self._next_watched(line)
+            head = self._first(line)
             if head is None:  # nobody in line is watching: no sandbox for a page nobody looks at
                 await asyncio.sleep(0.5)
                 continue
-            self._serving[profile] = head
             try:
                 record = await self._claimer.claim(profile, head.owner, wait=5.0)
             except NoCapacity as exc:
-                self._serving.pop(profile, None)
-                if head.left:
-                    self.leave(head)
-                    continue
                 state = "full" if exc.full else "starting"
-                if (head.state, head.message) != (state, exc.reason):
+                if head in line and (head.state, head.message) != (state, exc.reason):
                     head.state, head.message = state, exc.reason
                     head.notify()
                 self._reposition(profile, full=exc.full)
                 await asyncio.sleep(1.0 if not exc.full else 2.0)
                 continue
             except Exception as err:  # the bus hiccuped: the visitor keeps the place
-                self._serving.pop(profile, None)
                 log.warning("claim for the line failed", extra={"ticket": head.id, "error": repr(err)})
                 await asyncio.sleep(1.0)
                 continue
-            finally:
-                self._serving.pop(profile, None)
-            if head.left:
-                # The visitor went away while their claim was under way: the sandbox is the next
-                # watching visitor's; with nobody, it is ended (it was never opened).
-                line.remove(head)
-                self._tickets.pop(head.id, None)
-                successor = self._next_watched(line)
-                if successor is None:
-                    log.info("claimed for a visitor who left: ended", extra={"ticket": head.id, "sandbox": record.id})
-                    self._discard_later(record)
-                    self._reposition(profile)
+            taker = await self._taker(line)
+            if taker is None:
+                log.info("claimed for a line nobody is left in: ended", extra={"ticket": head.id, "sandbox": record.id})
+                self._discard_later(record)
+                self._reposition(profile)
+                continue
+            if taker.owner != head.owner:
+                given = await self._hand_over(record, taker)
+                if given is None:
                     continue
-                head = successor
-            line.remove(head)
-            if head.prepare is not None:
-                try:
-                    await head.prepare(record)
-                except Exception as err:
-                    head.state, head.message, head.position = "failed", f"{err}; please try again", 0
-                    head.notify()
-                    log.warning("launch from the line failed", extra={"ticket": head.id, "sandbox": record.id,
-                                                                      "error": repr(err)})
-                    self._reposition(profile)
-                    continue
+                record = given
+            line.remove(taker)
+            if not await self._prepared(taker, record):
+                self._reposition(profile)
+                continue
             now = time.monotonic()
             took = now - last_served
             last_served = now
             old = self.pace.get(profile)
             self.pace[profile] = took if old is None else 0.7 * old + 0.3 * took
-            head.state, head.message, head.position = "ready", "", 0
-            head.record = record
-            head.url = self._make_url(record, head.page)
-            head.notify()
-            log.info("served from the line", extra={"ticket": head.id, "sandbox": record.id,
-                                                    "waited_s": round(now - head.created, 2)})
+            taker.state, taker.message, taker.position = "ready", "", 0
+            taker.record = record
+            taker.url = self._make_url(record, taker.page)
+            taker.notify()
+            log.info("served from the line", extra={"ticket": taker.id, "sandbox": record.id,
+                                                    "waited_s": round(now - taker.created, 2)})
             self._reposition(profile)
+
+    async def _hand_over(self, record: SandboxRecord, taker: Ticket) -> SandboxRecord | None:
+        """The record of a sandbox claimed for one owner, now ``taker``'s; None if it is no longer claimed."""
+        try:
+            given = await self._reown(record, taker.owner)
+        except Exception as err:  # the bus failed: the visitor still gets it, under the first owner
+            log.warning("claim could not change hands", extra={"sandbox": record.id, "error": repr(err)})
+            return record
+        if given is None:
+            log.warning("claimed sandbox ended before it was handed out", extra={"sandbox": record.id})
+        return given
+
+    async def _prepared(self, ticket: Ticket, record: SandboxRecord) -> bool:
+        """Run the ticket's ``prepare``; False (and the ticket failed) if it raised."""
+        if ticket.prepare is None:
+            return True
+        try:
+            await ticket.prepare(record)
+        except Exception as err:
+            ticket.state, ticket.message, ticket.position = "failed", f"{err}; please try again", 0
+            ticket.notify()
+            log.warning("launch from the line failed", extra={"ticket": ticket.id, "sandbox": record.id,
+                                                             "error": repr(err)})
+            return False
+        return True

@@ -94,7 +94,8 @@ class Gateway:
         self.tail = EventTail(self.bus)
         self.claimer = Claimer(self.bus, self.hosts, settings.claim_timeout)
         self.queue = LaunchQueue(self.claimer, self.lab_url, self._estimate_full,
-                                 discard=lambda rec: self.end_session(rec.id, "the visitor left the line"))
+                                 discard=lambda rec: self.end_session(rec.id, "the visitor left the line"),
+                                 reown=self._reown)
         self.admin_sessions = AdminSessions(self.bus, settings.admin_session_ttl)
         self.snapshots = SnapshotStore(self.bus, settings.snapshot_ttl, settings.snapshot_budget, settings.bus_replicas)
         if self.origins.snapshot_url:
@@ -306,6 +307,12 @@ class Gateway:
         except TimeoutError:
             log.warning("session still ending after 10 s", extra={"sandbox": session_id})
         return True
+
+    async def _reown(self, rec: SandboxRecord, owner: str) -> SandboxRecord | None:
+        """A sandbox claimed for the line, not yet handed out, now ``owner``'s; None if it is no longer claimed."""
+        kv = await self.bus.kv(self.bus.names.sandboxes)
+        moved = await transition(kv, rec.id, State.CLAIMED, from_={State.CLAIMED}, owner=owner)
+        return None if moved is None else moved.record
 
     def _estimate_full(self, profile: str, position: int) -> float | None:
         """Seconds until the ``position``-th claimed sandbox of ``profile`` ends if left idle (the line's estimate)."""
