@@ -69,3 +69,24 @@ async def test_moves_the_table_forbids_are_refused(nats_server: NatsServer) -> N
         assert decode(SandboxRecord, encode(ended.record)).state == State.ENDING
     finally:
         await bus.close()
+
+
+async def test_a_claimed_sandbox_changes_hands_while_it_is_claimed_only(nats_server: NatsServer) -> None:
+    """The line hands a sandbox claimed for one visitor to an earlier one (nbpool.gateway.queue):
+    the owner changes and the claim stays; a record that has moved on to ending keeps its owner."""
+    bus, kv = await _bucket(nats_server)
+    try:
+        rev = await create_record(kv, _record("d"))
+        warm = await transition(kv, "d", State.WARM, known=(_record("d"), rev))
+        assert warm is not None
+        claimed = await transition(kv, "d", State.CLAIMED, from_={State.WARM}, known=tuple(warm), owner="later")
+        assert claimed is not None
+        handed = await transition(kv, "d", State.CLAIMED, from_={State.CLAIMED}, owner="earlier")
+        assert handed is not None and handed.record.owner == "earlier" and handed.record.state == State.CLAIMED
+        assert handed.record.claimed_at == claimed.record.claimed_at
+        assert await transition(kv, "d", State.ENDING, from_={State.CLAIMED}, ending_reason="test") is not None
+        assert await transition(kv, "d", State.CLAIMED, from_={State.CLAIMED}, owner="another") is None
+        stored = await read_record(kv, "d")
+        assert stored is not None and stored.record.owner == "earlier" and stored.record.state == State.ENDING
+    finally:
+        await bus.close()
