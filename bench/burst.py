@@ -9,8 +9,8 @@ on its kernel through the proxy. Reported per visitor: how long until it had a s
 *wait*), how long until its first output, how many times it was told to come back, and whether
 someone who arrived later was served first (*overtaken*), for programs and browsers alike. While the burst runs, ``/api/stats`` is sampled twice a second to show the pool
 draining and refilling, and how long the gateway took to answer (a busy gateway takes up requests
-late, and those that wait together in no particular order). Sessions stay open until every visitor is done, as real visitors'
-would.
+late, and those that wait together in no particular order). Sessions stay open until every
+visitor is done, as real visitors' would.
 
 Floor: the visitors who find a warm sandbox are the floor for those who do not: the first
 ``pool`` visitors' time to first output, in the same burst, against everyone's. The cost of

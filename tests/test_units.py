@@ -144,7 +144,7 @@ class TestLaunchQueue:
                 asked.append(owner)
                 await arrive.wait()
                 arrive.clear()
-                return record(sid=f"sb{len(asked):04d}")
+                return record(sid=f"sb{len(asked):04d}", owner=owner)  # as the spawner claims: for that owner
 
         async def reown(rec: SandboxRecord, owner: str) -> SandboxRecord:
             reowned.append((rec.id, owner))
@@ -169,6 +169,48 @@ class TestLaunchQueue:
             later.touch()
             assert await later.changed(timeout=2, since=later.version)
         assert later.url == "sb0002" and asked == ["later", "later"] and len(reowned) == 1
+        await queue.close()
+
+    async def test_a_visitor_who_leaves_while_the_sandbox_changes_hands_passes_it_on(self) -> None:
+        """The sandbox is being made an earlier arrival's (another client's) when that visitor
+        leaves: it goes to the next in line, and the line goes on."""
+        arrive, handing = asyncio.Event(), asyncio.Event()
+        reowned: list[str] = []
+
+        class Claimer:
+            async def claim(self, profile: str, owner: str, wait: float = 0) -> SandboxRecord:
+                await arrive.wait()
+                arrive.clear()
+                return record(sid=f"sb-for-{owner}", owner=owner)
+
+        async def reown(rec: SandboxRecord, owner: str) -> SandboxRecord:
+            reowned.append(owner)
+            if owner == "earlier":
+                handing.set()
+                await asyncio.sleep(0.2)  # the bus write is under way
+            return rec.model_copy(update={"owner": owner})
+
+        queue = LaunchQueue(Claimer(), lambda rec, page: rec.id, reown=reown)  # type: ignore[arg-type]
+        came = time.monotonic()
+        later = queue.join("default", "lab", "later")
+        later.touch()
+        await asyncio.sleep(0.1)  # the claim for "later" is under way
+        earlier = queue.join("default", "lab", "earlier", arrived=came)
+        earlier.touch()
+        arrive.set()
+        await asyncio.wait_for(handing.wait(), 2)
+        queue.leave(earlier)
+        while later.state != "ready":
+            later.touch()
+            assert await later.changed(timeout=2, since=later.version)
+        assert later.url == "sb-for-later" and later.record is not None and later.record.owner == "later"
+        assert reowned == ["earlier", "later"] and earlier.state != "ready" and queue.waiting("default") == 0
+        last = queue.join("default", "lab", "last")  # the line goes on
+        last.touch()
+        arrive.set()
+        while last.state != "ready":
+            last.touch()
+            assert await last.changed(timeout=2, since=last.version)
         await queue.close()
 
     async def test_a_new_visitor_whose_page_is_still_connecting_is_not_passed_over(self) -> None:

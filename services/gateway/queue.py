@@ -274,18 +274,11 @@ class LaunchQueue:
                 log.warning("claim for the line failed", extra={"ticket": head.id, "error": repr(err)})
                 await asyncio.sleep(1.0)
                 continue
-            taker = await self._taker(line)
-            if taker is None:
-                log.info("claimed for a line nobody is left in: ended", extra={"ticket": head.id, "sandbox": record.id})
-                self._discard_later(record)
+            handed = await self._hand_to_first(line, record)
+            if handed is None:
                 self._reposition(profile)
                 continue
-            if taker.owner != head.owner:
-                given = await self._hand_over(record, taker)
-                if given is None:
-                    continue
-                record = given
-            line.remove(taker)
+            taker, record = handed
             if not await self._prepared(taker, record):
                 self._reposition(profile)
                 continue
@@ -301,6 +294,25 @@ class LaunchQueue:
             log.info("served from the line", extra={"ticket": taker.id, "sandbox": record.id,
                                                     "waited_s": round(now - taker.created, 2)})
             self._reposition(profile)
+
+    async def _hand_to_first(self, line: deque[Ticket], record: SandboxRecord) -> tuple[Ticket, SandboxRecord] | None:
+        """Take whoever is first in line for a sandbox just claimed (see :meth:`_taker`) out of the
+        line, with the record made theirs; None when nobody is left (the sandbox is ended) or it is
+        no longer claimed. A visitor who leaves while the record changes hands passes it on."""
+        while True:
+            taker = await self._taker(line)
+            if taker is None:
+                log.info("claimed for a line nobody is left in: ended", extra={"sandbox": record.id})
+                self._discard_later(record)
+                return None
+            if record.owner != taker.owner:
+                given = await self._hand_over(record, taker)
+                if given is None:
+                    return None
+                record = given
+            if taker in line:
+                line.remove(taker)
+                return taker, record
 
     async def _hand_over(self, record: SandboxRecord, taker: Ticket) -> SandboxRecord | None:
         """The record of a sandbox claimed for one owner, now ``taker``'s; None if it is no longer claimed."""
