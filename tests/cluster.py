@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import signal
 import socket
@@ -25,36 +26,37 @@ from waiting import poll_until
 BIN = Path(sys.executable).parent
 
 
-def _free_on_ipv6_loopback(port: int) -> bool:
-    with socket.socket(socket.AF_INET6) as sock:
-        try:
-            sock.bind(("::1", port))
-            return True
-        except OSError:
-            return False
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections and to binds of port 0."""
+    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    return int(low), int(high)
+
+
+def _free(port: int) -> bool:
+    for family, address in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
 
 
 def free_ports(count: int) -> int:
-    """The first of ``count`` consecutive loopback ports free on 127.0.0.1 and on ::1."""
+    """The first of ``count`` consecutive loopback ports free on 127.0.0.1 and on ::1.
+
+    Chosen below the kernel's ephemeral range: a port from it (a bind of port 0) can be taken, between
+    this choice and the bind that uses it, as the local end of any outgoing connection (a service's to
+    NATS, a kernel's, a client's), which once kept a test's gateway from its metrics port.
+    """
+    ephemeral, _ = _ephemeral_range()
+    low = 10000
+    if ephemeral - low < 1000 + count:
+        raise RuntimeError(f"the ephemeral range starts at {ephemeral}: no room below it for test ports")
     for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        if base + count > 65000:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-            if not _free_on_ipv6_loopback(port):
-                ok = False
-                break
-        if ok:
-            return int(base)
+        base = random.randrange(low, ephemeral - count)
+        if all(_free(port) for port in range(base, base + count)):
+            return base
     raise RuntimeError("no free ports")
 
 
