@@ -26,10 +26,14 @@ from waiting import poll_until
 BIN = Path(sys.executable).parent
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    """The ports the kernel hands out to outgoing connections and to binds of port 0."""
-    low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-    return int(low), int(high)
+#: The lowest port a test takes: above the defaults of nbpool and its parts (8000, 8001, 4222, 8888, 9090),
+#: which a developer's own ``make up`` may hold.
+_LOWEST = 10000
+
+
+def _ephemeral_start() -> int:
+    """The first port the kernel hands out to outgoing connections and to binds of port 0."""
+    return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
 
 
 def _free(port: int) -> bool:
@@ -49,12 +53,11 @@ def free_ports(count: int) -> int:
     this choice and the bind that uses it, as the local end of any outgoing connection (a service's to
     NATS, a kernel's, a client's), which once kept a test's gateway from its metrics port.
     """
-    ephemeral, _ = _ephemeral_range()
-    low = 10000
-    if ephemeral - low < 1000 + count:
-        raise RuntimeError(f"the ephemeral range starts at {ephemeral}: no room below it for test ports")
+    ephemeral = _ephemeral_start()
+    if ephemeral - count <= _LOWEST:
+        raise RuntimeError(f"the ephemeral range starts at {ephemeral}: no room below it for {count} test ports")
     for _ in range(200):
-        base = random.randrange(low, ephemeral - count)
+        base = random.randrange(_LOWEST, ephemeral - count)
         if all(_free(port) for port in range(base, base + count)):
             return base
     raise RuntimeError("no free ports")
