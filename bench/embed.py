@@ -59,11 +59,12 @@ class EmbedResults:
     thebe: str = ""
 
 
-def cluster(image: str | None, pool: int, concurrency: int, label: str = "embed") -> BenchCluster:
-    """A pool of ``pool`` real sandboxes (containers of ``image``, else processes)."""
+def cluster(image: str | None, pool: int, concurrency: int, label: str = "embed", **settings: str) -> BenchCluster:
+    """A pool of ``pool`` real sandboxes (containers of ``image``, else processes); ``settings``
+    (``NBPOOL_*``) added."""
     runtime = {"NBPOOL_RUNTIME": "docker", "NBPOOL_DOCKER_IMAGE": image} if image else {"NBPOOL_RUNTIME": "process"}
     return BenchCluster(label, {**runtime, "NBPOOL_POOL_SIZE": str(pool), "NBPOOL_MAX_SANDBOXES": str(pool + 2),
-                                  "NBPOOL_SPAWN_CONCURRENCY": str(concurrency)})
+                                  "NBPOOL_SPAWN_CONCURRENCY": str(concurrency), **settings})
 
 
 def _serve(folder: Path, nbpool_url: str, lib: Path) -> http.server.ThreadingHTTPServer:

@@ -16,6 +16,10 @@ Floor, in the same run: the same image's JupyterLab straight from a container wi
 is), opened at its own address in a new context: navigation start until the launcher is on
 screen. A fresh container for each floor load, as each visitor gets a fresh sandbox.
 
+The same for a profile with ``"ui": "notebook"`` (Jupyter Notebook 7), chosen on the landing page
+before the click, until Notebook's file list shows the home's files (*notebook cold*); and its
+floor, the same container's ``/tree`` (*notebook floor*).
+
 Each load also counts its responses and the bytes that came over the network (Resource Timing's
 ``transferSize``, 0 for what came from the cache). Visitors one at a time, the pool full before
 each, kinds in turn.
@@ -24,6 +28,7 @@ each, kinds in turn.
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import statistics
 import uuid
@@ -38,11 +43,20 @@ from fill import start_by_hand
 
 __all__ = ["KINDS", "LabLoadResults", "cluster", "measure"]
 
-#: What "usable" is: JupyterLab's shell with its launcher (the page nbpool's Launch opens).
-READY = ".jp-LabShell .jp-Launcher"
+#: What "usable" is, per UI: JupyterLab's shell with its launcher (the page nbpool's Launch opens),
+#: Notebook 7's file list with the home's files in it.
+READY = {"lab": ".jp-LabShell .jp-Launcher", "notebook": ".jp-DirListing-content .jp-DirListing-item"}
+#: The page a floor load opens, per UI (what Launch opens in each, without a start notebook).
+_PAGE = {"lab": "lab", "notebook": "tree"}
+#: The bench cluster's profile whose links open Notebook 7.
+NOTEBOOK_PROFILE = "notebook"
 _TIMEOUT_MS = 120_000
-KINDS = ("cold", "returning", "floor")
-PARTS = ("launch", "Lab's load")
+KINDS = ("cold", "returning", "floor", "notebook cold", "notebook floor")
+#: The UI each kind loads.
+UI_OF = {"cold": "lab", "returning": "lab", "floor": "lab", "notebook cold": "notebook", "notebook floor": "notebook"}
+#: A launch's parts: the launch, and the page's own load (JupyterLab's, or Notebook's).
+PARTS = ("launch", "page's load")
+_LAUNCHED = ("cold", "returning", "notebook cold")
 _BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 #: In Lab's page once it is usable: when (epoch ms), when its navigation began (before any redirect),
@@ -68,9 +82,13 @@ class LabLoadResults:
         "cold": Figure("Launch -> JupyterLab usable, cold browser"),
         "returning": Figure("Launch -> JupyterLab usable, returning browser"),
         "floor": Figure("straight from a container, cold browser (floor)"),
+        "notebook cold": Figure("Launch -> Notebook 7 usable (\"ui\": \"notebook\"), cold browser"),
+        "notebook floor": Figure("Notebook 7 straight from a container, cold browser (its floor)"),
     })
     parts: dict[str, dict[str, Figure]] = field(default_factory=lambda: {
-        kind: {p: Figure(p) for p in PARTS} for kind in ("cold", "returning")})
+        kind: {"launch": Figure("launch"),
+               "page's load": Figure("Notebook's load" if UI_OF[kind] == "notebook" else "Lab's load")}
+        for kind in _LAUNCHED})
     bytes: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="B") for k in KINDS})
     responses: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
     cached: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
@@ -80,12 +98,16 @@ class LabLoadResults:
 
 
 def cluster(image: str | None, pool: int, concurrency: int) -> BenchCluster:
-    """A pool of ``pool`` real sandboxes (containers of ``image``, else processes)."""
-    return embed.cluster(image, pool, concurrency, label="lab-load")
+    """Two profiles, JupyterLab (the default) and Notebook 7, each a pool of ``pool`` real sandboxes
+    (containers of ``image``, else processes): ``2 * pool`` in all."""
+    profiles = {"default": {"pool_size": pool},
+                NOTEBOOK_PROFILE: {"pool_size": pool, "ui": "notebook", "description": "Python 3 with Jupyter Notebook 7"}}
+    return embed.cluster(image, 2 * pool, concurrency, label="lab-load", NBPOOL_PROFILES=json.dumps(profiles))
 
 
 async def measure(cluster: BenchCluster, image: str | None, pool: int, runs: int, results: LabLoadResults) -> None:
-    """``runs`` rounds; in each, a cold visitor, a returning one and a floor load, in turn."""
+    """``runs`` rounds; in each, a cold visitor, a returning one, a floor load, then a cold visitor
+    of the Notebook 7 profile and its floor load, in turn. ``pool`` is each profile's."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as pw:
@@ -94,20 +116,24 @@ async def measure(cluster: BenchCluster, image: str | None, pool: int, runs: int
         try:
             # Untimed: the browser's own first start, and the services' first Lab page.
             returning = await browser.new_context(viewport={"width": 1280, "height": 800})
-            await pool_full(cluster, pool)
+            await pool_full(cluster, 2 * pool)
             await _visit(cluster, returning, _scratch(results), "cold")
+            await _visit(cluster, returning, _scratch(results), "notebook cold")
             for run in range(runs):
                 _new_run(results)
-                await pool_full(cluster, pool)
-                context = await browser.new_context(viewport={"width": 1280, "height": 800})
-                try:
-                    await _visit(cluster, context, results, "cold")
-                finally:
-                    await context.close()
-                await pool_full(cluster, pool)
-                await _visit(cluster, returning, results, "returning")
+                for kind in ("cold", "returning", "notebook cold"):
+                    await pool_full(cluster, 2 * pool)
+                    if kind == "returning":
+                        await _visit(cluster, returning, results, kind)
+                        continue
+                    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+                    try:
+                        await _visit(cluster, context, results, kind)
+                    finally:
+                        await context.close()
                 if image:
-                    await _floor_load(browser, floors, results)
+                    await _floor_load(browser, floors, results, "floor")
+                    await _floor_load(browser, floors, results, "notebook floor")
                 progress(f"lab-load: run {run}: " + ", ".join(
                     f"{kind} {statistics.median(results.load[kind].runs[-1]):.0f} ms"
                     for kind in KINDS if results.load[kind].runs[-1]))
@@ -134,19 +160,21 @@ def _new_run(results: LabLoadResults) -> None:
 
 
 async def _visit(cluster: BenchCluster, context: Any, results: LabLoadResults, kind: str) -> None:
-    """One visitor: the landing page, Launch, JupyterLab usable; the session ended after."""
+    """One visitor: the landing page, its profile chosen, Launch, the page usable; the session ended after."""
+    ui = UI_OF[kind]
     page = await context.new_page()
     went: list[str] = []
     page.on("framenavigated", lambda frame: went.append(frame.url) if frame == page.main_frame else None)
     try:
         await page.goto(f"{cluster.url}/", timeout=_TIMEOUT_MS)
         await page.locator("#launch").wait_for(timeout=_TIMEOUT_MS)
+        await page.locator("#profile").select_option(NOTEBOOK_PROFILE if ui == "notebook" else "default")
         clicked = await page.evaluate("() => { const t = Date.now(); document.querySelector('#launch').click(); return t; }")
-        await page.locator(READY).wait_for(timeout=_TIMEOUT_MS)
+        await page.locator(READY[ui]).first.wait_for(timeout=_TIMEOUT_MS)
         seen = await page.evaluate(_READ_PAGE)
         results.load[kind].runs[-1].append(seen["now"] - clicked)
         results.parts[kind]["launch"].runs[-1].append(seen["origin"] - clicked)
-        results.parts[kind]["Lab's load"].runs[-1].append(seen["now"] - seen["origin"])
+        results.parts[kind]["page's load"].runs[-1].append(seen["now"] - seen["origin"])
         _count(results, kind, seen)
     except Exception as err:  # noqa: BLE001 - a failed visitor is counted and said, the run goes on
         results.failures += 1
@@ -184,15 +212,15 @@ class _Floors:
         self.network = f"{self.instance}-sandboxes"
         self.runtime: Any = None
 
-    async def start(self) -> tuple[str, str]:
-        """A fresh sandbox, answering, its kernel pre-started; its id and the URL a visitor would open."""
+    async def start(self, ui: str) -> tuple[str, str]:
+        """A fresh sandbox, answering, its kernel pre-started; its id and the URL a visitor of ``ui`` would open."""
         from nbpool.runtime.docker import DockerRuntime
 
         if self.runtime is None:
             self.runtime = DockerRuntime(self.instance, "floor", str(self.image), self.network)
         async with httpx.AsyncClient(trust_env=False) as http:
             sid, target, token = await start_by_hand(self.runtime, http, str(self.image))
-        return sid, f"{target}/lab?token={token}"
+        return sid, f"{target}/{_PAGE[ui]}?token={token}"
 
     async def remove(self, sid: str) -> None:
         await self.runtime.remove(sid)
@@ -206,21 +234,23 @@ class _Floors:
         await asyncio.to_thread(end_docker_leftovers, self.instance, self.network)
 
 
-async def _floor_load(browser: Any, floors: _Floors, results: LabLoadResults) -> None:
-    """One floor load: a fresh container's JupyterLab in a new context, from navigation start to usable."""
+async def _floor_load(browser: Any, floors: _Floors, results: LabLoadResults, kind: str) -> None:
+    """One floor load: a fresh container's JupyterLab (or Notebook 7) in a new context, from navigation
+    start to usable."""
+    ui = UI_OF[kind]
     context = await browser.new_context(viewport={"width": 1280, "height": 800})
     sid = None
     try:
-        sid, url = await floors.start()
+        sid, url = await floors.start(ui)
         page = await context.new_page()
         await page.goto(url, timeout=_TIMEOUT_MS)
-        await page.locator(READY).wait_for(timeout=_TIMEOUT_MS)
+        await page.locator(READY[ui]).first.wait_for(timeout=_TIMEOUT_MS)
         seen = await page.evaluate(_READ_PAGE)
-        results.load["floor"].runs[-1].append(seen["now"] - seen["navigated"])
-        _count(results, "floor", seen)
+        results.load[kind].runs[-1].append(seen["now"] - seen["navigated"])
+        _count(results, kind, seen)
     except Exception as err:  # noqa: BLE001 - a failed load is counted and said, the run goes on
         results.failures += 1
-        results.errors.append(f"floor: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
+        results.errors.append(f"{kind}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
     finally:
         await context.close()
         if sid is not None:

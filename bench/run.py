@@ -27,7 +27,8 @@ The groups, each in its own module:
   requirements), and first output on it against the default profile's;
 - ``fill``: sandboxes per second from an empty pool to a full one, against the same starts by hand;
 - ``lab_load``: Launch on the landing page until JupyterLab is usable in Chromium (cold and
-  returning browser), against the same JupyterLab straight from a container;
+  returning browser), against the same JupyterLab straight from a container; the same for a
+  profile that opens Jupyter Notebook 7 (``"ui": "notebook"``), against its own floor;
 - ``hosts``: a cluster of machines on loopback (3 bus nodes, sandbox hosts, a proxy): claims
   with two hosts against one, a host's death and the bus leader's, each until claims go on, the
   control plane with 3 hosts, what ``--sync always`` costs, and first output with real
@@ -389,7 +390,9 @@ class Bench:
         s = self.sizes
         results = self.results.lab_load = lab_load.LabLoadResults(pool=s.lab_pool, runs=s.lab_runs)
         with self.track(lab_load.cluster(self.image, s.lab_pool, s.spawn_concurrency)) as cluster:
-            self.results.warm_s[f"pool {s.lab_pool} (lab-load)"] = await asyncio.to_thread(self._start, cluster, s.lab_pool)
+            # Two profiles (JupyterLab, Notebook 7), each a pool of lab_pool.
+            self.results.warm_s[f"pool {2 * s.lab_pool} (lab-load)"] = await asyncio.to_thread(
+                self._start, cluster, 2 * s.lab_pool)
             await lab_load.measure(cluster, self.image, s.lab_pool, s.lab_runs, results)
 
     async def _content(self) -> None:

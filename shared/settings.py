@@ -60,6 +60,11 @@ class Profile(BaseModel):
         default=None,
         description="the notebook that opens first and whose kernel is pre-started (relative to the home folder)",
     )
+    ui: Literal["lab", "notebook"] = Field(
+        default="lab",
+        description="what links open: lab (JupyterLab) or notebook (Jupyter Notebook 7's single-document pages, "
+                    "which load faster); both are in every sandbox, and a visitor can switch",
+    )
 
     @field_validator("start")
     @classmethod

@@ -20,11 +20,13 @@ __all__ = ["FakeRuntime", "StandIn"]
 
 
 class StandIn:
-    """A stand-in Jupyter server: ``<base>api``, ``api/status`` and ``api/kernels``, or 503 for all."""
+    """A stand-in Jupyter server: ``<base>api``, ``api/status`` and ``api/kernels``, ``<base>`` sent on to
+    its default page, or 503 for all."""
 
-    def __init__(self, base_path: str, answers: bool) -> None:
+    def __init__(self, base_path: str, answers: bool, default_url: str = "/lab") -> None:
         self.base_path = base_path
         self.answers = answers
+        self.default_url = default_url
         self.server: asyncio.Server | None = None
         self.port = 0
 
@@ -48,6 +50,7 @@ class StandIn:
         now = datetime.now(UTC).isoformat()
         route = path.split("?", 1)[0].removeprefix(self.base_path)
         return {
+            "": (302, {"location": self.base_path.rstrip("/") + self.default_url}),
             "api": (200, {"version": "fake"}),
             "api/status": (200, {"last_activity": now, "started": now, "connections": 0, "kernels": 0}),
             "api/kernels": (200, []),
@@ -63,7 +66,8 @@ class StandIn:
                     pass  # headers: not needed
                 status, doc = self._answer(request.split()[1].decode())
                 body = json.dumps(doc).encode()
-                writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n"
+                location = f"Location: {doc['location']}\r\n" if status == 302 and isinstance(doc, dict) else ""
+                writer.write(f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n{location}"
                              f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
                 await writer.drain()
         except (ConnectionError, IndexError):
@@ -116,7 +120,7 @@ class FakeRuntime:
         if self.refuse:
             raise SpawnFailed("the fake runtime refuses to start sandboxes")
         await asyncio.sleep(self.start_delay)
-        server = await StandIn(spec.base_path, self.answers).start()
+        server = await StandIn(spec.base_path, self.answers, spec.default_url).start()
         self.engine[spec.id] = _Sandbox(spec, server, self.owner)
         self.created += 1
         return self._view(self.sandboxes[spec.id])

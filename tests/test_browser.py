@@ -352,6 +352,56 @@ async def test_share_a_snapshot_from_jupyterlab_then_remix_it(docker_cluster: An
     await cell.locator(".jp-OutputArea-output").filter(has_text="45").first.wait_for()
 
 
+async def test_a_notebook_ui_profile_opens_notebook_7_runs_on_its_kernel_and_shares(
+        docker_cluster: Any, page: Any) -> None:
+    """A profile with "ui": "notebook": the API's url opens Notebook 7 on the notebook, whose cell runs
+    on the kernel started while the sandbox was pooled; Share works there, and remix and /spawn open
+    Notebook 7 too. JupyterLab is still in the same server. On failure, the sandboxes' logs and the
+    page's failed requests go to test-artifacts/ (a stylesheet once failed to load here)."""
+    profiles = {"default": {"ui": "notebook", "description": "Jupyter Notebook 7"}}
+    cluster: Cluster = docker_cluster({"NBPOOL_POOL_SIZE": "2", "NBPOOL_PROFILES": json.dumps(profiles)}, warm=2)
+    failed: list[str] = []
+    page.on("requestfailed", lambda req: failed.append(f"{req.method} {req.url}: {req.failure}"))
+    page.on("response", lambda resp: failed.append(f"{resp.status} {resp.url}") if resp.status >= 400 else None)
+    try:
+        await page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        session = cluster.new_session(path="Welcome.ipynb")
+        assert session["url"] == f"{cluster.base(session)}notebooks/Welcome.ipynb?token={session['token']}"
+        text_file = cluster.new_session(path="notes/todo.txt")
+        assert text_file["url"].startswith(f"{cluster.base(text_file)}edit/notes/todo.txt?token=")
+        httpx.delete(f"{cluster.url}/sessions/{text_file['id']}", params={"token": text_file["token"]})
+
+        await page.goto(session["url"])
+        await _run_welcome_cell(page)
+        assert await page.locator(LAB).count() == 0  # Notebook's own shell, not JupyterLab's
+        running = await page.request.get(f"{cluster.base(session)}api/sessions")
+        assert [s["kernel"]["id"] for s in await running.json()] == [session["kernel_id"]]
+
+        await page.locator('jp-button[data-command="nbpool:share-snapshot"]').locator("visible=true").click()
+        dialog = page.locator(".jp-Dialog")
+        await dialog.locator(".jp-Dialog-header", has_text="Snapshot shared").wait_for()
+        view_url = await dialog.locator("a.nbpool-ShareDialog-viewLink").get_attribute("href")
+        assert view_url and re.fullmatch(rf"http://snapshots\.localhost:{cluster.proxy_port}/s/[0-9a-f]{{16}}", view_url)
+
+        await page.goto(view_url)
+        await page.get_by_role("link", name=re.compile("Remix")).click()
+        await page.locator(".jp-Notebook .jp-CodeCell .jp-OutputArea-output").filter(has_text="45").first.wait_for()
+        assert re.fullmatch(rf"http://[a-z0-9]+\.sb\.localhost:{cluster.proxy_port}/notebooks/Welcome\.ipynb", page.url)
+        assert session["id"] not in page.url
+
+        await page.goto(cluster.url + "/spawn")
+        await page.locator(".jp-DirListing-item", has_text="Welcome.ipynb").wait_for()
+        assert re.fullmatch(rf"http://[a-z0-9]+\.sb\.localhost:{cluster.proxy_port}/tree", page.url), page.url
+        lab = page.url.removesuffix("tree") + "lab"  # the same server still serves JupyterLab
+        await page.goto(lab)
+        await page.locator(f"{LAB} .jp-Launcher").wait_for()
+    except BaseException:
+        ARTIFACTS.mkdir(exist_ok=True)
+        logs = "\n\n".join(f"== {c.name}\n{c.logs(tail=200).decode(errors='replace')}" for c in cluster.containers())
+        (ARTIFACTS / "notebook-ui.log").write_text("failed requests:\n" + "\n".join(failed) + "\n\n" + logs)
+        raise
+
+
 def _thebe_lib() -> Path:
     """thebe's bundle from npm (deploy/thebe.sh, which make test runs first)."""
     fetched = subprocess.run([str(ROOT / "deploy" / "thebe.sh"), "path"], capture_output=True, text=True, timeout=600)

@@ -82,6 +82,19 @@ async def test_create_list_inspect_remove(make_runtime: Make) -> None:
     await runtime.remove("neverexisted")
 
 
+@pytest.mark.parametrize(("ui", "page"), [("lab", "/lab"), ("notebook", "/tree")])
+async def test_the_server_root_opens_the_profiles_ui(make_runtime: Make, ui: str, page: str) -> None:
+    runtime = make_runtime("s1")
+    made = await runtime.create(_spec("c0ffee000004", ui=ui))
+    async with httpx.AsyncClient(timeout=5) as client:
+        async def root() -> str | None:
+            answer = await client.get(f"{made.target}/", params={"token": "contract-token"})
+            return answer.headers["location"] if answer.status_code == 302 else None
+
+        location = await poll_until_async(root, 60, "the server answers", errors=(httpx.HTTPError,))
+    assert location.split("?", 1)[0] == page  # Jupyter keeps the query on the way
+
+
 async def test_each_runtime_lists_only_its_own(make_runtime: Make) -> None:
     mine, neighbour, stranger = make_runtime("s1"), make_runtime("s2"), make_runtime("s1", other_instance=True)
     await mine.create(_spec("c0ffee000002"))

@@ -13,7 +13,7 @@ import pytest
 from nbpool.aio import cancel_and_wait
 from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
 from nbpool.gateway.claims import NoCapacity
-from nbpool.gateway.links import BadLink, lab_path, spawn_link
+from nbpool.gateway.links import BadLink, lab_path, spawn_link, tree_page, ui_page
 from nbpool.gateway.queue import LaunchQueue, Ticket
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, BadNotebook, notebook_path
@@ -479,13 +479,15 @@ def test_content_profiles_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert profiles["course"].prestart_of("Welcome.ipynb") == "notebooks/Intro.ipynb"
     assert profiles["default"].prestart_of("Welcome.ipynb") == "Welcome.ipynb"
     assert load(SpawnerSettings).model_copy().profiles["plain"].prestart_of("Welcome.ipynb") == "Tour.ipynb"
-    monkeypatch.setenv("NBPOOL_PROFILES", json.dumps({"default": {}, "x": {"content": "/c"}}))
+    monkeypatch.setenv("NBPOOL_PROFILES", json.dumps({"default": {}, "x": {"content": "/c", "ui": "notebook"}}))
     assert load(SpawnerSettings).profiles["x"].prestart_of("Welcome.ipynb") is None
+    assert load(SpawnerSettings).profiles["x"].ui == "notebook" and load(SpawnerSettings).profiles["default"].ui == "lab"
     for profiles_json, named in (
         ({"default": {}, "Course": {"content": "/c"}}, "lower case"),
         ({"default": {}, "c": {"content": "/c", "start": "../x.ipynb"}}, "without '..'"),
         ({"default": {}, "c": {"content": "/c", "start": "notes.md"}}, r"\.ipynb"),
         ({"default": {}, "c": {"content": "", "start": "a.ipynb"}}, "CONTENT"),
+        ({"default": {"ui": "classic"}}, "NBPOOL_PROFILES_DEFAULT_UI: Input should be 'lab' or 'notebook'"),
     ):
         monkeypatch.setenv("NBPOOL_PROFILES", json.dumps(profiles_json))
         with pytest.raises(SettingsError, match=named):
@@ -516,6 +518,8 @@ class TestLinks:
             ("Welcome.ipynb", None, "lab/tree/Welcome.ipynb"),
             ("", "notebooks/x.ipynb", "lab/tree/x.ipynb"),
             ("", "lab/tree/my%20file.ipynb", "lab/tree/my%20file.ipynb"),
+            ("edit/src/main.py", None, "lab/tree/src/main.py"),  # Notebook 7's editor links
+            ("edit", None, "lab"),
         ],
     )
     def test_pages(self, path: str, urlpath: str | None, page: str) -> None:
@@ -530,6 +534,28 @@ class TestLinks:
         assert spawn_link("lab/tree/Welcome.ipynb") == "/spawn/lab/tree/Welcome.ipynb"
         assert spawn_link("notebooks/x.ipynb?x=1") == "/spawn/lab/tree/x.ipynb"
         assert spawn_link("api/kernels") == "/spawn"
+        assert spawn_link("edit/a.py") == "/spawn/lab/tree/a.py" and spawn_link("tree") == "/spawn"
+
+    @pytest.mark.parametrize(
+        ("page", "notebook"),
+        [
+            ("lab", "tree"),
+            ("lab/tree/Welcome.ipynb", "notebooks/Welcome.ipynb"),
+            ("lab/tree/a/my%20file.ipynb", "notebooks/a/my%20file.ipynb"),
+            ("lab/tree/notes/todo.txt", "edit/notes/todo.txt"),
+            ("lab/tree/data", "tree/data"),
+            ("lab/tree/v1.2/.env", "tree/v1.2/.env"),  # no suffix: Notebook's tree sends a file on
+        ],
+    )
+    def test_the_same_page_in_notebook_7(self, page: str, notebook: str) -> None:
+        assert ui_page(page, "lab") == page
+        assert ui_page(page, "notebook") == notebook
+
+    def test_a_start_notebook_opens_in_the_profiles_ui(self) -> None:
+        # What the gateway's lab_url does with a profile's start notebook.
+        assert ui_page(tree_page("course/Intro 1.ipynb"), "notebook") == "notebooks/course/Intro%201.ipynb"
+        with pytest.raises(ValueError, match="lab or notebook"):
+            ui_page("lab", "classic")
 
 
 def test_static_offload_route() -> None:

@@ -52,8 +52,9 @@ async def spawn(request: Request, gw: TheGateway, path: str, profile: ProfileQue
                 urlpath: UrlPathQuery = None) -> Response:
     """Claim a sandbox and send the browser into it.
 
-    ``/spawn/lab/tree/<path>``, ``/spawn/notebooks/<path>``, ``/spawn/<path>`` and
-    ``?urlpath=`` open that page. With a warm sandbox this is a 302 straight there;
+    ``/spawn/lab/tree/<path>``, ``/spawn/notebooks/<path>``, ``/spawn/edit/<path>``, ``/spawn/<path>``
+    and ``?urlpath=`` open that page, in JupyterLab or, for a profile with ``"ui": "notebook"``,
+    in Jupyter Notebook 7. With a warm sandbox this is a 302 straight there;
     otherwise the visitor joins a first-come-first-served line and gets a page that shows
     progress and opens the server when it is ready (503 "no vacancy" while every sandbox is
     in use).

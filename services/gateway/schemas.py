@@ -99,7 +99,7 @@ class SnapshotCreated(SnapshotInfo):
 
 class SessionCreated(BaseModel):
     id: str
-    url: str = Field(description="opens JupyterLab; carries the token")
+    url: str = Field(description="opens JupyterLab (or Notebook 7, for a profile with \"ui\": \"notebook\"); carries the token")
     token: str
     expires_at: str | None = Field(description="when the session ends if left idle (ISO 8601, UTC)")
     profile: str

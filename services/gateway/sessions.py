@@ -34,7 +34,7 @@ _SNAPSHOT_ERRORS: dict[int | str, dict[str, Any]] = {
 @router.post("/sessions", status_code=201, response_model=SessionCreated,
              responses={**error_responses(413, 422, 429, 503), **_SNAPSHOT_ERRORS})
 async def create_session(request: Request, gw: TheGateway, body: SessionRequest | None = None) -> SessionCreated:
-    """Claim a warm sandbox. The answer's ``url`` opens JupyterLab at once.
+    """Claim a warm sandbox. The answer's ``url`` opens JupyterLab (or the profile's UI) at once.
 
     When no sandbox is warm, or others are already waiting, the request waits in line (first
     come, first served, with browsers) for up to ``wait`` seconds, then answers 503 with its

@@ -27,7 +27,7 @@ from nbpool.culler.policy import CullPolicy, expires_at
 from nbpool.gateway.admin_sessions import AdminSessions
 from nbpool.gateway.claims import Claimer, NoCapacity
 from nbpool.gateway.events import EventTail
-from nbpool.gateway.links import spawn_link, tree_page
+from nbpool.gateway.links import spawn_link, tree_page, ui_page
 from nbpool.gateway.pages import ended_page
 from nbpool.gateway.queue import LaunchQueue, Ticket
 from nbpool.gateway.ratelimit import RateLimiter
@@ -140,13 +140,15 @@ class Gateway:
         return peer
 
     def lab_url(self, rec: SandboxRecord, page: str = "lab") -> str:
-        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token.
+        """The URL that opens ``page`` (see :mod:`nbpool.gateway.links`) in the sandbox, with its token,
+        in the profile's UI (JupyterLab, or Jupyter Notebook 7's pages).
 
         JupyterLab itself (``lab``) opens on the profile's ``start`` notebook when it has one.
         """
         profile = self.settings.profiles.get(rec.pool)
         if page == "lab" and profile is not None and profile.start is not None:
             page = tree_page(profile.start)
+        page = ui_page(page, profile.ui if profile is not None else "lab")
         return f"{self.origins.sandbox_url(rec.id)}{page}?token={rec.token}"
 
     def snapshot_links(self, snapshot_id: str) -> dict[str, str]:

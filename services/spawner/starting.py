@@ -121,6 +121,7 @@ class Starter:
                 runtime=s.settings.profiles[profile].runtime,
                 share_url=f"{s.settings.public_url}/sessions/{sid}/snapshots" if s.settings.origins.snapshot_url else None,
                 embed_origins=s.settings.embed_origins,
+                ui=s.settings.profiles[profile].ui,
             )
             sandbox = await self._create(spec)
             s.known.add(sid)

@@ -28,7 +28,9 @@ class SandboxSpec:
     for gVisor); a runtime that cannot honour it raises :class:`SpawnFailed`. ``share_url`` is
     where the sandbox's "Share a snapshot" command posts (``NBPOOL_SHARE_URL`` in its environment;
     None when snapshots are off). ``embed_origins`` is ``NBPOOL_EMBED_ORIGINS`` as the server reads it
-    (:mod:`nbpool.sandbox_config`): which other pages may use the server with its token."""
+    (:mod:`nbpool.sandbox_config`): which other pages may use the server with its token. ``ui`` is
+    the page the server's ``/`` sends a visitor to (``NBPOOL_UI``): ``lab`` (JupyterLab) or
+    ``notebook`` (Jupyter Notebook 7's file list)."""
 
     id: str
     token: str
@@ -38,6 +40,12 @@ class SandboxSpec:
     runtime: str | None = None
     share_url: str | None = None
     embed_origins: str = "*"
+    ui: str = "lab"
+
+    @property
+    def default_url(self) -> str:
+        """The server's own ``default_url`` (under its base path): where ``/`` goes in its UI."""
+        return "/tree" if self.ui == "notebook" else "/lab"
 
 
 @dataclass(frozen=True)

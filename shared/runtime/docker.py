@@ -175,7 +175,7 @@ class DockerRuntime:
             name=self._name(spec.id),
             hostname=f"sandbox-{spec.id}",
             environment={"NBPOOL_TOKEN": spec.token, "NBPOOL_BASE_URL": spec.base_path,
-                         "NBPOOL_EMBED_ORIGINS": spec.embed_origins,
+                         "NBPOOL_EMBED_ORIGINS": spec.embed_origins, "NBPOOL_UI": spec.ui,
                          **({"NBPOOL_SHARE_URL": spec.share_url} if spec.share_url else {})},
             network=network,
             labels=labels,

@@ -115,6 +115,8 @@ class ProcessRuntime:
             "--ServerApp.port_retries=0",
             f"--ServerApp.base_url={spec.base_path}",
             f"--ServerApp.root_dir={home}",
+            # Under `jupyter server` "/" has no page of its own: the profile's UI, as in the image.
+            f"--ServerApp.default_url={spec.default_url}",
             # Behind the proxy the Host header is the public one.
             "--ServerApp.allow_remote_access=True",
             "--ServerApp.trust_xheaders=True",

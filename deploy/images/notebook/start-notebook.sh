@@ -14,10 +14,20 @@
 #   NBPOOL_EMBED_ORIGINS  which other pages may use the server with its token (CORS, websockets,
 #                    frame-ancestors): *, none or origins; read by the image's
 #                    jupyter_server_config.py (nbpool_sandbox_config). Unset: *.
+#   NBPOOL_UI        where the server's / goes: lab (JupyterLab, also when unset) or notebook
+#                    (Jupyter Notebook 7's file list). Both are served either way.
 #
 # Extra arguments are passed on to `jupyter server`, after (so they override) these.
 set -euo pipefail
 
+case "${NBPOOL_UI:-lab}" in
+    lab) default_url=/lab ;;
+    notebook) default_url=/tree ;;
+    *)
+        echo "nbpool-start-notebook: NBPOOL_UI is lab or notebook, not $NBPOOL_UI" >&2
+        exit 2
+        ;;
+esac
 args=(
     --ServerApp.ip=0.0.0.0
     --ServerApp.port=8888
@@ -26,7 +36,7 @@ args=(
     --ServerApp.open_browser=False
     --ServerApp.root_dir=/home/jovyan
     # Under `jupyter server` (not `jupyter lab`) "/" has no page of its own.
-    --ServerApp.default_url=/lab
+    --ServerApp.default_url="$default_url"
     # Behind the proxy: the client's address comes in X-Forwarded-For / X-Real-Ip.
     --ServerApp.trust_xheaders=True
     # A throwaway server makes no calls to the internet of its own.
