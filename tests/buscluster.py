@@ -14,13 +14,12 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cluster import BIN, free_ports
-from fakes import FakeRuntime
+from fakes import FakeRuntime, route_everything
 from waiting import poll_until, poll_until_async
 
 from nbpool.bus import Bus, KVMirror
@@ -28,7 +27,7 @@ from nbpool.busauth import OPERATOR, Credentials, load
 from nbpool.culler.culler import Culler
 from nbpool.gateway.claims import Claimer
 from nbpool.hosts import HostWatch
-from nbpool.models import Event, Route, SandboxRecord, State, decode, encode
+from nbpool.models import Event, SandboxRecord, State, decode
 from nbpool.names import Names
 from nbpool.settings import CullerSettings, SpawnerSettings
 from nbpool.spawner.spawner import Spawner
@@ -176,23 +175,9 @@ class Deck:
         self.events = await self.operator.follow_events(everything=True)
         self.seen: list[Event] = []
         router = await self.bus("router")
-        self.tasks += [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self._route_everything(router))]
+        self.tasks += [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(route_everything(self.records, await router.kv(NAMES.routes)))]
         await self.records.ready.wait()
         return self
-
-    async def _route_everything(self, router: Bus) -> None:
-        """The router's part: each starting sandbox's route is ready (the fakes need no proxy)."""
-        routes = await router.kv(NAMES.routes)
-        seen: set[str] = set()
-        while True:
-            for rec in self.records.values():
-                if rec.state == State.STARTING and rec.id not in seen:
-                    seen.add(rec.id)
-                    try:
-                        await routes.put(rec.id, encode(Route(id=rec.id, path=rec.path, target=rec.target, ready_at=time.time())))
-                    except Exception:
-                        seen.discard(rec.id)  # the bus is electing: next round
-            await asyncio.sleep(0.05)
 
     async def start_spawner(self, host: str, **settings: Any) -> FakeRuntime:
         """The spawner of sandbox host ``host``, with that host's fake engine (kept across restarts)."""

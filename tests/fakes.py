@@ -4,6 +4,7 @@
 test_runtimes.py runs against it too) and can be made to misbehave: slow to start, never
 answering, refusing to start, or gone altogether (as a stopped Docker engine). Each sandbox is a
 stand-in server on a loopback port that answers the few Jupyter API calls the spawner makes.
+:func:`route_everything` does the router's part on the bus without a proxy.
 A fake never replaces the real component in a test that claims to test that component.
 """
 
@@ -11,12 +12,40 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from nbpool.bus import KVMirror
+from nbpool.models import ROUTED_STATES, Route, SandboxRecord, State, encode
 from nbpool.runtime import RuntimeSandbox, RuntimeUnavailable, SandboxSpec, SpawnFailed
 
-__all__ = ["FakeRuntime", "StandIn"]
+__all__ = ["FakeRuntime", "StandIn", "route_everything"]
+
+
+async def route_everything(records: KVMirror[SandboxRecord], routes: Any) -> None:
+    """The router's part on the bus, without a proxy (the fakes need none): each starting sandbox's
+    route is ready at once, and is deleted once its record is no longer routed (ending, failed,
+    gone), as the real router does when the proxy has let go of it. Runs until cancelled; a bus
+    error (an election) is tried again next round."""
+    routed: set[str] = set()
+    while True:
+        live = {rec.id: rec for rec in records.values()}
+        for rec in live.values():
+            if rec.state == State.STARTING and rec.id not in routed:
+                try:
+                    await routes.put(rec.id, encode(Route(id=rec.id, path=rec.path, target=rec.target, ready_at=time.time())))
+                    routed.add(rec.id)
+                except Exception:  # noqa: BLE001 - the bus is electing: next round
+                    pass
+        for sid in [sid for sid in routed if sid not in live or live[sid].state not in ROUTED_STATES]:
+            try:
+                await routes.delete(sid)
+                routed.discard(sid)
+            except Exception:  # noqa: BLE001 - as above
+                pass
+        await asyncio.sleep(0.05)
 
 
 class StandIn:

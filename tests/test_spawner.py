@@ -6,13 +6,12 @@ new sandbox's route ready, as the real router does once Traefik answers for it."
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 from cluster import NatsServer
-from fakes import FakeRuntime
+from fakes import FakeRuntime, route_everything
 from waiting import poll_until_async
 
 from nbpool.bus import Bus, KVMirror
@@ -21,7 +20,6 @@ from nbpool.models import (
     ClaimReply,
     ClaimRequest,
     Event,
-    Route,
     SandboxRecord,
     SpawnerBeat,
     State,
@@ -62,7 +60,7 @@ class Rig:
         self.router = await self._bus("router")
         self.gateway = await self._bus("gateway")
         self.tasks += [asyncio.ensure_future(self.records.run()), asyncio.ensure_future(self.beats.run()),
-                       asyncio.ensure_future(self._route_everything())]
+                       asyncio.ensure_future(route_everything(self.records, await self.router.kv(NAMES.routes)))]
         await self.start_spawner()
         return self
 
@@ -75,16 +73,6 @@ class Rig:
         self.stop.set()
         await asyncio.wait_for(self.serving, 30)
         await self.spawner_bus.close()
-
-    async def _route_everything(self) -> None:
-        routes = await self.router.kv(NAMES.routes)
-        seen: set[str] = set()
-        while True:
-            for rec in self.records.values():
-                if rec.state == State.STARTING and rec.id not in seen:
-                    seen.add(rec.id)
-                    await routes.put(rec.id, encode(Route(id=rec.id, path=rec.path, target=rec.target, ready_at=time.time())))
-            await asyncio.sleep(0.05)
 
     async def claim(self, wait: float = 0.0, owner: str = "test") -> ClaimReply:
         request = ClaimRequest(profile="default", wait=wait, owner=owner)

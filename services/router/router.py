@@ -4,6 +4,10 @@ Traefik reads the file through its file provider (``providers.file.directory``, 
 routes survive a router restart, and a restarted router rebuilds the file from the bus.
 A route is *ready* once a request through Traefik reaches the sandbox's own server; the router
 then writes it to the routes bucket, which is what the spawner waits for before pooling it.
+A route is *gone* once Traefik sends the sandbox's requests elsewhere (to the gateway, which
+answers 404 "this server has ended"); only then does the router delete it from the bucket, which
+is what the spawner waits for before it stops the server: a visitor of an ended session never
+meets the proxy's 502 for a server that is no longer there.
 """
 
 from __future__ import annotations
@@ -39,15 +43,16 @@ class Router:
         self.settings = settings
         self.bus = bus
         self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord, self._changed)
-        self.routes: KVMirror[Route] = KVMirror(bus, bus.names.routes, Route)
+        self.routes: KVMirror[Route] = KVMirror(bus, bus.names.routes, Route, self._changed)
         self.applied: dict[str, RouteSpec] | None = None
         self._dirty = asyncio.Event()
         self._probing: dict[str, asyncio.Task[None]] = {}
+        self._unrouting: dict[str, asyncio.Task[None]] = {}
         # Probes at once: a thousand new routes must not swamp the HTTP client's connection pool.
         self._probe_slots = asyncio.Semaphore(32)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0))
 
-    def _changed(self, key: str, rec: SandboxRecord | None) -> None:
+    def _changed(self, key: str, doc: SandboxRecord | Route | None) -> None:
         self._dirty.set()
 
     async def serve(self, stop: asyncio.Event) -> None:
@@ -60,7 +65,7 @@ class Router:
             await stop.wait()
             await cancel_and_wait(loop)
         finally:
-            await cancel_and_wait(*mirrors, *self._probing.values())
+            await cancel_and_wait(*mirrors, *self._probing.values(), *self._unrouting.values())
             await self._http.aclose()
 
     async def _loop(self) -> None:
@@ -76,7 +81,7 @@ class Router:
                 self._dirty.set()
 
     async def sync(self) -> None:
-        """Write the file if the table changed, probe new routes, forget removed ones."""
+        """Write the file if the table changed, probe new routes, and forget removed ones once the proxy has."""
         desired = desired_routes(self.records.values(), self.settings.origins)
         if desired != self.applied:
             self._write(desired)
@@ -92,13 +97,10 @@ class Router:
             ready = route is not None and route.ready_at is not None and (route.path, route.target) == spec
             if not ready and sid not in self._probing:
                 self._probing[sid] = asyncio.ensure_future(self._probe(sid, spec))
-        kv = await self.bus.kv(self.bus.names.routes)
-        for sid in list(self.routes.items):
-            if sid not in desired:
-                task = self._probing.pop(sid, None)
-                if task:
-                    task.cancel()
-                await kv.delete(sid)
+        for sid in [sid for sid in self._probing if sid not in desired]:
+            self._probing.pop(sid).cancel()
+        for sid in self.routes.items.keys() - desired.keys() - self._unrouting.keys():
+            self._unrouting[sid] = asyncio.ensure_future(self._unroute(sid))
 
     def _write(self, routes: dict[str, RouteSpec]) -> None:
         folder = self.settings.dynamic_dir
@@ -109,13 +111,16 @@ class Router:
         tmp.write_text(text)
         os.replace(tmp, folder / ROUTES_FILE)
 
+    def _through_proxy(self, sid: str, path: str) -> tuple[str, dict[str, str]]:
+        """The URL and headers of the sandbox's ``api`` through Traefik's own address, naming the
+        sandbox's origin: no DNS needed here."""
+        origins = self.settings.origins
+        return f"{self.settings.proxy_url}{path}api", {"Host": origins.sandbox_netloc(sid)} if origins.by_host else {}
+
     async def _probe(self, sid: str, spec: RouteSpec) -> None:
         """Wait until a request through the proxy reaches the sandbox itself, then report the route ready."""
         path, target = spec
-        url = f"{self.settings.proxy_url}{path}api"
-        # Through Traefik's own address, naming the sandbox's origin: no DNS needed here.
-        origins = self.settings.origins
-        host = {"Host": origins.sandbox_netloc(sid)} if origins.by_host else {}
+        url, host = self._through_proxy(sid, path)
         began = time.monotonic()
 
         async def answers() -> bool | None:
@@ -134,6 +139,33 @@ class Router:
             await self.bus.event("route.failed", sid, cause="no answer through the proxy", data={"path": path})
         finally:
             self._probing.pop(sid, None)
+
+    async def _unroute(self, sid: str) -> None:
+        """Wait (up to the route check timeout) until the proxy no longer sends the sandbox's requests to
+        it, then delete its route from the bucket; a failed delete is tried again at the next sync."""
+        route = self.routes.get(sid)
+        url, host = self._through_proxy(sid, route.path if route else self.settings.origins.base_path(sid))
+
+        async def gone() -> bool | None:
+            try:
+                async with self._probe_slots:
+                    resp = await self._http.get(url, headers=host)
+            except httpx.HTTPError:
+                return None
+            return True if resp.status_code == 404 else None  # the gateway's "ended", not the sandbox or a 502
+
+        try:
+            try:
+                await poll_ready(gone, deadline=time.monotonic() + self.settings.route_check_timeout, first=0.01, most=0.2)
+            except TimeoutError:
+                log.warning("the proxy still sends a removed route's requests on; forgetting it anyway",
+                            extra={"sandbox": sid, "url": url})
+            await (await self.bus.kv(self.bus.names.routes)).delete(sid)
+        except (TimeoutError, nats.errors.Error, OSError) as err:
+            log.warning("route not forgotten, retrying", extra={"sandbox": sid, "error": repr(err)})
+            self._dirty.set()
+        finally:
+            self._unrouting.pop(sid, None)
 
     async def _answers(self, url: str, headers: dict[str, str]) -> bool:
         try:

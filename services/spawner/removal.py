@@ -1,4 +1,12 @@
-"""Ending a spawner's sandboxes: the server first, then its record and activity, then the event.
+"""Ending a spawner's sandboxes: the route first, then the server, then its record and activity,
+then the event.
+
+The route: the router takes an ending sandbox out of the proxy and then deletes its route from the
+bus; :func:`remove` waits for that (up to :data:`UNROUTE_S`) before it stops the server, so a
+visitor of an ended session gets the gateway's "this server has ended", never the proxy's 502 for
+a server that is gone (and ``DELETE /sessions/<id>``, which waits for the record, answers once
+both are gone). A sandbox removed while its record is still routed (warm and drained, or its
+server died) is stopped at once; its route goes with its record.
 
 A sandbox is gone only when the runtime says so. When the runtime is away, the record stays
 (``ending``, or ``failed``), the id keeps counting against capacity and is kept in
@@ -9,19 +17,37 @@ confirms the removal.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import nats.errors
 import nats.js.errors
 
 from nbpool import logs
 from nbpool.aio import cancel_and_wait
-from nbpool.models import SandboxRecord
+from nbpool.models import ROUTED_STATES, SandboxRecord
 from nbpool.runtime import RuntimeUnavailable
 from nbpool.spawner.state import BUS_ERRORS, SpawnerState
 
-__all__ = ["discard", "remove", "remove_all", "retry_stuck"]
+__all__ = ["UNROUTE_S", "discard", "remove", "remove_all", "retry_stuck"]
 
 log = logs.get("nbpool.spawner")
+
+#: How long a removal waits for the router to take the sandbox's route out of the proxy (it takes
+#: tens of milliseconds; longer only when the router or the proxy is away, and then the server is
+#: stopped anyway).
+UNROUTE_S = 5.0
+
+
+async def unrouted(state: SpawnerState, sid: str, within: float = UNROUTE_S) -> bool:
+    """Wait until the sandbox has no route on the bus (the router deletes it once the proxy no
+    longer sends its requests on), up to ``within`` seconds; whether it has none."""
+    deadline = time.monotonic() + within
+    while sid in state.routes.items:
+        if time.monotonic() >= deadline:
+            log.warning("route still there; stopping the server anyway", **state.log(sid, waited_s=within))
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 async def discard(state: SpawnerState, sid: str, record_exists: bool = True, reason: str = "ended") -> bool:
@@ -54,6 +80,11 @@ async def remove(state: SpawnerState, rec: SandboxRecord, reason: str) -> None:
     state.removing.add(rec.id)
     try:
         state.pool.discard(rec.id)
+        current = state.records.get(rec.id)
+        if current is None or current.state not in ROUTED_STATES:
+            # Ending (or its record gone): the router is taking the route out. A sandbox removed
+            # while still routed (warm and drained, died) keeps it until its record is deleted below.
+            await unrouted(state, rec.id)
         if await discard(state, rec.id, reason=reason):
             log.info("removed", **state.log(rec.id, reason=reason))
             await state.bus.event("sandbox.ended", rec.id, host=state.id, cause=reason, data={"profile": rec.pool})
