@@ -18,7 +18,9 @@ No bus, records, routes or events: what nbpool adds to a start is the difference
 
 Both: the host's CPU (all processes, ``/proc/stat``) over the fill, per sandbox, and the CPU in
 the sandbox's own container (its cgroup) at warm; with the cores, the fastest fill the CPU
-allows. And whether the kernel lets this machine checkpoint and restore processes (``criu
+allows. And each start's phases (:data:`PHASES`): nbpool's from the times in its ``sandbox.warm``
+event, the floor's timed here with the CPU its container used in each (its cgroup, read at each
+phase's end). And whether the kernel lets this machine checkpoint and restore processes (``criu
 check``): restoring pre-started servers is the one way past the CPU a fresh start costs.
 
 Runs alternate floor and nbpool, each from nothing (the cluster is stopped between runs).
@@ -29,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import secrets
 import shutil
@@ -46,7 +49,7 @@ from common import Figure, docker_client, progress
 from first_output import CPU
 from first_output import cluster as ttfo_cluster
 
-__all__ = ["FillResults", "checkpoint_restore", "measure"]
+__all__ = ["PHASES", "FillResults", "checkpoint_restore", "measure", "start_by_hand"]
 
 
 @dataclass
@@ -64,6 +67,10 @@ class FillResults:
     sandbox_cpu_s: dict[str, Figure] = field(default_factory=dict)
     #: nbpool's refills: CPU seconds per new sandbox by where it was spent (processes, sandboxes), per run
     nbpool_cpu: list[dict[str, float]] = field(default_factory=list)
+    #: each phase of a start (:data:`PHASES`), seconds, every sandbox of every run: way -> phase -> figure
+    phase_s: dict[str, dict[str, Figure]] = field(default_factory=dict)
+    #: the CPU seconds in the sandbox's container in each phase, started by hand: phase -> figure
+    phase_cpu_s: dict[str, Figure] = field(default_factory=dict)
     #: ``criu check``'s verdict
     criu: str = ""
     errors: list[str] = field(default_factory=list)
@@ -140,24 +147,54 @@ def checkpoint_restore() -> str:
     except (OSError, subprocess.SubprocessError) as err:
         return f"`criu check` could not run: {err}"
     version = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=10, check=False).stdout
-    version = " ".join(version.split()[:2]) or "criu"
+    version = f"criu {version.split()[-1]}" if version.split() else "criu"  # it says "Version: 3.17.1"
     if done.returncode == 0:
         return f"{version}: `criu check` passes"
     errors = [line.strip() for line in (done.stderr + done.stdout).splitlines() if line.strip()]
     return f"{version}: `criu check` fails on this kernel ({os.uname().release}): " + " / ".join(errors[:2])
 
 
-async def start_by_hand(runtime: Any, http: Any, image: str) -> tuple[str, str, str]:
+#: A start's phases, each ending when the spawner's (and the floor's) start reaches it: the keys of
+#: ``sandbox.warm``'s data without ``_s``, and what each phase does.
+PHASES = {
+    "created": "the container created and started (the Docker engine)",
+    "answered": "Jupyter's server imported, started and answering",
+    "kernel": "the notebook's kernel started, connected and its warm-up run",
+    "routed": "the route through the proxy ready (nbpool only; it is probed while the kernel starts)",
+}
+
+
+async def start_by_hand(runtime: Any, http: Any, image: str,
+                        phases: dict[str, tuple[float, float | None]] | None = None) -> tuple[str, str, str]:
     """A sandbox through nbpool's Docker ``runtime`` as the spawner starts one, without nbpool: created,
-    answering, its Welcome notebook's kernel pre-started, given the normal CPU share; (id, URL, token)."""
+    answering, its Welcome notebook's kernel pre-started, given the normal CPU share; (id, URL, token).
+
+    Given ``phases``, it is filled with each phase's (seconds, CPU seconds in the container), phases
+    as in :data:`PHASES`."""
     from nbpool.aio import poll_ready
     from nbpool.models import SandboxRecord, State
     from nbpool.runtime.base import SandboxSpec
+    from nbpool.runtime.docker import LABEL
     from nbpool.spawner.kernel import prestart_kernel
 
     sid = secrets.token_hex(6)
     spec = SandboxSpec(id=sid, token=secrets.token_urlsafe(24), base_path="/", profile="default", image=image)
+    began = time.monotonic()
     sandbox = await runtime.create(spec)
+    container_id = ""
+    if phases is not None:
+        found = await asyncio.to_thread(docker_client().containers.list, filters={"label": f"{LABEL}.sandbox={sid}"})
+        container_id = found[0].id if found else ""
+    last = [began, 0.0]
+
+    def mark(phase: str) -> None:
+        if phases is None:
+            return
+        now, used = time.monotonic(), _container_cpu_s(container_id)
+        phases[phase] = (now - last[0], None if used is None else used - last[1])
+        last[:] = [now, used or 0.0]
+
+    mark("created")
 
     async def answers() -> bool | None:
         with contextlib.suppress(httpx.HTTPError):
@@ -166,15 +203,19 @@ async def start_by_hand(runtime: Any, http: Any, image: str) -> tuple[str, str, 
         return None
 
     await poll_ready(answers, deadline=time.monotonic() + 120)  # paced as the spawner polls a start
+    mark("answered")
     rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
                         path="/", token=spec.token, created_at=time.time())
     await prestart_kernel(http, rec, "Welcome.ipynb", 120)
+    mark("kernel")
     await runtime.promote(sid)
     return sid, sandbox.target, spec.token
 
 
-async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> tuple[float, float, list[float]]:
-    """One fill by hand; (seconds, host CPU seconds, CPU seconds of each container)."""
+async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU,
+                     phases: list[dict[str, tuple[float, float | None]]]) -> tuple[float, float, list[float]]:
+    """One fill by hand; (seconds, host CPU seconds, CPU seconds of each container); each start's
+    phases appended to ``phases``."""
     from cluster import end_docker_leftovers
 
     from nbpool.runtime.docker import LABEL, DockerRuntime
@@ -187,7 +228,8 @@ async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> t
 
     async def one(http: httpx.AsyncClient) -> None:
         async with gate:
-            await start_by_hand(runtime, http, image)
+            phases.append({})
+            await start_by_hand(runtime, http, image, phases[-1])
 
     try:
         async with httpx.AsyncClient(trust_env=False) as http:
@@ -200,10 +242,10 @@ async def _floor_run(image: str, pool: int, concurrency: int, cpu: HostCPU) -> t
     return ended - began, cpu.between(began, ended), used
 
 
-def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU,
-                split: list[dict[str, float]]) -> tuple[float, float, list[float]]:
+def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU, split: list[dict[str, float]],
+                phases: list[dict[str, tuple[float, float | None]]]) -> tuple[float, float, list[float]]:
     """One refill of an emptied pool by ``nbpool up``; (seconds, host CPU seconds, CPU seconds of
-    each new container)."""
+    each new container); each start's phases (from its ``sandbox.warm`` event) appended to ``phases``."""
     import httpx
 
     from nbpool.runtime.docker import LABEL
@@ -234,6 +276,9 @@ def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU,
         used = _containers_cpu_s(f"{LABEL}.instance={cluster.instance}", {str(e.get("sandbox_id")) for e in warm})
     if len(warm) < pool:
         raise RuntimeError(f"{len(warm)} new sandbox.warm events after claiming a pool of {pool}")
+    for e in warm:
+        ends = [float(e["data"].get(f"{phase}_s", "nan")) for phase in PHASES]
+        phases.append({phase: (end - before, None) for phase, end, before in zip(PHASES, ends, [0.0, *ends[:-1]], strict=True)})
     began = min(float(e["time"]) - float(e["data"]["startup_s"]) for e in warm)
     ended = max(float(e["time"]) for e in warm)
     return ended - began, cpu.between(began, ended), used
@@ -248,15 +293,25 @@ async def measure(image: str, pool: int, runs: int, results: FillResults) -> Non
         results.fill_s[way] = Figure(f"empty to {pool} warm, {way}", unit="s")
         results.host_cpu_s[way] = Figure(f"host CPU per sandbox, {way}", unit="s")
         results.sandbox_cpu_s[way] = Figure(f"CPU in the sandbox at warm, {way}", unit="s")
+        results.phase_s[way] = {phase: Figure(f"{phase}, {way}", unit="s") for phase in PHASES}
+    results.phase_cpu_s = {phase: Figure(f"CPU in the sandbox, {phase}, by hand", unit="s") for phase in PHASES}
     for run in range(runs):
         for way in ("floor", "nbpool"):
             await asyncio.sleep(3)  # the previous run's removals settle
+            phases: list[dict[str, tuple[float, float | None]]] = []
             with HostCPU() as cpu:
                 if way == "floor":
-                    took, busy, used = await _floor_run(image, pool, results.concurrency, cpu)
+                    took, busy, used = await _floor_run(image, pool, results.concurrency, cpu, phases)
                 else:
                     took, busy, used = await asyncio.to_thread(_nbpool_run, image, pool, results.concurrency, cpu,
-                                                               results.nbpool_cpu)
+                                                               results.nbpool_cpu, phases)
+            for phase in PHASES:
+                took_in = [p[phase][0] for p in phases if phase in p and not math.isnan(p[phase][0])]
+                used_in = [cpu_s for p in phases if phase in p and (cpu_s := p[phase][1]) is not None]
+                if took_in:
+                    results.phase_s[way][phase].add_run(took_in)
+                if used_in:
+                    results.phase_cpu_s[phase].add_run(used_in)
             results.rate[way].add_run([pool / took])
             results.fill_s[way].add_run([took])
             results.host_cpu_s[way].add_run([busy / pool])

@@ -23,7 +23,7 @@ from content import BUILDS as CONTENT_BUILDS
 from content import ContentResults
 from embed import PARTS as EMBED_PARTS
 from embed import EmbedResults
-from fill import FillResults
+from fill import PHASES, FillResults
 from first_output import VISITORS_SANDBOXES, FloorResults, TTFOResults
 from gvisor import GVisorResults
 from hosts import HostsResults
@@ -933,6 +933,18 @@ def _fill_section(r: Results, out: list[str]) -> None:
                      spread(f.rate[way])])
     out += [table(["", "sandboxes per second", f"empty to {f.pool} warm", "host CPU per sandbox",
                    "CPU in the sandbox, p50", "runs (rate)"], rows), ""]
+    if any(fig.samples for figs in f.phase_s.values() for fig in figs.values()):
+        def p50(fig: Figure | None) -> str:
+            return n(fig.pooled.p50, "s") if fig is not None and fig.samples else "–"
+
+        rows = [[f"{phase}: {what}", p50(f.phase_s.get("nbpool", {}).get(phase)),
+                 p50(f.phase_s.get("floor", {}).get(phase)), p50(f.phase_cpu_s.get(phase))]
+                for phase, what in PHASES.items()]
+        out += [("Where a start's time and CPU go, phase by phase (p50 over every sandbox of every run; nbpool's "
+                 "times from each `sandbox.warm` event's data, the floor's timed by the bench, with the CPU its "
+                 "container used in each phase from its cgroup; starts overlap, so a phase's time includes "
+                 "waiting for the cores):"), "",
+                table(["phase", "nbpool, time", "by hand, time", "by hand, CPU in the sandbox"], rows), ""]
     if f.nbpool_cpu:
         names = sorted({k for run in f.nbpool_cpu for k in run}, key=lambda k: -statistics.median(
             run.get(k, 0.0) for run in f.nbpool_cpu))

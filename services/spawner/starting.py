@@ -124,6 +124,7 @@ class Starter:
                 ui=s.settings.profiles[profile].ui,
             )
             sandbox = await self._create(spec)
+            created = time.monotonic()
             s.known.add(sid)
             rec = SandboxRecord(
                 id=sid, host=s.id, pool=profile, state=State.STARTING, target=sandbox.target, path=path,
@@ -141,8 +142,10 @@ class Starter:
                 async with asyncio.timeout(remaining):
                     kernel_id = await prestart_kernel(s.http, rec, notebook, remaining)
                 rec = rec.model_copy(update={"kernel_id": kernel_id})
+            kernel_ready = time.monotonic()
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await self._routed[sid].wait()
+            routed = time.monotonic()
             if isinstance(s.runtime, StartsInBackground):
                 await s.runtime.promote(sid)  # started at a low CPU priority; from now on it serves
             moved = await transition(kv, sid, State.WARM, from_={State.STARTING}, known=(rec, rev),
@@ -157,7 +160,10 @@ class Starter:
             took = round(time.monotonic() - began, 3)
             START_SECONDS.labels(s.id).observe(took)
             log.info("warm", **s.log(sid, startup_s=took))
-            s.event("sandbox.warm", sid, data={"profile": profile, "startup_s": took, "answered_s": round(answered - began, 3)})
+            # Where the start's time went: each phase's end, in seconds from its beginning.
+            s.event("sandbox.warm", sid, data={"profile": profile, "startup_s": took, **{
+                f"{phase}_s": round(at - began, 3) for phase, at in
+                (("created", created), ("answered", answered), ("kernel", kernel_ready), ("routed", routed))}})
         except asyncio.CancelledError:
             raise
         except RuntimeUnavailable as err:
