@@ -43,7 +43,7 @@ class Router:
         self.settings = settings
         self.bus = bus
         self.records: KVMirror[SandboxRecord] = KVMirror(bus, bus.names.sandboxes, SandboxRecord, self._changed)
-        self.routes: KVMirror[Route] = KVMirror(bus, bus.names.routes, Route, self._changed)
+        self.routes: KVMirror[Route] = KVMirror(bus, bus.names.routes, Route, self._route_changed)
         self.applied: dict[str, RouteSpec] | None = None
         self._dirty = asyncio.Event()
         self._probing: dict[str, asyncio.Task[None]] = {}
@@ -52,8 +52,15 @@ class Router:
         self._probe_slots = asyncio.Semaphore(32)
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0))
 
-    def _changed(self, key: str, doc: SandboxRecord | Route | None) -> None:
+    def _changed(self, key: str, rec: SandboxRecord | None) -> None:
         self._dirty.set()
+
+    def _route_changed(self, key: str, route: Route | None) -> None:
+        """A route put for a sandbox no longer routed (a probe that finished after its record went, or
+        another router's) is forgotten at the next sync; the routes the sync itself wrote need none
+        (a sync per route write is O(routes) each: a thousand new routes made the router busy)."""
+        if route is not None and key not in (self.applied or {}):
+            self._dirty.set()
 
     async def serve(self, stop: asyncio.Event) -> None:
         """Follow the records until ``stop`` is set."""
