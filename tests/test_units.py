@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -18,11 +19,22 @@ from nbpool.gateway.queue import LaunchQueue, Ticket
 from nbpool.gateway.ratelimit import RateLimiter
 from nbpool.gateway.sandbox_files import NOTEBOOK_PATH, BadNotebook, notebook_path
 from nbpool.gateway.state import RenderedViews
-from nbpool.models import Activity, BadMessage, ClaimRequest, PoolCounts, SandboxRecord, State, decode, encode
+from nbpool.models import (
+    Activity,
+    BadMessage,
+    ClaimRequest,
+    PoolCounts,
+    Route,
+    SandboxRecord,
+    State,
+    decode,
+    encode,
+)
 from nbpool.origins import Origins, OriginsError
+from nbpool.router.router import Router
 from nbpool.router.routes import desired_routes, dynamic_config
 from nbpool.sandbox_config import EmbedOriginsError, frame_ancestors, origin_pattern, parse_embed_origins
-from nbpool.settings import GatewaySettings, SettingsError, SpawnerSettings, load
+from nbpool.settings import GatewaySettings, RouterSettings, SettingsError, SpawnerSettings, load
 from nbpool.spawner.pool import RefillGate, WarmPool, spawn_plan
 
 POLICY = CullPolicy(idle_timeout=600, max_age=7200, pool_max_age=3600)
@@ -435,6 +447,22 @@ class TestRoutes:
         assert path["http"]["routers"]["sandbox-abcd12"]["rule"] == "PathPrefix(`/user/abcd12/`)"
         # Routes serve Traefik's default entry points, never the health check's.
         assert all("entryPoints" not in r for r in cfg["http"]["routers"].values())
+
+    async def test_only_a_stray_route_wakes_the_router(self) -> None:
+        # A sync is O(routes): the router's own route writes (a thousand new sandboxes) must not
+        # each wake one; a route for a sandbox no longer routed must, so that it is forgotten.
+        bus: Any = SimpleNamespace(names=SimpleNamespace(sandboxes="sandboxes", routes="routes"))
+        router = Router(RouterSettings(), bus)
+        try:
+            router.applied = {"abcd12": ("/", "http://10.0.0.2:8888")}
+            assert router.routes.on_change is not None
+            router.routes.on_change("abcd12", Route(id="abcd12", path="/", target="http://10.0.0.2:8888", ready_at=1.0))
+            router.routes.on_change("gone12", None)
+            assert not router._dirty.is_set()
+            router.routes.on_change("gone12", Route(id="gone12", path="/", target="http://10.0.0.3:8888", ready_at=1.0))
+            assert router._dirty.is_set()
+        finally:
+            await router._http.aclose()
 
     def test_config_has_catch_all_to_every_gateway(self) -> None:
         cfg = dynamic_config({"abcd12": ("/", "http://10.0.0.2:8888")}, ["http://a:1", "http://b:2"], HOST)
