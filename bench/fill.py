@@ -159,7 +159,9 @@ def checkpoint_restore() -> str:
 PHASES = {
     "created": "the container created and started (the Docker engine)",
     "answered": "Jupyter's server imported, started and answering",
-    "kernel": "the notebook's kernel started, connected and its warm-up run",
+    "session": "the notebook's session made, its kernel's process launched (the server)",
+    "kernel": "the kernel imported, started and answering its first request",
+    "warmed": "the warm-up execution",
     "routed": "the route through the proxy ready (nbpool only; it is probed while the kernel starts)",
 }
 
@@ -206,8 +208,8 @@ async def start_by_hand(runtime: Any, http: Any, image: str,
     mark("answered")
     rec = SandboxRecord(id=sid, host="floor", pool="default", state=State.STARTING, target=sandbox.target,
                         path="/", token=spec.token, created_at=time.time())
-    await prestart_kernel(http, rec, "Welcome.ipynb", 120)
-    mark("kernel")
+    await prestart_kernel(http, rec, "Welcome.ipynb", 120, mark)
+    mark("warmed")
     await runtime.promote(sid)
     return sid, sandbox.target, spec.token
 

@@ -165,7 +165,8 @@ def test_events_and_status_commands(cluster: Cluster) -> None:
     assert "sandbox.warm" in recent and "sandbox.claimed" in recent
     # The warm event times the start's phases, each phase's end from its beginning, in order.
     warm = next(e for e in cluster.events() if e["type"] == "sandbox.warm" and e["sandbox_id"] == session["id"])
-    ends = [warm["data"][key] for key in ("created_s", "answered_s", "kernel_s", "routed_s", "startup_s")]
+    ends = [warm["data"][key] for key in ("created_s", "answered_s", "session_s", "kernel_s", "warmed_s", "routed_s",
+                                            "startup_s")]
     assert 0 < ends[0] and ends == sorted(ends), warm
     table = subprocess.run([str(BIN / "nbpool"), "status"], env=env, capture_output=True, text=True, check=True).stdout
     assert "POOL" in table and "SESSIONS" in table and session["id"] in table

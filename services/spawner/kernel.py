@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -19,10 +20,14 @@ from nbpool.models import SandboxRecord
 __all__ = ["prestart_kernel"]
 
 
-async def prestart_kernel(client: httpx.AsyncClient, rec: SandboxRecord, notebook: str, timeout: float) -> str:
+async def prestart_kernel(client: httpx.AsyncClient, rec: SandboxRecord, notebook: str, timeout: float,
+                         mark: Callable[[str], None] = lambda phase: None) -> str:
     """Start the notebook session's kernel and wait until it answers; the kernel's id.
 
-    Raises ``httpx.HTTPError``, ``OSError`` or ``TimeoutError`` when the kernel does not come up.
+    ``mark`` is called as each step ends: ``"session"`` (the server made the session and launched the
+    kernel's process), ``"kernel"`` (the kernel answered its first request), then the warm-up's end is
+    the function's return. Raises ``httpx.HTTPError``, ``OSError`` or ``TimeoutError`` when the kernel
+    does not come up.
     """
     base = f"{rec.target}{rec.path}"
     resp = await client.post(
@@ -33,12 +38,14 @@ async def prestart_kernel(client: httpx.AsyncClient, rec: SandboxRecord, noteboo
     )
     resp.raise_for_status()
     kernel_id = str(resp.json()["kernel"]["id"])
+    mark("session")
     # Jupyter connects to the kernel's channels on the first websocket; do that now as well.
     url = base.replace("http", "ws", 1) + f"api/kernels/{kernel_id}/channels"
     session = uuid.uuid4().hex
     async with websockets.connect(url, additional_headers={"Authorization": f"token {rec.token}"},
                                   open_timeout=timeout, close_timeout=2) as ws:
         await _ask(ws, session, "kernel_info_request", {}, "kernel_info_reply")
+        mark("kernel")
         # A kernel's first execution costs about three times a later one (IPython sets up its
         # display hook and formatters then); pay it now. Not in the history and no execution
         # count: the visitor's first cell is still [1].

@@ -124,7 +124,12 @@ class Starter:
                 ui=s.settings.profiles[profile].ui,
             )
             sandbox = await self._create(spec)
-            created = time.monotonic()
+            ends: dict[str, float] = {}  # each phase's end (see the sandbox.warm event below)
+
+            def ended(phase: str) -> None:
+                ends[phase] = time.monotonic()
+
+            ended("created")
             s.known.add(sid)
             rec = SandboxRecord(
                 id=sid, host=s.id, pool=profile, state=State.STARTING, target=sandbox.target, path=path,
@@ -135,17 +140,17 @@ class Starter:
             s.event("sandbox.starting", sid, data={"profile": profile})
             deadline = began + s.settings.start_timeout
             await self._wait_answering(rec, deadline)
-            answered = time.monotonic()
+            ended("answered")
             notebook = s.settings.profiles[profile].prestart_of(s.settings.prestart_notebook)
             if s.settings.prestart_kernel and notebook is not None:
                 remaining = max(1.0, deadline - time.monotonic())
                 async with asyncio.timeout(remaining):
-                    kernel_id = await prestart_kernel(s.http, rec, notebook, remaining)
+                    kernel_id = await prestart_kernel(s.http, rec, notebook, remaining, ended)
                 rec = rec.model_copy(update={"kernel_id": kernel_id})
-            kernel_ready = time.monotonic()
+            ended("warmed")
             async with asyncio.timeout(max(0.1, deadline - time.monotonic())):
                 await self._routed[sid].wait()
-            routed = time.monotonic()
+            ended("routed")
             if isinstance(s.runtime, StartsInBackground):
                 await s.runtime.promote(sid)  # started at a low CPU priority; from now on it serves
             moved = await transition(kv, sid, State.WARM, from_={State.STARTING}, known=(rec, rev),
@@ -160,10 +165,10 @@ class Starter:
             took = round(time.monotonic() - began, 3)
             START_SECONDS.labels(s.id).observe(took)
             log.info("warm", **s.log(sid, startup_s=took))
-            # Where the start's time went: each phase's end, in seconds from its beginning.
-            s.event("sandbox.warm", sid, data={"profile": profile, "startup_s": took, **{
-                f"{phase}_s": round(at - began, 3) for phase, at in
-                (("created", created), ("answered", answered), ("kernel", kernel_ready), ("routed", routed))}})
+            # Where the start's time went: each phase's end, in seconds from its beginning (created,
+            # answered, the kernel's session and first answer, warmed, routed).
+            s.event("sandbox.warm", sid, data={"profile": profile, "startup_s": took,
+                                               **{f"{phase}_s": round(at - began, 3) for phase, at in ends.items()}})
         except asyncio.CancelledError:
             raise
         except RuntimeUnavailable as err:
