@@ -23,7 +23,7 @@ import nats.errors
 import nats.js.errors
 
 from nbpool import logs
-from nbpool.aio import cancel_and_wait
+from nbpool.aio import cancel_and_wait, poll_ready
 from nbpool.models import ROUTED_STATES, SandboxRecord
 from nbpool.runtime import RuntimeUnavailable
 from nbpool.spawner.state import BUS_ERRORS, SpawnerState
@@ -41,13 +41,14 @@ UNROUTE_S = 5.0
 async def unrouted(state: SpawnerState, sid: str, within: float = UNROUTE_S) -> bool:
     """Wait until the sandbox has no route on the bus (the router deletes it once the proxy no
     longer sends its requests on), up to ``within`` seconds; whether it has none."""
-    deadline = time.monotonic() + within
-    while sid in state.routes.items:
-        if time.monotonic() >= deadline:
-            log.warning("route still there; stopping the server anyway", **state.log(sid, waited_s=within))
-            return False
-        await asyncio.sleep(0.01)
-    return True
+    async def gone() -> bool | None:
+        return None if sid in state.routes.items else True
+
+    try:
+        return await poll_ready(gone, deadline=time.monotonic() + within, first=0.01, most=0.05)
+    except TimeoutError:
+        log.warning("route still there; stopping the server anyway", **state.log(sid, waited_s=within))
+        return False
 
 
 async def discard(state: SpawnerState, sid: str, record_exists: bool = True, reason: str = "ended") -> bool:
