@@ -20,9 +20,15 @@ The same for a profile with ``"ui": "notebook"`` (Jupyter Notebook 7), chosen on
 before the click, until Notebook's file list shows the home's files (*notebook cold*); and its
 floor, the same container's ``/tree`` (*notebook floor*).
 
+And over a link (*link cold*, *link floor*): a cold visitor and its floor as above, with the
+browser's network emulated as a visitor's broadband link (:data:`LINK`, Chromium's own network
+emulation): what compression by the proxy (NBPOOL_PROXY_COMPRESS) is for, where loopback cannot
+show it.
+
 Each load also counts its responses and the bytes that came over the network (Resource Timing's
-``transferSize``, 0 for what came from the cache). Visitors one at a time, the pool full before
-each, kinds in turn.
+``transferSize``, 0 for what came from the cache), and how long the page's main thread was busy
+(Chromium's ``Performance.getMetrics``: its tasks, and of them running scripts). Visitors one at a
+time, the pool full before each, kinds in turn.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ from common import BenchCluster, Figure, end_sessions, progress
 from embed import pool_full
 from fill import start_by_hand
 
-__all__ = ["KINDS", "LabLoadResults", "cluster", "measure"]
+__all__ = ["FLOOR_OF", "KINDS", "LINK", "LabLoadResults", "cluster", "measure"]
 
 #: What "usable" is, per UI: JupyterLab's shell with its launcher (the page nbpool's Launch opens),
 #: Notebook 7's file list with the home's files in it.
@@ -51,12 +57,18 @@ _PAGE = {"lab": "lab", "notebook": "tree"}
 #: The bench cluster's profile whose links open Notebook 7.
 NOTEBOOK_PROFILE = "notebook"
 _TIMEOUT_MS = 120_000
-KINDS = ("cold", "returning", "floor", "notebook cold", "notebook floor")
+KINDS = ("cold", "returning", "floor", "notebook cold", "notebook floor", "link cold", "link floor")
 #: The UI each kind loads.
-UI_OF = {"cold": "lab", "returning": "lab", "floor": "lab", "notebook cold": "notebook", "notebook floor": "notebook"}
+UI_OF = {"cold": "lab", "returning": "lab", "floor": "lab", "notebook cold": "notebook", "notebook floor": "notebook",
+         "link cold": "lab", "link floor": "lab"}
+#: The floor each launched kind is compared with.
+FLOOR_OF = {"cold": "floor", "returning": "floor", "notebook cold": "notebook floor", "link cold": "link floor"}
+#: A visitor's broadband link, as Chromium emulates it for the *link* kinds: latency added to each
+#: request (ms), and throughput each way (Mbit/s).
+LINK = {"latency_ms": 40, "mbit_s": 20}
 #: A launch's parts: the launch, and the page's own load (JupyterLab's, or Notebook's).
 PARTS = ("launch", "page's load")
-_LAUNCHED = ("cold", "returning", "notebook cold")
+_LAUNCHED = ("cold", "returning", "notebook cold", "link cold")
 _BROWSER_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--no-first-run", "--disable-sync"]
 #: In Lab's page once it is usable: when (epoch ms), when its navigation began (before any redirect),
@@ -84,6 +96,8 @@ class LabLoadResults:
         "floor": Figure("straight from a container, cold browser (floor)"),
         "notebook cold": Figure("Launch -> Notebook 7 usable (\"ui\": \"notebook\"), cold browser"),
         "notebook floor": Figure("Notebook 7 straight from a container, cold browser (its floor)"),
+        "link cold": Figure(f"Launch -> JupyterLab usable, cold browser, over a {LINK['mbit_s']} Mbit/s link"),
+        "link floor": Figure("straight from a container, cold browser, over the same link (its floor)"),
     })
     parts: dict[str, dict[str, Figure]] = field(default_factory=lambda: {
         kind: {"launch": Figure("launch"),
@@ -92,6 +106,9 @@ class LabLoadResults:
     bytes: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="B") for k in KINDS})
     responses: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
     cached: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k, unit="") for k in KINDS})
+    #: The page's main thread, busy (all its tasks) and running scripts, ms per load.
+    busy: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k) for k in KINDS})
+    scripts: dict[str, Figure] = field(default_factory=lambda: {k: Figure(k) for k in KINDS})
     failures: int = 0
     errors: list[str] = field(default_factory=list)
     floor_note: str = ""
@@ -121,7 +138,7 @@ async def measure(cluster: BenchCluster, image: str | None, pool: int, runs: int
             await _visit(cluster, returning, _scratch(results), "notebook cold")
             for run in range(runs):
                 _new_run(results)
-                for kind in ("cold", "returning", "notebook cold"):
+                for kind in ("cold", "returning", "notebook cold", "link cold"):
                     await pool_full(cluster, 2 * pool)
                     if kind == "returning":
                         await _visit(cluster, returning, results, kind)
@@ -134,6 +151,7 @@ async def measure(cluster: BenchCluster, image: str | None, pool: int, runs: int
                 if image:
                     await _floor_load(browser, floors, results, "floor")
                     await _floor_load(browser, floors, results, "notebook floor")
+                    await _floor_load(browser, floors, results, "link floor")
                 progress(f"lab-load: run {run}: " + ", ".join(
                     f"{kind} {statistics.median(results.load[kind].runs[-1]):.0f} ms"
                     for kind in KINDS if results.load[kind].runs[-1]))
@@ -154,7 +172,8 @@ def _scratch(results: LabLoadResults) -> LabLoadResults:
 
 def _new_run(results: LabLoadResults) -> None:
     """An empty run in every figure, for the round that begins."""
-    figures = [*results.load.values(), *results.bytes.values(), *results.responses.values(), *results.cached.values()]
+    figures = [*results.load.values(), *results.bytes.values(), *results.responses.values(), *results.cached.values(),
+               *results.busy.values(), *results.scripts.values()]
     for fig in figures + [f for parts in results.parts.values() for f in parts.values()]:
         fig.add_run([])
 
@@ -166,6 +185,7 @@ async def _visit(cluster: BenchCluster, context: Any, results: LabLoadResults, k
     went: list[str] = []
     page.on("framenavigated", lambda frame: went.append(frame.url) if frame == page.main_frame else None)
     try:
+        cdp = await _watched(context, page, kind)
         await page.goto(f"{cluster.url}/", timeout=_TIMEOUT_MS)
         await page.locator("#launch").wait_for(timeout=_TIMEOUT_MS)
         await page.locator("#profile").select_option(NOTEBOOK_PROFILE if ui == "notebook" else "default")
@@ -175,7 +195,7 @@ async def _visit(cluster: BenchCluster, context: Any, results: LabLoadResults, k
         results.load[kind].runs[-1].append(seen["now"] - clicked)
         results.parts[kind]["launch"].runs[-1].append(seen["origin"] - clicked)
         results.parts[kind]["page's load"].runs[-1].append(seen["now"] - seen["origin"])
-        _count(results, kind, seen)
+        await _count(results, kind, seen, cdp)
     except Exception as err:  # noqa: BLE001 - a failed visitor is counted and said, the run goes on
         results.failures += 1
         results.errors.append(f"{kind}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")
@@ -197,7 +217,22 @@ def _session_of(urls: list[str]) -> dict[str, Any] | None:
     return None
 
 
-def _count(results: LabLoadResults, kind: str, seen: dict[str, Any]) -> None:
+async def _watched(context: Any, page: Any, kind: str) -> Any:
+    """A DevTools session on ``page``: its main thread's metrics; for the *link* kinds, the link emulated."""
+    cdp = await context.new_cdp_session(page)
+    await cdp.send("Performance.enable")
+    if kind.startswith("link"):
+        rate = LINK["mbit_s"] * 1_000_000 / 8  # bytes per second
+        await cdp.send("Network.enable")
+        await cdp.send("Network.emulateNetworkConditions", {
+            "offline": False, "latency": LINK["latency_ms"], "downloadThroughput": rate, "uploadThroughput": rate})
+    return cdp
+
+
+async def _count(results: LabLoadResults, kind: str, seen: dict[str, Any], cdp: Any) -> None:
+    metrics = {m["name"]: m["value"] for m in (await cdp.send("Performance.getMetrics"))["metrics"]}
+    results.busy[kind].runs[-1].append(metrics["TaskDuration"] * 1000)
+    results.scripts[kind].runs[-1].append(metrics["ScriptDuration"] * 1000)
     results.bytes[kind].runs[-1].append(float(seen["bytes"]))
     results.responses[kind].runs[-1].append(float(seen["responses"]))
     results.cached[kind].runs[-1].append(float(seen["cached"]))
@@ -243,11 +278,12 @@ async def _floor_load(browser: Any, floors: _Floors, results: LabLoadResults, ki
     try:
         sid, url = await floors.start(ui)
         page = await context.new_page()
+        cdp = await _watched(context, page, kind)
         await page.goto(url, timeout=_TIMEOUT_MS)
         await page.locator(READY[ui]).first.wait_for(timeout=_TIMEOUT_MS)
         seen = await page.evaluate(_READ_PAGE)
         results.load[kind].runs[-1].append(seen["now"] - seen["navigated"])
-        _count(results, kind, seen)
+        await _count(results, kind, seen, cdp)
     except Exception as err:  # noqa: BLE001 - a failed load is counted and said, the run goes on
         results.failures += 1
         results.errors.append(f"{kind}: {err.__class__.__name__}: {str(err).splitlines()[0][:200]}")

@@ -191,6 +191,31 @@ def test_static_offload_serves_lab_files_from_the_gateway(make_cluster: Any) -> 
     assert "uvicorn" in offloaded.headers.get("server", "")  # the gateway's, not the sandbox's Tornado
 
 
+def test_what_a_sandbox_serves_is_compressed_on_its_way(cluster: Cluster) -> None:
+    """Traefik compresses a sandbox's responses as the browser accepts (zstd first, else gzip):
+    the same bytes as the sandbox's own server sends, a quarter of them over the network."""
+    import gzip
+
+    session = cluster.new_session()
+    lab = httpx.get(session["url"])
+    path = re.findall(r'src="([^"]*/static/lab/[^"]+)"', lab.text)[0]
+    rec = cluster.record(session["id"])
+    assert rec is not None
+    own = httpx.get(f"{rec['target']}{path}", headers={"Accept-Encoding": "identity"})
+    assert own.status_code == 200 and "content-encoding" not in own.headers and len(own.content) > 100_000
+
+    def raw(encodings: str) -> tuple[str | None, bytes]:
+        with httpx.stream("GET", f"{cluster.origin(session['id'])}{path}", headers={"Accept-Encoding": encodings}) as resp:
+            assert resp.status_code == 200
+            return resp.headers.get("content-encoding"), b"".join(resp.iter_raw())
+
+    encoding, body = raw("gzip")
+    assert encoding == "gzip" and gzip.decompress(body) == own.content
+    encoding, body = raw("gzip, deflate, br, zstd")  # what Chromium asks for
+    assert encoding == "zstd" and body[:4] == b"\x28\xb5\x2f\xfd" and len(body) < len(own.content) / 2
+    assert raw("identity") == (None, own.content)
+
+
 def test_go_processes_run_with_a_smaller_heap(cluster: Cluster) -> None:
     """nats-server and Traefik get GOGC=50 (NBPOOL_GOGC): docs/benchmarks.md measures the memory it saves."""
     for name in ("nats", "traefik"):

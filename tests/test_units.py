@@ -597,6 +597,22 @@ def test_static_offload_route() -> None:
     assert by_host["rule"] == "HostRegexp(`^[a-z0-9]+\\.sb\\.localhost$`) && PathPrefix(`/static/lab/`)"
 
 
+def test_what_sandboxes_serve_is_compressed() -> None:
+    routes = {"abcd12": ("/", "http://10.0.0.2:8888")}
+    cfg = dynamic_config(routes, ["http://g:1"], HOST, static_offload=True, compress=True)
+    routers, middlewares = cfg["http"]["routers"], cfg["http"]["middlewares"]
+    assert middlewares["nbpool-compress"]["compress"]["encodings"] == ["zstd", "gzip"]
+    assert "text/event-stream" in middlewares["nbpool-compress"]["compress"]["excludedContentTypes"]
+    assert routers["sandbox-abcd12"]["middlewares"] == ["nbpool-compress"]
+    assert routers["nbpool-static"]["middlewares"] == ["nbpool-compress"]
+    # The gateway's own pages (its event streams among them) pass as they are.
+    assert "middlewares" not in routers["nbpool-gateway"]
+    by_path = dynamic_config(routes, ["http://g:1"], PATH, static_offload=True, compress=True)["http"]["routers"]
+    assert by_path["nbpool-static"]["middlewares"] == ["nbpool-static-path", "nbpool-compress"]
+    plain = dynamic_config(routes, ["http://g:1"], HOST)["http"]
+    assert "middlewares" not in plain and "middlewares" not in plain["routers"]["sandbox-abcd12"]
+
+
 class TestOrigins:
     def test_defaults_on_one_machine(self) -> None:
         assert HOST.sandbox_url("abcd12") == "http://abcd12.sb.localhost:8000/"

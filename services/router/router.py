@@ -112,7 +112,9 @@ class Router:
     def _write(self, routes: dict[str, RouteSpec]) -> None:
         folder = self.settings.dynamic_dir
         folder.mkdir(parents=True, exist_ok=True)
-        text = render(dynamic_config(routes, self.settings.gateway_urls, self.settings.origins, self.settings.static_offload))
+        settings = self.settings
+        text = render(dynamic_config(routes, settings.gateway_urls, settings.origins, settings.static_offload,
+                                     settings.proxy_compress))
         # Written beside the watched folder, then renamed in: Traefik never reads half a file.
         tmp = folder.parent / f".{ROUTES_FILE}.{os.getpid()}.tmp"
         tmp.write_text(text)

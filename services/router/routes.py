@@ -22,6 +22,12 @@ __all__ = ["GATEWAY", "RouteSpec", "desired_routes", "dynamic_config", "render",
 
 GATEWAY = "nbpool-gateway"
 STATIC = "nbpool-static"
+COMPRESS = "nbpool-compress"
+#: How Traefik compresses what sandboxes serve, best first; the browser's Accept-Encoding picks.
+#: No Brotli: compressed on the fly, it cost Traefik about ten times zstd's CPU for JupyterLab's
+#: core bundle (2.6 MB: 110 ms against 10 ms here) for a file 14 % smaller. Event streams are
+#: never held back to be compressed.
+COMPRESSION = {"encodings": ["zstd", "gzip"], "excludedContentTypes": ["text/event-stream"]}
 _ID = re.compile(r"^[a-z0-9]{4,40}$")
 
 RouteSpec = tuple[str, str]  # (the server's base path, target)
@@ -56,39 +62,51 @@ def rule(sandbox_id: str, origins: Origins) -> str:
 
 
 def dynamic_config(
-    routes: dict[str, RouteSpec], gateway_urls: list[str], origins: Origins, static_offload: bool = False
+    routes: dict[str, RouteSpec], gateway_urls: list[str], origins: Origins, static_offload: bool = False,
+    compress: bool = False,
 ) -> dict[str, Any]:
     """Traefik dynamic configuration for ``routes`` plus the catch-all to the gateway replicas.
 
     With ``static_offload``, every sandbox's JupyterLab static files (``<base>/static/lab/``,
     the same files in every sandbox of this JupyterLab version) come from the gateways instead.
+    With ``compress``, what every sandbox serves is compressed on its way (:data:`COMPRESSION`);
+    websockets pass as they are.
     """
     routers: dict[str, Any] = {GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY}}
     gateways = [{"url": url} for url in gateway_urls]
     services: dict[str, Any] = {GATEWAY: {"loadBalancer": {"servers": gateways, "passHostHeader": True}}}
+    middlewares: dict[str, Any] = {}
+    compressed = [COMPRESS] if compress else []
+    if compress:
+        middlewares[COMPRESS] = {"compress": COMPRESSION}
     for sid in sorted(routes):
         _, target = routes[sid]
         name = f"sandbox-{sid}"
         routers[name] = {"rule": rule(sid, origins), "priority": 100, "service": name}
+        if compressed:
+            routers[name]["middlewares"] = compressed
         services[name] = {"loadBalancer": {"servers": [{"url": target}], "passHostHeader": True}}
-    config: dict[str, Any] = {"http": {"routers": routers, "services": services}}
     if static_offload and origins.by_host:
         domain = re.escape(origins.sandbox_domain)
         routers[STATIC] = {
             "rule": f"HostRegexp(`^[a-z0-9]+\\.{domain}$`) && PathPrefix(`/static/lab/`)",
             "priority": 200,
             "service": GATEWAY,
+            "middlewares": compressed,
         }
     elif static_offload:
         routers[STATIC] = {
             "rule": "PathRegexp(`^/user/[a-z0-9]+/static/lab/`)",
             "priority": 200,
             "service": GATEWAY,
-            "middlewares": [f"{STATIC}-path"],
+            "middlewares": [f"{STATIC}-path", *compressed],
         }
-        config["http"]["middlewares"] = {
-            f"{STATIC}-path": {"replacePathRegex": {"regex": "^/user/[a-z0-9]+/static/lab/(.*)", "replacement": "/static/lab/$1"}},
+        middlewares[f"{STATIC}-path"] = {
+            "replacePathRegex": {"regex": "^/user/[a-z0-9]+/static/lab/(.*)", "replacement": "/static/lab/$1"},
         }
+    config: dict[str, Any] = {"http": {"routers": routers, "services": services}}
+    if middlewares:
+        config["http"]["middlewares"] = middlewares
     return config
 
 
