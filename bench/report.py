@@ -1019,7 +1019,7 @@ def _lab_section(r: Results, out: list[str]) -> None:
     if rows:
         out += ["Per load (medians): responses, of them from the browser's cache, bytes over the network "
                 "(Resource Timing's `transferSize`), and the page's main thread: busy (all its tasks) and, of that, "
-                "running scripts (Chromium's `Performance.getMetrics`, from the page's start to usable):", "",
+                "running scripts (Chromium's `Performance.getMetrics`, from the click, or the floor's navigation, to usable):", "",
                 table(["", "responses", "from the cache", "transferred", "main thread busy, ms", "of it scripts, ms"],
                       rows), ""]
     if lab.floor_note:
