@@ -525,11 +525,6 @@ class BenchCluster(Cluster):
         except (OSError, subprocess.SubprocessError) as err:
             out.write_text(f"py-spy dump failed: {err!r}\n")
 
-    def stats(self) -> dict[str, Any]:
-        import httpx
-
-        return httpx.get(f"{self.url}/api/stats", timeout=5).json()  # type: ignore[no-any-return]
-
     def wait_quiet(self, warm: int, timeout: float = 600.0) -> float:
         """Wait until ``warm`` sandboxes are warm and none is starting; the seconds it took."""
         began = time.monotonic()

@@ -142,7 +142,7 @@ async def pool_full(cluster: BenchCluster, pool: int) -> None:
     deadline = time.monotonic() + REFILL_S
     while time.monotonic() < deadline:
         try:
-            if httpx.get(f"{cluster.url}/api/stats", timeout=5).json().get("available", 0) >= pool:
+            if (await asyncio.to_thread(cluster.stats)).get("available", 0) >= pool:
                 return
         except httpx.HTTPError:
             pass

@@ -249,6 +249,7 @@ def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU, split: li
     """One refill of an emptied pool by ``nbpool up``; (seconds, host CPU seconds, CPU seconds of
     each new container); each start's phases (from its ``sandbox.warm`` event) appended to ``phases``."""
     import httpx
+    from waiting import poll_until
 
     from nbpool.runtime.docker import LABEL
 
@@ -265,6 +266,10 @@ def _nbpool_run(image: str, pool: int, concurrency: int, cpu: HostCPU, split: li
                 resp = http.post(f"{cluster.url}/sessions", json={"wait": 60})
                 if resp.status_code != 201:
                     raise RuntimeError(f"claiming the pool: {resp.status_code} {resp.text[:200]}")
+        # The gateway's counts follow the bus a moment later: until they show the claims, the pool
+        # still looks full and quiet.
+        poll_until(lambda: (s := cluster.stats())["available"] < pool or s["starting"] > 0, 30, "the claims in /api/stats",
+                   interval=0.05)
         cluster.wait_quiet(pool, timeout=600)
         after = meter.read(starting=False)
         warm = [e for e in cluster.events() if e.get("type") == "sandbox.warm" and e.get("sandbox_id") not in first]
