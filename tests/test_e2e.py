@@ -214,6 +214,10 @@ def test_what_a_sandbox_serves_is_compressed_on_its_way(cluster: Cluster) -> Non
     encoding, body = raw("gzip, deflate, br, zstd")  # what Chromium asks for
     assert encoding == "zstd" and body[:4] == b"\x28\xb5\x2f\xfd" and len(body) < len(own.content) / 2
     assert raw("identity") == (None, own.content)
+    # What is compressed already (here the favicon) passes as it is.
+    with httpx.stream("GET", f"{cluster.origin(session['id'])}/static/favicons/favicon.ico",
+                      headers={"Accept-Encoding": "zstd, gzip"}) as icon:
+        assert icon.status_code == 200 and "content-encoding" not in icon.headers
 
 
 def test_go_processes_run_with_a_smaller_heap(cluster: Cluster) -> None:

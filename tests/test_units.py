@@ -602,7 +602,8 @@ def test_what_sandboxes_serve_is_compressed() -> None:
     cfg = dynamic_config(routes, ["http://g:1"], HOST, static_offload=True, compress=True)
     routers, middlewares = cfg["http"]["routers"], cfg["http"]["middlewares"]
     assert middlewares["nbpool-compress"]["compress"]["encodings"] == ["zstd", "gzip"]
-    assert "text/event-stream" in middlewares["nbpool-compress"]["compress"]["excludedContentTypes"]
+    included = middlewares["nbpool-compress"]["compress"]["includedContentTypes"]
+    assert "application/javascript" in included and "text/event-stream" not in included and "video/mp4" not in included
     assert routers["sandbox-abcd12"]["middlewares"] == ["nbpool-compress"]
     assert routers["nbpool-static"]["middlewares"] == ["nbpool-compress"]
     # The gateway's own pages (its event streams among them) pass as they are.
