@@ -349,8 +349,8 @@ class RouterSettings(CommonSettings):
     route_check_timeout: float = Field(default=30.0, gt=0)
     proxy_compress: bool = Field(
         default=True,
-        description="Traefik compresses what sandboxes serve (zstd, else gzip, as the browser accepts): JupyterLab's "
-                    "5.3 MB first load comes over the network as 1.5 MB",
+        description="Traefik compresses the text sandboxes serve (zstd, else gzip, as the browser accepts): "
+                    "JupyterLab's 5.3 MB first load comes over the network as 1.5 MB",
     )
 
     @property

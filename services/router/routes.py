@@ -78,8 +78,8 @@ def dynamic_config(
 
     With ``static_offload``, every sandbox's JupyterLab static files (``<base>/static/lab/``,
     the same files in every sandbox of this JupyterLab version) come from the gateways instead.
-    With ``compress``, what every sandbox serves is compressed on its way (:data:`COMPRESSION`);
-    websockets pass as they are.
+    With ``compress``, the text every sandbox serves is compressed on its way (:data:`COMPRESSION`);
+    everything else, websockets included, passes as it is.
     """
     routers: dict[str, Any] = {GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY}}
     gateways = [{"url": url} for url in gateway_urls]
