@@ -1070,8 +1070,8 @@ def _why_lab(lab: LabLoadResults) -> list[str]:
                    "view, or a rendered notebook with a kernel attached, as the embedding's thebe page does), or faster "
                    "cores; on loopback, not caching or compression.")
     busy = (f" The page's main thread was busy {_median_or_dash(lab.busy['cold'])} ms of the cold load "
-            f"({_median_or_dash(lab.scripts['cold'])} ms of it running scripts; the rest compiling them, styles, "
-            "layout and paint).") if lab.busy["cold"].samples else ""
+            f"({_median_or_dash(lab.scripts['cold'])} ms of it running scripts; the rest is its other work: parsing and "
+            "compiling them, garbage collection, style, layout and paint).") if lab.busy["cold"].samples else ""
     far, far_floor = lab.load["link cold"], lab.load["link floor"]
     link = (f" Over a visitor's {LINK['mbit_s']} Mbit/s link the files are what a visitor waits for: nbpool's proxy "
             f"compresses them ({n(statistics.median(lab.bytes['link cold'].samples) / 1e6, 'MB')} over the network "
