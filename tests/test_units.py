@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from nbpool.aio import cancel_and_wait
+from nbpool.clients import sandbox_client
 from nbpool.culler.policy import CullPolicy, Verdict, decide, expires_at
 from nbpool.gateway.claims import NoCapacity
 from nbpool.gateway.links import BadLink, lab_path, spawn_link, tree_page, ui_page
@@ -595,6 +596,40 @@ def test_static_offload_route() -> None:
     assert "nbpool-static" not in dynamic_config({}, ["http://g:1"], PATH)["http"]["routers"]
     by_host = dynamic_config({}, ["http://g:1"], HOST, static_offload=True)["http"]["routers"]["nbpool-static"]
     assert by_host["rule"] == "HostRegexp(`^[a-z0-9]+\\.sb\\.localhost$`) && PathPrefix(`/static/lab/`)"
+
+
+async def test_the_client_to_sandboxes_keeps_no_cookie() -> None:
+    # A sandbox's server sets its login cookie on each token request; kept, one per sandbox ever
+    # asked piled up in the spawner's client and was walked on every request.
+    import http.server
+    import threading
+
+    seen: list[str | None] = []
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.headers.get("Cookie"))
+            self.send_response(200)
+            self.send_header("Set-Cookie", "username-10-0-0-2-8888=signed; Path=/; HttpOnly")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/api/status"
+        async with sandbox_client(timeout=5, trust_env=False) as client:
+            for _ in range(2):
+                assert (await client.get(url)).status_code == 200
+            assert len(client.cookies.jar) == 0
+        assert seen == [None, None]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_what_sandboxes_serve_is_compressed() -> None:

@@ -15,6 +15,7 @@ from urllib.parse import quote
 import httpx
 import nbformat
 
+from nbpool.clients import sandbox_client
 from nbpool.models import SandboxRecord
 from nbpool.notebook_paths import NOTEBOOK_PATH, BadNotebook, notebook_path
 
@@ -56,7 +57,7 @@ class SandboxFiles:
     """Reads and writes notebooks in sandboxes (one HTTP client for all of them)."""
 
     def __init__(self, timeout: float = 20.0) -> None:
-        self._http = httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False)
+        self._http = sandbox_client(timeout=timeout, follow_redirects=False, trust_env=False)
 
     async def close(self) -> None:
         await self._http.aclose()

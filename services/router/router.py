@@ -24,6 +24,7 @@ import nats.js.errors
 from nbpool import logs
 from nbpool.aio import cancel_and_wait, poll_ready
 from nbpool.bus import Bus, KVMirror
+from nbpool.clients import sandbox_client
 from nbpool.metrics import ROUTE_SECONDS, ROUTES
 from nbpool.models import Route, SandboxRecord, encode
 from nbpool.router.routes import RouteSpec, desired_routes, dynamic_config, render
@@ -50,7 +51,7 @@ class Router:
         self._unrouting: dict[str, asyncio.Task[None]] = {}
         # Probes at once: a thousand new routes must not swamp the HTTP client's connection pool.
         self._probe_slots = asyncio.Semaphore(32)
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(3.0, connect=1.0))
+        self._http = sandbox_client(timeout=httpx.Timeout(3.0, connect=1.0))
 
     def _changed(self, key: str, rec: SandboxRecord | None) -> None:
         self._dirty.set()

@@ -16,6 +16,7 @@ from nats.js.kv import KeyValue
 from nbpool import logs
 from nbpool.aio import Background
 from nbpool.bus import Bus, KVMirror
+from nbpool.clients import sandbox_client
 from nbpool.models import Drain, PoolCounts, Route, SandboxRecord, State
 from nbpool.runtime import Runtime
 from nbpool.settings import SpawnerSettings
@@ -59,7 +60,7 @@ class SpawnerState:
         self.wake = asyncio.Event()
         self.beat_soon = asyncio.Event()
         self.background = Background("spawner")
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, connect=2.0))
+        self.http = sandbox_client(timeout=httpx.Timeout(5.0, connect=2.0))
 
     # ---- what is ours ----------------------------------------------------------------------
 
