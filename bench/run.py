@@ -41,7 +41,7 @@ output, ``report`` (the markdown and JSON) and ``plots``.
 Clusters, in order: stub sandboxes for the claims; then the largest pool, which also serves the
 proxy, resources and scale figures; then the other pool sizes; then the burst; then a pool under each
 of runc and gVisor; then the snapshots' pool; then the embedding page's; then the content profile's;
-then the fill rate's; then JupyterLab's first load's; then the several hosts. About an hour on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
+then the fill rate's; then JupyterLab's first load's; then the several hosts. About 40 minutes on 2 cores; ``--quick`` runs small versions of everything in a few minutes.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ _T = TypeVar("_T")
 
 @dataclass
 class Sizes:
-    """How much of everything; the defaults are sized for about 50 minutes on 2 cores with Docker (every group)."""
+    """How much of everything; the defaults are sized for about 40 minutes on 2 cores with Docker (every group)."""
 
     floor_runs: int = 5
     claims_pool: int = 100
