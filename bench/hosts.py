@@ -55,7 +55,7 @@ from common import BENCH, BIN, Figure, free_ports, progress
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from buscluster import BusCluster, sessions_leader, stop_all  # noqa: E402 - after the path is set
-from cluster import end_docker_leftovers  # noqa: E402
+from cluster import end_docker_leftovers, local_client  # noqa: E402
 
 __all__ = ["HostsResults", "measure"]
 
@@ -97,8 +97,7 @@ class HostsCluster:
         self.pools: dict[str, int] = {}
         port = free_ports(1)
         self.url = f"http://127.0.0.1:{port}"
-        # Kept for polling /api/stats (see tests/cluster.py: a client per call costs 30 ms of CPU).
-        self._stats_client = httpx.Client(timeout=2, trust_env=False, verify=False)
+        self._stats_client = local_client(timeout=2)
         # What ``scale`` asks of a cluster.
         from nbpool.origins import Origins
 
@@ -215,8 +214,6 @@ class HostsCluster:
 
 
 async def _launch(url: str) -> dict[str, Any] | None:
-    import httpx
-
     try:
         async with httpx.AsyncClient(timeout=30) as client:
             resp = await client.post(f"{url}/sessions", json={})
@@ -339,8 +336,6 @@ async def _failover(results: HostsResults, cluster: HostsCluster, runs: int) -> 
 
 
 async def _end_all(url: str, sessions: list[dict[str, Any]]) -> None:
-    import httpx
-
     async with httpx.AsyncClient(timeout=30) as client:
         for s in sessions:
             try:

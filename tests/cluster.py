@@ -74,6 +74,14 @@ class NatsServer:
 _SANDBOX_FOLDER = re.compile(r"/servers/([0-9a-z]+)(?:/|$)")
 
 
+def local_client(timeout: float = 5.0) -> httpx.Client:
+    """A client for polling a local nbpool (``/api/stats``), to keep and reuse. ``httpx.get`` makes a
+    client per call, and loading the certificate authorities costs it about 30 ms of CPU, the
+    machine's as much as nbpool's (five times a second while a pool fills: 0.18 s of CPU per new
+    sandbox in make bench). Plain http on loopback: nothing to verify."""
+    return httpx.Client(timeout=timeout, trust_env=False, verify=False)
+
+
 def sandbox_of(proc: psutil.Process) -> str | None:
     """The sandbox a process of the process runtime belongs to (its folder is ``…/servers/<id>/``)."""
     try:
@@ -142,10 +150,7 @@ class Cluster:
         self.nats_url = nats.url if nats else f"nats://127.0.0.1:{self.nats_port}"
         #: The NATS users' folder: what nbpool up makes, or the given server's.
         self.nats_credentials = nats.credentials if nats else state_dir / "bus"
-        # For polling /api/stats: one client, kept. httpx.get makes a client per call, and loading
-        # the certificate authorities costs it about 30 ms of CPU, the machine's as much as nbpool's
-        # (five times a second while a pool fills: 0.18 s of CPU per new sandbox in make bench).
-        self._stats_client: httpx.Client | None = None
+        self._stats_client: httpx.Client | None = None  # see local_client
         env = {k: v for k, v in os.environ.items() if not k.startswith("NBPOOL_")}
         env.update(
             NBPOOL_STATE_DIR=str(state_dir),
@@ -198,7 +203,7 @@ class Cluster:
     def stats(self) -> dict[str, Any]:
         """The gateway's ``/api/stats``."""
         if self._stats_client is None:
-            self._stats_client = httpx.Client(timeout=5, trust_env=False, verify=False)
+            self._stats_client = local_client()
         return self._stats_client.get(f"{self.url}/api/stats").json()  # type: ignore[no-any-return]
 
     def stop(self, timeout: float = 60.0) -> int:

@@ -81,35 +81,23 @@ def dynamic_config(
     With ``compress``, the text every sandbox serves is compressed on its way (:data:`COMPRESSION`);
     everything else, websockets included, passes as it is.
     """
-    routers: dict[str, Any] = {GATEWAY: {"rule": "PathPrefix(`/`)", "priority": 1, "service": GATEWAY}}
+    routers: dict[str, Any] = {GATEWAY: _router("PathPrefix(`/`)", 1, GATEWAY)}
     gateways = [{"url": url} for url in gateway_urls]
     services: dict[str, Any] = {GATEWAY: {"loadBalancer": {"servers": gateways, "passHostHeader": True}}}
-    middlewares: dict[str, Any] = {}
+    middlewares: dict[str, Any] = {COMPRESS: {"compress": COMPRESSION}} if compress else {}
     compressed = [COMPRESS] if compress else []
-    if compress:
-        middlewares[COMPRESS] = {"compress": COMPRESSION}
     for sid in sorted(routes):
         _, target = routes[sid]
         name = f"sandbox-{sid}"
-        routers[name] = {"rule": rule(sid, origins), "priority": 100, "service": name}
-        if compressed:
-            routers[name]["middlewares"] = compressed
+        routers[name] = _router(rule(sid, origins), 100, name, compressed)
         services[name] = {"loadBalancer": {"servers": [{"url": target}], "passHostHeader": True}}
     if static_offload and origins.by_host:
         domain = re.escape(origins.sandbox_domain)
-        routers[STATIC] = {
-            "rule": f"HostRegexp(`^[a-z0-9]+\\.{domain}$`) && PathPrefix(`/static/lab/`)",
-            "priority": 200,
-            "service": GATEWAY,
-            "middlewares": compressed,
-        }
+        routers[STATIC] = _router(f"HostRegexp(`^[a-z0-9]+\\.{domain}$`) && PathPrefix(`/static/lab/`)", 200, GATEWAY,
+                                  compressed)
     elif static_offload:
-        routers[STATIC] = {
-            "rule": "PathRegexp(`^/user/[a-z0-9]+/static/lab/`)",
-            "priority": 200,
-            "service": GATEWAY,
-            "middlewares": [f"{STATIC}-path", *compressed],
-        }
+        routers[STATIC] = _router("PathRegexp(`^/user/[a-z0-9]+/static/lab/`)", 200, GATEWAY,
+                                  [f"{STATIC}-path", *compressed])
         middlewares[f"{STATIC}-path"] = {
             "replacePathRegex": {"regex": "^/user/[a-z0-9]+/static/lab/(.*)", "replacement": "/static/lab/$1"},
         }
@@ -117,6 +105,14 @@ def dynamic_config(
     if middlewares:
         config["http"]["middlewares"] = middlewares
     return config
+
+
+def _router(rule: str, priority: int, service: str, middlewares: list[str] | None = None) -> dict[str, Any]:
+    """One Traefik router; its middlewares only when it has any."""
+    router: dict[str, Any] = {"rule": rule, "priority": priority, "service": service}
+    if middlewares:
+        router["middlewares"] = middlewares
+    return router
 
 
 def render(config: dict[str, Any]) -> str:
